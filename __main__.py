@@ -1,0 +1,4 @@
+"""`python -m interact_custom <command>`."""
+from .cli import main
+
+raise SystemExit(main())

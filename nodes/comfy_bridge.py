@@ -1,0 +1,162 @@
+"""The one module that touches ComfyUI (`comfy.*`, `folder_paths`).
+
+Everything has a standalone fallback so the nodes import and are tested without ComfyUI:
+model folders fall back to `$INTERACT_CUSTOM_MODELS` (or `models/interact_custom` under the
+current directory), progress to a no-op, devices to CUDA-if-available, interrupts to none.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("interact_custom")
+
+try:  # inside ComfyUI
+    import comfy.model_management as _mm
+    import comfy.model_patcher as _patcher
+    import comfy.utils as _cutils
+    import folder_paths as _folder_paths
+
+    IN_COMFYUI = True
+except ImportError:  # standalone (tests, scripts)
+    _mm = _patcher = _cutils = _folder_paths = None
+    IN_COMFYUI = False
+
+MODEL_FOLDER = "interact_custom"
+WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".ckpt", ".pth", ".pt", ".bin"}
+
+
+def register_model_folder() -> None:
+    """Register `models/interact_custom/` (extension-filtered). Paths a user added for the
+    same name in extra_model_paths.yaml (loaded before custom nodes) are kept."""
+    if not IN_COMFYUI:
+        return
+    default = os.path.join(_folder_paths.models_dir, MODEL_FOLDER)
+    entry = _folder_paths.folder_names_and_paths.get(MODEL_FOLDER)
+    paths = list(entry[0]) if entry else []
+    if default not in paths:
+        paths.insert(0, default)
+    _folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(WEIGHT_EXTENSIONS))
+
+
+def model_folders() -> list[str]:
+    """Folders searched for model files, for listing and for error messages."""
+    if IN_COMFYUI:
+        return _folder_paths.get_folder_paths(MODEL_FOLDER)
+    return [os.environ.get("INTERACT_CUSTOM_MODELS", os.path.join("models", MODEL_FOLDER))]
+
+
+def list_model_files() -> list[str]:
+    """Weight files found in the model folders (relative names, sorted)."""
+    if IN_COMFYUI:
+        return sorted(_folder_paths.get_filename_list(MODEL_FOLDER))
+    names = []
+    for folder in model_folders():
+        root = Path(folder)
+        if root.is_dir():
+            names += [str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in WEIGHT_EXTENSIONS]
+    return sorted(names)
+
+
+def model_file_path(name: str) -> str:
+    """Absolute path of a listed model file, or an error naming the folders to put it in."""
+    if IN_COMFYUI:
+        path = _folder_paths.get_full_path(MODEL_FOLDER, name)
+        if path:
+            return path
+    else:
+        for folder in model_folders():
+            candidate = os.path.join(folder, name)
+            if os.path.isfile(candidate):
+                return candidate
+    raise FileNotFoundError(
+        f"model file {name!r} not found. Put it in one of: {', '.join(model_folders())} "
+        "(or add a folder for 'interact_custom' in extra_model_paths.yaml), then refresh the node list.")
+
+
+def torch_device(choice: str = "auto") -> torch.device:
+    """'auto' → ComfyUI's device (or CUDA if available standalone); 'cpu'; 'gpu'."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    if IN_COMFYUI:
+        return _mm.get_torch_device()
+    if choice == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("device 'gpu' was requested but no CUDA device is available; choose 'cpu' or 'auto'")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    return _mm.unet_offload_device() if IN_COMFYUI else torch.device("cpu")
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """What the device runs well: bf16 where supported (CUDA with bf16, CPUs with AMX/AVX512-bf16
+    run bf16 matmuls several times faster than fp32), else fp16 on CUDA, else fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class ManagedModel:
+    """A model registered with ComfyUI's memory manager (ModelPatcher), so it is moved to
+    the GPU when used and offloaded when other models need the memory. Standalone it is
+    a plain module on one device."""
+
+    def __init__(self, module: torch.nn.Module, load_device: torch.device, keep_loaded: bool = True):
+        self.module = module
+        self.load_device = load_device
+        self.keep_loaded = keep_loaded
+        self.patcher = None
+        if IN_COMFYUI:
+            self.patcher = _patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device())
+
+    def load(self) -> torch.nn.Module:
+        """Make the module ready on its load device and return it."""
+        if self.patcher is not None:
+            _mm.load_models_gpu([self.patcher])
+        else:
+            self.module.to(self.load_device)
+        return self.module
+
+    def release(self) -> None:
+        """Offload after use unless the user asked to keep the model loaded."""
+        if self.keep_loaded:
+            return
+        if self.patcher is not None:
+            self.patcher.detach()
+            _mm.soft_empty_cache()
+        else:
+            self.module.to("cpu")
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel."""
+    if IN_COMFYUI:
+        _mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """Per-step progress with an optional preview image; checks Cancel on every update."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = _cutils.ProgressBar(total) if IN_COMFYUI else None
+
+    def update(self, step: int, preview=None) -> None:
+        """``preview``: a PIL image (small) shown on the node while sampling."""
+        check_interrupt()
+        if self.bar is not None:
+            self.bar.update_absolute(step, self.total, ("JPEG", preview, 512) if preview is not None else None)

@@ -1,0 +1,1 @@
+"""Models, preprocessing, samplers, training and evaluation. No ComfyUI imports here."""

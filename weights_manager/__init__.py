@@ -1,0 +1,1 @@
+"""Finding, converting, validating and loading weights (official checkpoints and our format)."""

@@ -1,0 +1,122 @@
+"""Reading test-vector folders (the `manifest.json` format of the shared test vectors)
+and comparing our outputs with their reference arrays.
+
+A folder holds `manifest.json` plus, per part (`preproc`, `mgig`, `iamg`), an `.npz` of
+arrays and possibly a checkpoint. Each part has a checker module
+(`vectors_<part>.py`) exposing ``check(folder: VectorFolder) -> Iterator[Result]`` that
+yields one Result for every array of that part it knows about: a comparison, an input
+it consumed, or a documented skip. `verify` reports any array left without a Result as
+a failure, so a new array in a future vector set can never pass silently.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Default tolerance for float outputs: max|ours - ref| / max|ref| (see DESIGN.md §7).
+REL_TOL = 1e-4
+
+
+@dataclass
+class Result:
+    """Outcome for one reference array."""
+
+    name: str
+    status: str  # "PASS" | "FAIL" | "SKIPPED" | "INPUT"
+    max_abs: float = float("nan")
+    max_rel: float = float("nan")
+    tolerance: str = ""
+    note: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "FAIL"
+
+
+def compare(name: str, ours: Any, ref: np.ndarray, *, rel_tol: float = REL_TOL,
+            int_levels: float | None = None, note: str = "") -> Result:
+    """Compare one array.
+
+    Float references: error = max|ours - ref| / max|ref| must be <= ``rel_tol``.
+    Integer / uint8 references: max|ours - ref| must be <= ``int_levels`` (default 0,
+    i.e. exact); pass ``int_levels=1`` where a resize implementation may round differently.
+    """
+    if hasattr(ours, "detach"):
+        ours = ours.detach().cpu().float().numpy() if ours.dtype.is_floating_point else ours.detach().cpu().numpy()
+    ours = np.asarray(ours)
+    ref = np.asarray(ref)
+    if ours.shape != ref.shape:
+        return Result(name, "FAIL", note=f"shape {tuple(ours.shape)} != reference {tuple(ref.shape)}")
+    diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref.astype(np.float64)).max()) if ref.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    if np.issubdtype(ref.dtype, np.integer) or ref.dtype == np.bool_:
+        levels = 0 if int_levels is None else int_levels
+        ok = max_abs <= levels
+        tol = f"<= {levels:g} level" + ("s" if levels != 1 else "")
+    else:
+        ok = bool(np.isfinite(max_rel)) and max_rel <= rel_tol
+        tol = f"rel <= {rel_tol:g}"
+    return Result(name, "PASS" if ok else "FAIL", max_abs, max_rel, tol, note)
+
+
+def skipped(name: str, reason: str) -> Result:
+    return Result(name, "SKIPPED", note=reason)
+
+
+def used_as_input(name: str, note: str = "input") -> Result:
+    return Result(name, "INPUT", note=note)
+
+
+@dataclass
+class VectorFolder:
+    """A test-vector folder: its manifest, arrays (loaded lazily) and checkpoint paths."""
+
+    path: Path
+    manifest: dict = field(init=False)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(
+                f"{self.path} is not a test-vector folder: it has no manifest.json "
+                "(expected the format of shared/testvectors)")
+        self.manifest = json.loads(manifest_path.read_text())
+        self._arrays: dict[str, Any] = {}
+
+    @property
+    def parts(self) -> list[str]:
+        return list(self.manifest.get("parts", {}))
+
+    def part(self, name: str) -> dict:
+        try:
+            return self.manifest["parts"][name]
+        except KeyError:
+            raise KeyError(f"test-vector folder {self.path} has no part {name!r} "
+                           f"(it has: {', '.join(self.parts) or 'none'})") from None
+
+    def arrays(self, part: str):
+        """The part's npz (lazy, cached); index it like a dict of numpy arrays."""
+        if part not in self._arrays:
+            self._arrays[part] = np.load(self.path / self.part(part)["file"], allow_pickle=False)
+        return self._arrays[part]
+
+    def array_names(self, part: str) -> list[str]:
+        return list(self.part(part).get("arrays", {}))
+
+    def checkpoint(self, part: str) -> Path | None:
+        info = self.part(part).get("checkpoint")
+        return self.path / info["file"] if info else None
+
+    @cached_property
+    def reduced_configs(self) -> dict | None:
+        """Optional cross-check data (never required: architectures are detected from tensors)."""
+        p = self.path / "reduced_configs.json"
+        return json.loads(p.read_text()) if p.is_file() else None
