@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (".pipelines.demo", "run the CHOI pipeline on the shipped example inputs"),
     "verify": (".weights_manager.verify", "check our loaders/models against a test-vector folder"),
     "convert": (".weights_manager.convert", "convert an official checkpoint to our safetensors format"),
+    "synth": (".pipelines.synth", "generate a synthetic CHOI dataset"),
     "bank": (".pipelines.retrieval", "build or query an IAMG-R mask bank"),
 }
 
