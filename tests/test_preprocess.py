@@ -1,0 +1,404 @@
+"""MGIG preprocessing: parity with every `preproc` reference array (the official
+hico_process_pairs / data_utils outputs), the OpenCV-equivalent image operations, and the
+edge cases (boxes at the border, tiny and empty masks, portrait / landscape backgrounds,
+square and clipped crops, crop-back placement)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from interact_custom.pipelines import imgproc as ip
+from interact_custom.pipelines import preprocess as pp
+from interact_custom.weights_manager import vectors_preproc
+
+
+# --- parity with the official reference arrays ------------------------------------------
+
+@pytest.fixture(scope="module")
+def preproc_results(vectors):
+    return list(vectors_preproc.check(vectors))
+
+
+def test_every_preproc_array_matches_the_official_code(preproc_results, vectors):
+    by_name = {r.name: r for r in preproc_results}
+    missing = [n for n in vectors.array_names("preproc") if n not in by_name]
+    assert not missing, f"arrays without a result: {missing}"
+    assert len(by_name) == len(preproc_results), "an array got two results"
+    failed = [f"{r.name}: {r.note or ''} abs {r.max_abs:.3g}" for r in preproc_results if r.failed]
+    assert not failed, "\n".join(failed)
+    # Everything but the stored inputs is recomputed; only a set whose pinned draw chose
+    # the (unrecorded, random) mask perturbation may skip its hint arrays.
+    skipped = [r.name for r in preproc_results if r.status == "SKIPPED"]
+    if not vectors_preproc.pipeline_settings(vectors)["perturbed"]:
+        assert not skipped, skipped
+
+
+def test_uint8_outputs_are_bit_exact(preproc_results, vectors):
+    arrays = vectors.arrays("preproc")
+    for r in preproc_results:
+        if r.status == "PASS" and arrays[r.name].dtype in (np.uint8, np.int64):
+            assert r.max_abs == 0, r.name
+
+
+def test_pipeline_settings_come_from_the_manifest(vectors):
+    s = vectors_preproc.pipeline_settings(vectors)
+    notes = vectors.part("preproc")["notes"]
+    assert s["box_ratio"] == notes["pinned_random_choices"][0]["returned"] / 10
+    assert s["crop_ratio"] == vectors.part("preproc").get("variant", {}).get("crop_ratio", s["crop_ratio"])
+
+
+# --- OpenCV-equivalent operations (values recorded from opencv-python 5.0) ---------------
+
+def test_resize_linear_matches_recorded_opencv_values():
+    a = (np.arange(30).reshape(5, 6) * 8).astype(np.uint8)
+    assert ip.resize_linear(a, (3, 4)).tolist() == [[18, 30, 42, 54], [98, 110, 122, 134],
+                                                    [178, 190, 202, 214]]
+    b = np.array([[0, 255, 0], [255, 0, 255]], np.uint8)
+    # Row 2 shows OpenCV's vectorised rounding: 127.5 becomes 127 or 128.
+    assert ip.resize_linear(b, (5, 7)).tolist() == [
+        [0, 36, 145, 255, 145, 36, 0], [26, 55, 142, 229, 142, 55, 26],
+        [128, 127, 127, 128, 127, 127, 128], [229, 200, 113, 26, 113, 200, 229],
+        [255, 219, 109, 0, 109, 219, 255]]
+    c = np.array([[10, 200, 37, 90], [250, 3, 128, 77], [5, 60, 180, 255], [99, 100, 101, 102]], np.uint8)
+    assert ip.resize_linear(c, (2, 2)).tolist() == [[116, 83], [66, 160]]  # exact 2x: averaging
+    assert ip.resize_linear(c, (5, 3)).tolist() == [[41, 118, 81], [158, 81, 84], [111, 93, 164],
+                                                    [39, 114, 200], [99, 100, 102]]
+    f = ip.resize_linear(c.astype(np.float32) / 3, (5, 3))
+    assert f.dtype == np.float32
+    np.testing.assert_array_equal(f[0], np.array([13.88888931274414, 39.5, 27.05555534362793], np.float32))
+    np.testing.assert_array_equal(f[3], np.array([13.222223281860352, 38.04999923706055, 66.76667022705078],
+                                                 np.float32))
+
+
+def test_resize_takes_height_width_and_keeps_layout():
+    img = np.zeros((10, 30, 3), np.uint8)
+    assert ip.resize_linear(img, (7, 12)).shape == (7, 12, 3)
+    assert ip.resize_linear(img[:, :, 0], (7, 12)).shape == (7, 12)
+    assert ip.resize_nearest(img, (7, 12)).shape == (7, 12, 3)
+    same = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    np.testing.assert_array_equal(ip.resize_linear(same, (3, 4)), same)
+    with pytest.raises(ValueError, match="height, width"):
+        ip.resize_linear(img, (0, 5))
+    with pytest.raises(TypeError, match="uint8, float32 or float64"):
+        ip.resize_linear(img.astype(np.int16), (5, 5))
+
+
+def test_resize_nearest_floors_the_source_index():
+    c = np.array([[10, 200, 37, 90], [250, 3, 128, 77], [5, 60, 180, 255], [99, 100, 101, 102]], np.uint8)
+    assert ip.resize_nearest(c, (3, 7)).tolist() == [[10, 10, 200, 200, 37, 37, 90],
+                                                     [250, 250, 3, 3, 128, 128, 77],
+                                                     [5, 5, 60, 60, 180, 180, 255]]
+
+
+def test_erode_does_not_erode_from_the_border():
+    full = np.ones((9, 11), np.uint8)
+    np.testing.assert_array_equal(ip.erode(full, 5, iterations=2), full)
+    holed = full.copy()
+    holed[4, 5] = 0
+    out = ip.erode(holed, 5, iterations=2)  # two 5x5 passes = one 9x9 pass
+    assert out[:, 1:10].sum() == 0 and out[:, 0].all() and out[:, 10].all()
+
+
+def test_structuring_element_and_grey_morphology():
+    assert ip.structuring_element("ellipse", (5, 5)).tolist() == [
+        [0, 0, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]]
+    assert ip.structuring_element("ellipse", (3, 7)).tolist() == [
+        [0, 0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 0, 0, 0]]
+    dot = np.zeros((7, 7), np.uint8)
+    dot[3, 3] = 1
+    k = ip.structuring_element("ellipse", (5, 5))
+    np.testing.assert_array_equal(ip.dilate(dot, k)[1:6, 1:6], k)
+    np.testing.assert_array_equal(ip.erode(ip.dilate(dot, k), k), dot)
+
+
+def test_sobel_reflect101_and_uint8_saturation():
+    ramp = np.tile((np.arange(6) * 10).astype(np.uint8), (4, 1))[:, :, None]
+    gx = ip.sobel(ramp, 1, 0)[:, :, 0]
+    assert gx.dtype == np.float64
+    np.testing.assert_array_equal(gx[:, 1:-1], 80.0)   # (I(x+1) - I(x-1)) * (1 + 2 + 1)
+    np.testing.assert_array_equal(gx[:, [0, -1]], 0.0)  # reflect-101 mirrors the neighbour
+    np.testing.assert_array_equal(ip.sobel(ramp, 0, 1), 0.0)
+    assert ip.convert_scale_abs(np.array([-300.0, -2.5, 3.5, 254.6])).tolist() == [255, 2, 4, 255]
+    a = np.array([1, 2, 3, 255], np.uint8)
+    b = np.array([2, 3, 4, 255], np.uint8)
+    assert ip.add_weighted(a, 0.5, b, 0.5).tolist() == [2, 2, 4, 255]  # halves round to even
+
+
+def test_largest_component_is_8_connected():
+    m = np.zeros((6, 8), np.uint8)
+    m[0, 0] = m[1, 1] = m[2, 2] = 1          # a diagonal: one 8-connected component of 3
+    m[4, 5:8] = 1                            # a bar of 3 (tie: the first one wins)
+    diagonal = np.zeros_like(m)
+    diagonal[[0, 1, 2], [0, 1, 2]] = 1
+    np.testing.assert_array_equal(ip.largest_component(m), diagonal)
+    m[5, 4] = 1                              # diagonal neighbour of the bar -> 4 pixels
+    out = ip.largest_component(m)
+    assert out.sum() == 4 and out[5, 4] == 1 and out[0, 0] == 0
+    assert ip.largest_component(np.zeros((3, 3))).sum() == 0
+
+
+# --- boxes ----------------------------------------------------------------------------
+
+def test_bbox_has_inclusive_ends_and_official_tiny_fallback():
+    m = np.zeros((40, 56), np.uint8)
+    m[5:17, 9:30] = 1
+    assert pp.bbox_from_mask(m) == (5, 16, 9, 29)
+    tiny = np.zeros((40, 56), np.uint8)
+    tiny[3, 4] = tiny[3, 5] = 1
+    assert pp.bbox_from_mask(tiny) == (0, 40, 0, 56)     # official: whole image
+    assert pp.mask_bbox(tiny, "object_mask") == (3, 3, 4, 5)
+    with pytest.raises(ValueError, match="human_mask is empty"):
+        pp.mask_bbox(np.zeros((4, 4)), "human_mask")
+
+
+def test_expand_box_clips_at_the_border_and_never_collapses():
+    assert pp.expand_box((100, 180, 150, 260), 1.1, (300, 420)) == (95, 184, 143, 266)
+    assert pp.expand_box((5, 290, 3, 80), 1.5, (300, 420, 3)) == (0, 300, 0, 100)
+    assert pp.expand_box((100, 110, 200, 205), 1.3, (300, 420), min_crop=40) == (85, 125, 182, 222)
+    # A 1-pixel mask in the top-left corner: the official arithmetic gives an empty box.
+    assert pp.expand_box((0, 0, 0, 0), 1.0, (10, 10)) == (0, 1, 0, 1)
+    with pytest.raises(ValueError, match="ratio"):
+        pp.expand_box((0, 5, 0, 5), 0, (10, 10))
+
+
+def test_box_to_square_portrait_landscape_and_border():
+    assert pp.box_to_square((50, 150, 100, 160), (300, 420)) == (50, 150, 80, 180)
+    assert pp.box_to_square((50, 90, 10, 200), (300, 420)) == (0, 165, 10, 200)
+    assert pp.box_to_square((0, 120, 380, 420), (300, 420)) == (0, 120, 340, 420)
+    assert pp.box_in_box((10, 50, 20, 70), (5, 100, 15, 110)) == (5, 45, 5, 55)
+
+
+def test_pad_to_square_centres_with_the_smaller_half_first():
+    x = np.ones((2, 5), np.uint8)
+    p = pp.pad_to_square(x, 7)
+    assert p.shape == (5, 5) and (p[0] == 7).all() and (p[1:3] == 1).all() and (p[3:] == 7).all()
+    y = pp.pad_to_square(np.ones((4, 1, 3)), 0)
+    assert y.shape == (4, 4, 3) and y[:, 1].all() and not y[:, [0, 2, 3]].any()
+
+
+# --- full pipeline on synthetic scenes ----------------------------------------------------
+
+# A scene whose crop comes out exactly square (crop_back's W1 == H1 branch).
+SQUARE_SCENE = ((256, 256), (100, 161, 100, 140), (120, 150, 105, 135))
+
+
+def _scene(h: int, w: int, human_box, object_box, seed: int = 0):
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    # Smooth (resampling barely changes it) but textured (a one-pixel shift shows).
+    bg = np.stack([128 + 100 * np.sin(xx / 6 + seed) * np.cos(yy / 9),
+                   128 + 100 * np.cos(xx / 11) * np.sin(yy / 5 + seed),
+                   xx * 255 / max(w - 1, 1)], -1)
+    bg = np.clip(np.rint(bg), 0, 255).astype(np.uint8)
+    human = np.zeros((h, w), np.uint8)
+    obj = np.zeros((h, w), np.uint8)
+    y1, y2, x1, x2 = human_box
+    human[y1:y2, x1:x2] = 1
+    y1, y2, x1, x2 = object_box
+    obj[y1:y2, x1:x2] = 1
+    return bg, human, obj
+
+
+def _prepare(bg, human, obj, **kw):
+    return pp.prepare_mgig_inputs(bg, human, bg, obj, bg, np.maximum(human, obj), **kw)
+
+
+def _check_geometry(inputs, shape):
+    h1, w1, h2, w2 = inputs.extra_sizes
+    y1, y2, x1, x2 = inputs.crop_box
+    assert 0 <= y1 < y2 <= shape[0] and 0 <= x1 < x2 <= shape[1]
+    assert (y2 - y1, x2 - x1) == (h1, w1) and h2 == w2 == max(h1, w1)
+    ty1, ty2, tx1, tx2 = inputs.target_box
+    # (the official squaring may shave one pixel off the crop, not more)
+    assert y1 - 1 <= ty1 < ty2 <= y2 + 1 and x1 - 1 <= tx1 < tx2 <= x2 + 1
+    assert inputs.hint.shape == (512, 512, 4) and inputs.hint.dtype == np.float32
+    assert inputs.target.shape == (512, 512, 3) and inputs.target.dtype == np.float32
+    assert inputs.reference.shape == (224, 224, 3) and 0 <= inputs.reference.min() <= inputs.reference.max() <= 1
+    assert -1 <= inputs.hint.min() and inputs.hint.max() <= 1
+    assert set(np.unique(inputs.hint[..., 3])) <= {-1.0, 0.0, 1.0}
+
+
+@pytest.mark.parametrize("shape, human_box, object_box", [
+    ((300, 420), (69, 232, 255, 340), (155, 255, 199, 325)),   # landscape, interior
+    ((420, 300), (40, 300, 60, 160), (200, 330, 120, 260)),    # portrait
+    SQUARE_SCENE,  # square crop (W1 == H1)
+    ((240, 400), (0, 240, 0, 120), (150, 240, 90, 200)),       # masks touching the borders
+])
+def test_prepare_mgig_inputs_geometry(shape, human_box, object_box):
+    bg, human, obj = _scene(*shape, human_box, object_box)
+    inputs = _prepare(bg, human, obj)
+    _check_geometry(inputs, shape)
+    h1, w1, h2, _ = inputs.extra_sizes
+    mask_channel = inputs.hint[..., 3]
+    if w1 < h2:   # padded left/right (the larger half after): padding columns are -1
+        assert (mask_channel[:, -1] == -1).all()
+    elif h1 < h2:
+        assert (mask_channel[-1] == -1).all()
+    else:
+        assert (mask_channel != -1).all()
+    # The mask channel's 1-region is the target box, mapped into the 512 square.
+    ys, xs = np.nonzero(mask_channel == 1)
+    scale = 512 / h2
+    pad_y, pad_x = (h2 - h1) // 2, (h2 - w1) // 2
+    ty1, ty2, tx1, tx2 = pp.box_in_box(inputs.target_box, inputs.crop_box)
+    assert abs(ys.min() - (ty1 + pad_y) * scale) <= scale + 1 and abs(ys.max() + 1 - (ty2 + pad_y) * scale) <= scale + 1
+    assert abs(xs.min() - (tx1 + pad_x) * scale) <= scale + 1 and abs(xs.max() + 1 - (tx2 + pad_x) * scale) <= scale + 1
+
+
+def test_tiny_masks_still_give_a_canvas_and_hint():
+    bg, human, obj = _scene(200, 300, (0, 0, 0, 0), (0, 0, 0, 0))
+    human[199, 299] = 1         # one pixel in the bottom-right corner
+    obj[0, 0] = obj[0, 1] = 1   # two pixels in the top-left corner
+    inputs = _prepare(bg, human, obj)
+    _check_geometry(inputs, bg.shape)
+    assert inputs.reference_mask.max() == 255
+
+
+def test_square_scene_has_a_square_unpadded_crop():
+    shape, human_box, object_box = SQUARE_SCENE
+    bg, human, obj = _scene(*shape, human_box, object_box)
+    inputs = _prepare(bg, human, obj)
+    h1, w1, h2, w2 = inputs.extra_sizes
+    assert h1 == w1 == h2 == w2
+    assert (inputs.hint[..., 3] != -1).all()
+
+
+def test_single_pixel_union_in_the_corner():
+    bg, human, obj = _scene(90, 130, (0, 1, 0, 1), (0, 1, 0, 1))
+    inputs = _prepare(bg, human, obj)
+    _check_geometry(inputs, bg.shape)
+    assert inputs.crop_box == (0, 1, 0, 1) and inputs.extra_sizes == (1, 1, 1, 1)
+    assert (inputs.hint[..., 3] == 1).all()
+
+
+def test_float_and_bool_inputs_match_uint8():
+    bg, human, obj = _scene(160, 200, (20, 140, 30, 90), (60, 150, 80, 190))
+    ref = _prepare(bg, human, obj)
+    alt = pp.prepare_mgig_inputs(bg.astype(np.float32) / 255, human.astype(bool), bg, obj * 255, bg,
+                                 np.maximum(human, obj).astype(np.float32))
+    np.testing.assert_array_equal(alt.hint, ref.hint)
+    np.testing.assert_array_equal(alt.reference, ref.reference)
+
+
+def test_hflip_flips_the_reference_canvas_only():
+    bg, human, obj = _scene(160, 200, (20, 140, 30, 90), (60, 150, 80, 190))
+    plain, flipped = _prepare(bg, human, obj), _prepare(bg, human, obj, hflip=True)
+    np.testing.assert_array_equal(flipped.reference, plain.reference[:, ::-1])
+    np.testing.assert_array_equal(flipped.target, plain.target)
+    np.testing.assert_array_equal(flipped.hint[..., 3], plain.hint[..., 3])
+    assert flipped.crop_box == plain.crop_box
+
+
+def test_mask_channel_mask_uses_the_interaction_mask():
+    bg, human, obj = _scene(200, 260, (30, 170, 40, 110), (90, 190, 100, 230))
+    union = np.maximum(human, obj)
+    detail = pp.detail_map(np.full((224, 224, 3), 128, np.uint8), np.ones((224, 224)))
+    box = pp.build_hint(bg, union, detail, mask_channel="box")
+    msk = pp.build_hint(bg, union, detail, mask_channel="mask")
+    np.testing.assert_array_equal(msk.hint[..., :3], box.hint[..., :3])
+    y1, y2, x1, x2 = msk.crop_box
+    ours = msk.hint[..., 3]
+    expected = ip.resize_nearest(pp.pad_to_square(union[y1:y2, x1:x2], 2), (512, 512)).astype(np.float32)
+    expected[expected == 2] = -1
+    np.testing.assert_array_equal(ours, expected)
+    assert (ours == 1).sum() < (box.hint[..., 3] == 1).sum()  # the L-shape is smaller than its box
+    with pytest.raises(ValueError, match="mask_channel"):
+        pp.build_hint(bg, union, detail, mask_channel="perturbed")
+
+
+def test_detail_map_edges_only_inside_the_eroded_mask():
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[:, 80:] = 255   # one strong vertical edge
+    none = pp.detail_map(img, np.zeros((120, 160), np.float32))
+    assert none.shape == img.shape and not none.any()
+    full = pp.detail_map(img, np.ones((120, 160), np.float32))
+    assert full.any() and not full[:, :60].any()
+    assert not pp.detail_map(img, np.ones((120, 160)), thresh=256).any()
+
+
+# --- crop back ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, human_box, object_box", [
+    ((300, 420), (69, 232, 255, 340), (155, 255, 199, 325)),   # landscape
+    ((420, 300), (40, 300, 60, 160), (200, 330, 120, 260)),    # portrait, crop clipped
+    SQUARE_SCENE,  # square crop
+])
+def test_crop_back_places_the_prediction_in_the_crop_only(shape, human_box, object_box):
+    bg, human, obj = _scene(*shape, human_box, object_box)
+    before = bg.copy()
+    inputs = _prepare(bg, human, obj)
+    pred = np.full((511, 512, 3), 200.7, np.float32)
+    out = pp.crop_back(pred, bg, inputs.extra_sizes, inputs.crop_box)
+    np.testing.assert_array_equal(bg, before)              # background untouched
+    y1, y2, x1, x2 = inputs.crop_box
+    m = pp.CROP_MARGIN
+    assert (out[y1 + m:y2 - m, x1 + m:x2 - m] == 200).all()  # truncation, like the official
+    outside = np.ones(shape, bool)
+    outside[y1 + m:y2 - m, x1 + m:x2 - m] = False
+    np.testing.assert_array_equal(out[outside], bg[outside])
+
+
+@pytest.mark.parametrize("shape, human_box, object_box", [
+    ((300, 420), (69, 232, 255, 340), (155, 255, 199, 325)),
+    ((420, 300), (40, 300, 60, 160), (200, 330, 120, 260)),
+    ((240, 400), (0, 240, 0, 120), (150, 240, 90, 200)),
+])
+def test_crop_back_round_trip_is_aligned(shape, human_box, object_box):
+    """Pasting the target crop itself back reproduces the background (up to resampling)."""
+    bg, human, obj = _scene(*shape, human_box, object_box)
+    inputs = _prepare(bg, human, obj)
+    pred = (inputs.target + 1) * 127.5
+    out = pp.crop_back(pred, bg, inputs.extra_sizes, inputs.crop_box, margin=0)
+    y1, y2, x1, x2 = inputs.crop_box
+    err = np.abs(out[y1:y2, x1:x2].astype(int) - bg[y1:y2, x1:x2])
+    assert err.mean() < 3.0, err.mean()
+    # A one-pixel misplacement would cost about one gradient step (~1-2 levels / px) plus
+    # the texture: compare against the shifted paste.
+    shifted = np.abs(out[y1 + 1:y2, x1 + 1:x2].astype(int) - bg[y1:y2 - 1, x1:x2 - 1])
+    assert err.mean() < shifted.mean()
+
+
+def test_decoded_to_prediction_drops_the_first_row():
+    decoded = np.zeros((512, 512, 3), np.float32)
+    decoded[0] = 1.0
+    decoded[1] = 2.0   # clipped to 255
+    pred = pp.decoded_to_prediction(decoded)
+    assert pred.shape == (511, 512, 3) and pred.dtype == np.float32
+    assert (pred[0] == 255).all() and (pred[1:] == 127.5).all()
+
+
+def test_crop_back_rejects_mismatched_geometry():
+    bg = np.zeros((100, 120, 3), np.uint8)
+    with pytest.raises(ValueError, match="extra_sizes"):
+        pp.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), (0, 40, 0, 50))
+    with pytest.raises(ValueError, match="outside the background"):
+        pp.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), (80, 130, 0, 50))
+
+
+# --- input validation -----------------------------------------------------------------------
+
+def test_errors_name_the_input():
+    bg, human, obj = _scene(120, 160, (10, 100, 20, 80), (40, 110, 60, 150))
+    union = np.maximum(human, obj)
+    with pytest.raises(ValueError, match="human_mask is empty"):
+        pp.prepare_mgig_inputs(bg, np.zeros_like(human), bg, obj, bg, union)
+    with pytest.raises(ValueError, match="union_mask is empty"):
+        pp.prepare_mgig_inputs(bg, human, bg, obj, bg, np.zeros_like(union))
+    with pytest.raises(ValueError, match=r"object_mask: size 60x160 .* 120x160"):
+        pp.prepare_mgig_inputs(bg, human, bg, obj[:60], bg, union)
+    with pytest.raises(ValueError, match="background: expected an H x W x 3"):
+        pp.prepare_mgig_inputs(bg, human, bg, obj, bg[:, :, 0], union)
+    with pytest.raises(ValueError, match="human_image: .*batch"):
+        pp.prepare_mgig_inputs(bg[None], human, bg, obj, bg, union)
+    with pytest.raises(ValueError, match=r"object_image: float pixels must be in \[0, 1\]"):
+        pp.prepare_mgig_inputs(bg, human, bg.astype(np.float32), obj, bg, union)
+    with pytest.raises(TypeError, match="human_image: expected uint8 or float pixels, got bool"):
+        pp.prepare_mgig_inputs(bg > 0, human, bg, obj, bg, union)
+
+
+def test_perturb_mask_is_reproducible_and_binary():
+    gt = np.zeros((48, 64), np.uint8)
+    gt[10:40, 12:50] = 1
+    a = pp.perturb_mask(gt, np.random.RandomState(3))
+    b = pp.perturb_mask(gt, np.random.RandomState(3))
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a)) <= {0, 1} and a.sum() >= gt.sum() * 0.5
