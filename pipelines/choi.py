@@ -1,0 +1,132 @@
+"""The MGIG stage of CHOI as three readable steps (each one a ComfyUI node):
+
+1. :func:`id_features` — the 224² reference canvas (human top-left, object bottom-right)
+   and its DINOv2 identity context, plus the unconditional context (encoder on zeros).
+2. :func:`preprocess.detail_map` — the Sobel high-frequency map of that canvas.
+3. :func:`generate` — build the hint around the interaction mask, sample with
+   classifier-free guidance, decode, crop back into the background.
+
+Images are uint8 HWC numpy arrays (float 0..1 accepted), masks HxW (bool / 0..1 / 0..255).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import preprocess, samplers
+from .mgig import MGIGModel
+
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 5.0
+
+
+@dataclass
+class IDFeatures:
+    """What MGIG knows about *who* and *what*: context tokens for the conditional and
+    unconditional passes (CPU float32, [1, tokens, context_dim]) and the canvas they came from."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    canvas: preprocess.ReferenceCanvas
+
+
+@dataclass
+class ChoiResult:
+    """``images``: the background with the generation pasted in, one per batch item;
+    ``crops``: the generated square crops (512², before pasting); ``pasted_mask``: 1 where
+    pixels were replaced; ``hint``: the MGIG hint that was used."""
+
+    images: list[np.ndarray]
+    crops: list[np.ndarray]
+    pasted_mask: np.ndarray
+    hint: preprocess.MGIGHint
+
+
+def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+@torch.no_grad()
+def id_features(model: MGIGModel, human_image, human_mask, object_image, object_mask) -> IDFeatures:
+    """Reference canvas + DINOv2 identity context (DESIGN.md §3, "Reference (ID) input")."""
+    canvas = preprocess.reference_canvas(human_image, human_mask, object_image, object_mask)
+    device, dtype = _device_dtype(model)
+    ref = torch.from_numpy(canvas.image).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32) / 255.0
+    cond = model.encode_id(ref.to(dtype)).float().cpu()
+    uncond = model.uncond_context(1).float().cpu()
+    return IDFeatures(cond=cond, uncond=uncond, canvas=canvas)
+
+
+def blank_background(mask_shape: tuple[int, int]) -> np.ndarray:
+    """The canvas used when no background is given: white, the size of the mask."""
+    return np.full((*mask_shape, 3), 255, dtype=np.uint8)
+
+
+@torch.no_grad()
+def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, background=None, *,
+             steps: int = DEFAULT_STEPS, sampler: str = "ddim", guidance: float = DEFAULT_GUIDANCE,
+             control_scale: float = 1.0, seed: int = 0, batch: int = 1,
+             crop_ratio: float = preprocess.CROP_RATIO, box_ratio: float = preprocess.TARGET_BOX_RATIO,
+             mask_channel: str = "mask", batched_guidance: bool = True,
+             callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> ChoiResult:
+    """Paint the identities into ``interaction_mask`` (background coordinates).
+
+    mask_channel: "mask" feeds the interaction mask as the hint's 4th channel (what MGIG
+      was trained on, and what makes the shape follow IAMG's mask); "box" feeds the box
+      (the official inference path).
+    guidance: classifier-free guidance scale (official 5.0); the unconditional context is
+      the encoder on an all-zero image. ``batched_guidance`` runs cond and uncond as one
+      forward (same maths as the official two calls).
+    seed: batch item i starts from noise drawn with the same generator in one [batch, …]
+      tensor, so the same seed and batch always give the same images.
+    callback(i, total, x, pred_x0) after every step; raise from it to cancel.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    union = preprocess.as_mask(interaction_mask, "interaction_mask")
+    if background is None:
+        background = blank_background(union.shape)
+    background = preprocess.as_image(background, "background")
+    if background.shape[:2] != union.shape:
+        raise ValueError(f"interaction_mask is {union.shape[1]}x{union.shape[0]} but the background is "
+                         f"{background.shape[1]}x{background.shape[0]}; resize the mask to the background")
+    hint = preprocess.build_hint(background, union, detail, box_ratio=box_ratio, crop_ratio=crop_ratio,
+                                 mask_channel=mask_channel)
+
+    device, dtype = _device_dtype(model)
+    hint_t = torch.from_numpy(hint.hint).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+    latent_hw = (hint.hint.shape[0] // 8, hint.hint.shape[1] // 8)
+    x_T = samplers.initial_noise((batch, 4, *latent_hw), seed, device=device, dtype=dtype)
+    cond = {"context": features.cond.to(device=device, dtype=dtype).expand(batch, -1, -1),
+            "hint": hint_t.expand(batch, -1, -1, -1)}
+    uncond = {"context": features.uncond.to(device=device, dtype=dtype).expand(batch, -1, -1),
+              "hint": cond["hint"]}
+
+    def model_fn(x, t, context, hint):
+        return model.predict_eps(x, t, context, hint, control_scale=control_scale)
+
+    eps_fn = samplers.guided_eps(model_fn, cond, uncond, guidance, batched=batched_guidance)
+    z = samplers.sample(eps_fn, x_T, model.alphas_cumprod.to(device), steps, sampler=sampler,
+                        callback=callback)
+    decoded = model.decode_latent(z).float().cpu().permute(0, 2, 3, 1).numpy()
+
+    images, crops = [], []
+    for item in decoded:
+        pred = preprocess.decoded_to_prediction(item)
+        crops.append(np.clip(item * 127.5 + 127.5, 0, 255).astype(np.uint8))
+        images.append(preprocess.crop_back(pred, background, hint.extra_sizes, hint.crop_box))
+    return ChoiResult(images=images, crops=crops, pasted_mask=pasted_region(background.shape[:2], hint),
+                      hint=hint)
+
+
+def pasted_region(shape_hw: tuple[int, int], hint: preprocess.MGIGHint,
+                  margin: int = preprocess.CROP_MARGIN) -> np.ndarray:
+    """Float mask (1 = replaced) of what :func:`preprocess.crop_back` pastes."""
+    y1, y2, x1, x2 = hint.crop_box
+    out = np.zeros(shape_hw, np.float32)
+    out[y1 + margin:max(y2 - margin, y1 + margin), x1 + margin:max(x2 - margin, x1 + margin)] = 1.0
+    return out

@@ -1,0 +1,57 @@
+"""One entry point per model for "a name a user picked": the embedded default or a file
+(official or ours), plus writing our format for MGIG.
+
+The embedded default is the trained small model shipped in `weights/` when present;
+until it ships, the `small` preset with seeded random weights (stated wherever it is used).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .files import DTYPES, save_native
+
+log = logging.getLogger("interact_custom")
+
+EMBEDDED = "(embedded) default"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS_DIR = PACKAGE_ROOT / "weights"
+EMBEDDED_MGIG_FILE = WEIGHTS_DIR / "mgig_default.safetensors"
+EMBEDDED_SEED = 0
+EMBEDDED_PRESET = "small"
+
+
+def embedded_is_random(kind: str = "mgig") -> bool:
+    """True while no trained default of this model kind ships with the package."""
+    return not (WEIGHTS_DIR / f"{kind}_default.safetensors").is_file()
+
+
+def load_mgig_model(source: str | Path = EMBEDDED, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None):
+    """MGIG from ``EMBEDDED`` or a file path (official `mgig.ckpt` or our safetensors)."""
+    from .official_mgig import load_mgig
+
+    if str(source) != EMBEDDED:
+        return load_mgig(source, device=device, dtype=dtype)
+    if EMBEDDED_MGIG_FILE.is_file():
+        return load_mgig(EMBEDDED_MGIG_FILE, device=device, dtype=dtype)
+    from ..pipelines.mgig import MGIGModel, mgig_config
+
+    log.warning("MGIG: no trained default ships yet; using the '%s' preset with seeded random weights "
+                "(seed %d) — outputs are not meaningful images", EMBEDDED_PRESET, EMBEDDED_SEED)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(EMBEDDED_SEED)
+        model = MGIGModel(mgig_config(EMBEDDED_PRESET))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def save_mgig(model, path: str | Path, *, dtype: str = "fp16", overwrite: bool = False,
+              preset: str = "custom", source: str = "") -> Path:
+    """Write an MGIG model in our single-file safetensors format (atomic, no overwrite)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    extra = {"source": source} if source else None
+    return save_native(path, model.state_dict(), model="mgig", preset=preset, dtype=dtype,
+                       config=model.config.to_dict(), extra=extra, overwrite=overwrite)
