@@ -1,0 +1,162 @@
+"""The MGIG stage: CHOI ID Features (DINOv2), CHOI Detail Map (Sobel), CHOI Mask-Guided Sampler."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import comfy_bridge as bridge
+from . import tensors
+from .loaders import CATEGORY
+from .masks import check_box
+
+
+def _references(image, mask, name: str) -> tuple[list, list]:
+    images = tensors.image_batch(image, f"{name}_image")
+    masks = tensors.mask_batch(mask, f"{name}_mask", size_hw=images[0].shape[:2], threshold=0.5)
+    return tensors.pair_batches(f"{name}_image", images, f"{name}_mask", masks)
+
+
+class CHOIIDFeatures:
+    DESCRIPTION = ("Identity features for MGIG: the person and the object are cut out by their masks, laid out on "
+                   "one 224x224 reference canvas (person top-left, object bottom-right) and encoded by DINOv2.")
+    CATEGORY = "Interact-Custom"
+    RETURN_TYPES = ("CHOI_ID", "IMAGE", "MASK")
+    RETURN_NAMES = ("id_features", "reference_canvas", "canvas_mask")
+    OUTPUT_TOOLTIPS = ("Identity tokens (conditional and unconditional) for the Mask-Guided Sampler.",
+                       "The 224x224 canvas the encoder saw — check both cut-outs look right.",
+                       "Foreground of the canvas (input of CHOI Detail Map).")
+    FUNCTION = "extract"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "mgig_model": ("MGIG_MODEL", {"tooltip": "From Load MGIG."}),
+            "human_image": ("IMAGE", {"tooltip": "Photo of the person (any pose)."}),
+            "human_mask": ("MASK", {"tooltip": "The person's mask (1 = person). For a transparent cut-out loaded "
+                                    "with Load Image, add InvertMask (its mask is 1 - alpha)."}),
+            "object_image": ("IMAGE", {"tooltip": "Photo of the object."}),
+            "object_mask": ("MASK", {"tooltip": "The object's mask (1 = object)."}),
+        }}
+
+    def extract(self, mgig_model, human_image, human_mask, object_image, object_mask):
+        from ..pipelines import choi
+
+        humans = list(zip(*_references(human_image, human_mask, "human")))
+        objects = list(zip(*_references(object_image, object_mask, "object")))
+        humans, objects = tensors.pair_batches("human", humans, "object", objects)
+        features = []
+        with mgig_model as model:
+            for (h_img, h_mask), (o_img, o_mask) in zip(humans, objects):
+                bridge.check_interrupt()
+                features.append(choi.id_features(model, h_img, h_mask, o_img, o_mask))
+        canvases = tensors.to_image([f.canvas.image for f in features])
+        masks = tensors.to_mask([f.canvas.mask.astype(np.float32) / 255.0 for f in features])
+        return (features, canvases, masks)
+
+
+class CHOIDetailMap:
+    DESCRIPTION = ("The Sobel high-frequency detail map of the reference canvas (colour weighted by edge "
+                   "strength) that MGIG pastes into the target box. You may edit or replace it.")
+    CATEGORY = "Interact-Custom"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("detail_map",)
+    OUTPUT_TOOLTIPS = ("Detail map, same size as the canvas.",)
+    FUNCTION = "compute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "reference_canvas": ("IMAGE", {"tooltip": "From CHOI ID Features."}),
+            "canvas_mask": ("MASK", {"tooltip": "From CHOI ID Features."}),
+            "threshold": ("INT", {"default": 50, "min": 0, "max": 255,
+                                  "tooltip": "Edges weaker than this are dropped (official 50)."}),
+        }}
+
+    def compute(self, reference_canvas, canvas_mask, threshold):
+        from ..pipelines.preprocess import detail_map
+
+        images = tensors.image_batch(reference_canvas, "reference_canvas")
+        masks = tensors.mask_batch(canvas_mask, "canvas_mask", size_hw=images[0].shape[:2])
+        images, masks = tensors.pair_batches("reference_canvas", images, "canvas_mask", masks)
+        return (tensors.to_image([detail_map(i, m, thresh=threshold) for i, m in zip(images, masks)]),)
+
+
+class CHOIMaskGuidedSampler:
+    DESCRIPTION = ("MGIG: paints the person and object into the interaction mask (inside the box of the "
+                   "background, or on a white canvas), then pastes the result back.")
+    CATEGORY = "Interact-Custom"
+    RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
+    RETURN_NAMES = ("image", "generated_crop", "pasted_region")
+    OUTPUT_TOOLTIPS = ("The background with the generated pair pasted in.",
+                       "The generated square crop (512x512) before pasting.",
+                       "Where pixels were replaced (1) in the background.")
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..pipelines.samplers import SAMPLER_NAMES
+
+        return {
+            "required": {
+                "mgig_model": ("MGIG_MODEL", {"tooltip": "From Load MGIG."}),
+                "id_features": ("CHOI_ID", {"tooltip": "From CHOI ID Features."}),
+                "detail_map": ("IMAGE", {"tooltip": "From CHOI Detail Map (or your edited version)."}),
+                "interaction_mask": ("MASK", {"tooltip": "Human ∪ object silhouette in background pixels: from "
+                                              "IAMG, IAMG-R + Fit Mask To Box, or painted by hand."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official 50)."}),
+                "sampler": (SAMPLER_NAMES, {"default": "ddim", "tooltip": "ddim = official; dpmpp_2m/unipc "
+                                            "reach similar quality in ~20-25 steps."}),
+                "guidance": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                                       "tooltip": "Classifier-free guidance on the identity (official 5.0)."}),
+                "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                               "tooltip": "Scale of the ControlNet residuals (official 1.0)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "Same seed, same images."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per identity pair."}),
+                "mask_channel": (["mask", "box"], {"default": "mask", "tooltip": "What MGIG's 4th hint channel "
+                                 "holds: the interaction mask (shape follows the mask) or its box (official "
+                                 "inference; shape left to the model)."}),
+                "crop_ratio": ("FLOAT", {"default": 1.3, "min": 1.0, "max": 3.0, "step": 0.05,
+                                         "tooltip": "Context around the pair: crop = target box x this "
+                                                    "(official draws 1.3..2.9 at random; 1.3 = tightest)."}),
+            },
+            "optional": {
+                "background": ("IMAGE", {"tooltip": "Scene to generate into (white canvas when absent)."}),
+                "box": ("CHOI_BOX", {"tooltip": "Restrict the interaction mask to this box of the background."}),
+            },
+        }
+
+    def sample(self, mgig_model, id_features, detail_map, interaction_mask, steps, sampler, guidance,
+               control_strength, seed, batch_size, mask_channel, crop_ratio, background=None, box=None):
+        from ..pipelines import choi
+
+        bg = tensors.image_batch(background, "background")[0] if background is not None else None
+        masks = tensors.mask_batch(interaction_mask, "interaction_mask",
+                                   size_hw=bg.shape[:2] if bg is not None else None, threshold=0.5)
+        if box is not None:
+            x, y, w, h = check_box(box, masks[0].shape)
+            for m in masks:
+                inside = np.zeros_like(m)
+                inside[y:y + h, x:x + w] = m[y:y + h, x:x + w]
+                if not inside.any():
+                    raise ValueError(f"interaction_mask has no pixels inside the box {tuple(box)}; move the box "
+                                     "or use Fit Mask To Box to place the mask in it")
+                m[...] = inside
+        details = tensors.image_batch(detail_map, "detail_map")
+        features, details = tensors.pair_batches("id_features", list(id_features), "detail_map", details)
+        pairs, masks = tensors.pair_batches("id_features", list(zip(features, details)), "interaction_mask", masks)
+
+        progress = bridge.Progress(steps * len(pairs))
+        images, crops, pasted = [], [], []
+        with mgig_model as model:
+            for k, ((feat, detail), mask) in enumerate(zip(pairs, masks)):
+                def callback(i, total, x, x0, k=k):
+                    progress.update(k * steps + i + 1, tensors.latent_preview(x0))
+
+                result = choi.generate(model, feat, detail, mask, bg, steps=steps, sampler=sampler,
+                                       guidance=guidance, control_scale=control_strength, seed=seed,
+                                       batch=batch_size, crop_ratio=crop_ratio, mask_channel=mask_channel,
+                                       callback=callback)
+                images += result.images
+                crops += result.crops
+                pasted += [result.pasted_mask] * len(result.images)
+        return (tensors.to_image(images), tensors.to_image(crops), tensors.to_mask(pasted))

@@ -1,0 +1,102 @@
+"""Load IAMG / Load MGIG."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import comfy_bridge as bridge
+
+CATEGORY = "Interact-Custom"
+DTYPE_CHOICES = ["auto", "fp32", "bf16", "fp16"]
+DEVICE_CHOICES = ["auto", "cpu", "gpu"]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """What flows along an IAMG_MODEL / MGIG_MODEL link: the module under ComfyUI's memory
+    manager plus where it came from."""
+
+    kind: str
+    managed: bridge.ManagedModel
+    source: str
+    dtype: torch.dtype
+
+    def __enter__(self):
+        return self.managed.load()
+
+    def __exit__(self, *exc):
+        self.managed.release()
+
+
+def model_choices() -> list[str]:
+    from ..weights_manager.loader import EMBEDDED
+
+    return [EMBEDDED] + bridge.list_model_files()
+
+
+def _resolve(model_name: str, dtype: str, device: str):
+    from ..weights_manager.loader import EMBEDDED
+
+    load_device = bridge.torch_device(device)
+    torch_dtype = bridge.auto_dtype(load_device) if dtype == "auto" else _DTYPES[dtype]
+    path = model_name if model_name == EMBEDDED else bridge.model_file_path(model_name)
+    return path, load_device, torch_dtype
+
+
+def _inputs(kind: str) -> dict:
+    return {"required": {
+        "model_name": (model_choices(), {
+            "tooltip": f"{kind} weights: the embedded default, or a file in models/interact_custom/ (official "
+                       "checkpoints and our .safetensors alike; the architecture is detected from the file)."}),
+        "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": "Compute precision. auto = bf16 where the device "
+                                  "runs it fast (recent GPUs, CPUs with AMX), else fp16 on GPU, else fp32."}),
+        "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "auto = ComfyUI's device; cpu forces the CPU."}),
+        "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the weights on the device between "
+                                          "runs (faster); off = offload after each use to free memory."}),
+    }}
+
+
+class LoadMGIG:
+    DESCRIPTION = ("Loads MGIG, the mask-guided image generator (AnyDoor-style ControlNet + DINOv2 identity "
+                   "encoder). Accepts the official mgig.ckpt or our converted .safetensors.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MGIG_MODEL",)
+    RETURN_NAMES = ("mgig_model",)
+    OUTPUT_TOOLTIPS = ("The MGIG model, for CHOI ID Features and the Mask-Guided Sampler.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _inputs("MGIG")
+
+    def load(self, model_name, dtype, device, keep_model_loaded):
+        from ..weights_manager.loader import load_mgig_model
+
+        path, load_device, torch_dtype = _resolve(model_name, dtype, device)
+        module = load_mgig_model(path, device="cpu", dtype=torch_dtype)
+        managed = bridge.ManagedModel(module, load_device, keep_model_loaded)
+        return (LoadedModel("mgig", managed, model_name, torch_dtype),)
+
+
+class LoadIAMG:
+    DESCRIPTION = ("Loads IAMG, the interaction-aware mask generator. Accepts the official iamg.pth (which "
+                   "ignores the text prompt) or our .safetensors (the text-conditioned variant).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IAMG_MODEL",)
+    RETURN_NAMES = ("iamg_model",)
+    OUTPUT_TOOLTIPS = ("The IAMG model, for IAMG Generate Mask.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _inputs("IAMG")
+
+    def load(self, model_name, dtype, device, keep_model_loaded):
+        from ..weights_manager.native_iamg import load_iamg
+
+        path, load_device, torch_dtype = _resolve(model_name, dtype, device)
+        module = load_iamg(path, device="cpu", dtype=torch_dtype)
+        managed = bridge.ManagedModel(module, load_device, keep_model_loaded)
+        return (LoadedModel("iamg", managed, model_name, torch_dtype),)
