@@ -1,0 +1,218 @@
+"""The package in a real ComfyUI server: every shipped UI workflow converts, runs and saves
+the expected images; cancel, validation errors, execution errors and caching behave.
+
+Needs a ComfyUI checkout (COMFYUI_DIR or ~/ComfyUI, see tests/README_comfyui.md); without
+one these tests skip, saying so. The converter tests at the top need no server.
+Until the package has nodes, a workflow of ComfyUI core nodes (comfy_harness.core_nodes_workflow)
+proves the harness.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_harness as ch  # noqa: E402  (tests/ is not a package; --import-mode=importlib)
+
+WORKFLOWS = ch.workflow_files()
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def server(request) -> ch.ComfyServer:
+    return ch.server_fixture(request)
+
+
+def unique_color() -> int:
+    """An EmptyImage colour no earlier prompt used, so its node is not served from cache."""
+    return uuid.uuid4().int % 0xFFFFFF
+
+
+def small_prompt(color: int, prefix: str = "harness_small") -> dict:
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 1, "color": color}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}}}
+
+
+# --------------------------------------------------------------------------- converter (no server)
+
+# Hand-written node definitions in /object_info's format, covering the layout rules.
+MINI_OBJECT_INFO = {
+    "Gen": {"input": {"required": {"model": ["MODEL"], "seed": ["INT", {"default": 0, "control_after_generate": True}],
+                                   "steps": ["INT", {"default": 20}], "mode": [["a", "b"]]},
+                      "optional": {"strength": ["FLOAT", {"default": 1.0}], "hint": ["STRING", {"forceInput": True}]}},
+            "input_order": {"required": ["model", "seed", "steps", "mode"], "optional": ["strength", "hint"]},
+            "output": ["IMAGE"], "output_name": ["IMAGE"], "display_name": "Gen"},
+    "Load": {"input": {"required": {"image": [["x.png", "y.png"], {"image_upload": True}], "channel": [["red", "alpha"]]}},
+             "input_order": {"required": ["image", "channel"]}, "output": ["MODEL"], "output_name": ["MODEL"]},
+    "Blur": {"input": {"required": {"image": ["IMAGE"], "radius": ["INT", {"default": 1}]}},
+             "input_order": {"required": ["image", "radius"]}, "output": ["IMAGE"], "output_name": ["IMAGE"]},
+    "Save": {"input": {"required": {"images": ["IMAGE"]}}, "input_order": {"required": ["images"]},
+             "output": [], "output_name": [], "output_node": True},
+}
+
+
+def test_widget_slots_follow_front_end_layout():
+    slots = [(s.name, s.kind) for s in ch.widget_slots(MINI_OBJECT_INFO["Gen"])]
+    assert slots == [("seed", "value"), ("control_after_generate", "control"), ("steps", "value"),
+                     ("mode", "value"), ("strength", "value")]
+    # The upload button's value comes after all required widgets (LoadImageMask: image, channel, upload).
+    assert [s.kind for s in ch.widget_slots(MINI_OBJECT_INFO["Load"])] == ["value", "value", "upload"]
+
+
+def test_converter_rules_without_server():
+    b = ch.WorkflowBuilder(MINI_OBJECT_INFO)
+    load = b.add("Load", {"image": "y.png"})
+    gen = b.add("Gen", {"seed": 7, "steps": 3, "mode": "b"}, control="randomize")
+    bypassed = b.add("Blur", mode=ch.MODE_BYPASS)
+    muted = b.add("Blur", mode=ch.MODE_NEVER)
+    save = b.add("Save")
+    save2 = b.add("Save")
+    prim = b.add_primitive(11, "INT")
+    b.connect(load, 0, gen, "model")
+    b.connect(prim, 0, gen, "steps")
+    b.connect(gen, 0, bypassed, "image")
+    b.connect(bypassed, 0, save, "images")
+    b.connect(gen, 0, muted, "image")
+    b.connect(muted, 0, save2, "images")
+    b.add_note("ignored")
+    prompt = ch.workflow_to_prompt(b.build(), MINI_OBJECT_INFO)
+    assert set(prompt) == {str(load), str(gen), str(save), str(save2)}
+    assert prompt[str(load)]["inputs"] == {"image": "y.png", "channel": "red"}
+    assert prompt[str(gen)]["inputs"] == {"model": [str(load), 0], "seed": 7, "steps": 11, "mode": "b", "strength": 1.0}
+    assert prompt[str(save)]["inputs"] == {"images": [str(gen), 0]}  # through the bypassed Blur
+    assert prompt[str(save2)]["inputs"] == {}  # its source is muted
+
+
+def test_converter_errors_are_readable():
+    b = ch.WorkflowBuilder(MINI_OBJECT_INFO)
+    b.add("Blur")
+    wf = b.build()
+    wf["nodes"][0]["widgets_values"] = [1, 2, 3]
+    with pytest.raises(ch.WorkflowError, match=r"node 1 \(Blur\): widgets_values has 3 values.*expected 1"):
+        ch.workflow_to_prompt(wf, MINI_OBJECT_INFO)
+    wf["nodes"][0]["type"] = "NotInstalled"
+    with pytest.raises(ch.MissingNodeTypes, match=r"NotInstalled \(node 1\)"):
+        ch.workflow_to_prompt(wf, MINI_OBJECT_INFO)
+
+
+# --------------------------------------------------------------------------- server
+
+@pytest.mark.server
+def test_server_loads_package(server):
+    assert server.package_import_error() is None, server.package_import_error()
+    assert str(server.package_path) in server.log_text(), "ComfyUI did not list the package among its custom nodes"
+    # Every node the package declares is registered (python_module = custom_nodes.<folder>).
+    from interact_custom.nodes import NODE_CLASS_MAPPINGS
+
+    assert set(server.package_node_types()) == set(NODE_CLASS_MAPPINGS)
+
+
+@pytest.mark.server
+def test_core_workflow_runs(server):
+    wf, expect = ch.core_nodes_workflow(server.object_info())
+    result = server.run_workflow(wf, timeout=120)
+    images = ch.check_outputs(server, result, expect)
+    # Exact pixels: the bypassed blur must not have run, the inversion must have.
+    # SaveImage truncates 255*value to uint8, so 255 - v may come back as 254 - v.
+    inverted = images["4"][0].convert("RGB")
+    for x, y in [(0, 0), (13, 7), (30, 21), (47, 39)]:
+        want = [255 - c for c in ch.pattern_pixel(x, y)]
+        got = inverted.getpixel((x, y))
+        assert all(w - 1 <= g <= w for g, w in zip(got, want)), f"pixel ({x}, {y}): {got}, expected {want} (-1)"
+    # nearest-exact 48x40 -> 24x20 samples source pixel floor((i + 0.5) * 2) = 2i + 1.
+    scaled = images["9"][0].convert("RGB")
+    got, want = scaled.getpixel((5, 3)), ch.pattern_pixel(11, 7)
+    assert all(w - 1 <= g <= w for g, w in zip(got, want)), f"scaled pixel (5, 3): {got}, expected {want} (-1)"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", WORKFLOWS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="no workflows/*.json or example_workflows/*.json yet"))], ids=[p.name for p in WORKFLOWS] or ["none"])
+def test_shipped_workflow_runs(server, path):
+    wf, expect = ch.prepare_shipped_workflow(path, server)
+    result = server.run_workflow(wf, timeout=expect.get("timeout_s", 600))
+    ch.check_outputs(server, result, expect)
+
+
+@pytest.mark.server
+def test_workflows_ship_once_nodes_exist(server):
+    types = server.package_node_types()
+    if not types:
+        pytest.skip("the package registers no nodes yet (NODE_CLASS_MAPPINGS is empty)")
+    assert WORKFLOWS, f"the package has nodes {types} but ships no workflows/*.json to test them"
+    used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
+    assert used & set(types), f"no shipped workflow uses any of the package's nodes {types}"
+
+
+@pytest.mark.server
+def test_identical_run_is_served_from_cache(server):
+    prompt = small_prompt(unique_color(), "harness_cache")
+    first = server.run(prompt, timeout=60).raise_for_error()
+    assert "1" not in first.cached_nodes, "a new EmptyImage colour cannot come from the cache"
+    second = server.run(prompt, timeout=60).raise_for_error()
+    assert second.cached_nodes == set(prompt), f"executed again: {set(prompt) - second.cached_nodes}"
+    assert second.images("2") == first.images("2"), "a cached run must report the same saved image"
+
+
+@pytest.mark.server
+def test_interrupt_long_prompt_then_server_still_works(server):
+    # A chain of slow core nodes (~1 s each on CPU); ComfyUI checks for an interrupt
+    # before every node, so the chain stops at the next node after /interrupt.
+    n_blurs = 12
+    prompt = {"1": {"class_type": "EmptyImage",
+                    "inputs": {"width": 1024, "height": 1024, "batch_size": 1, "color": unique_color()}}}
+    for i in range(n_blurs):
+        prompt[str(i + 2)] = {"class_type": "ImageBlur",
+                              "inputs": {"image": [str(i + 1), 0], "blur_radius": 31, "sigma": 10.0}}
+    last = str(n_blurs + 2)
+    prompt[last] = {"class_type": "PreviewImage", "inputs": {"images": [str(n_blurs + 1), 0]}}
+    pid = server.queue(prompt)
+    deadline = time.monotonic() + 60
+    while not server.is_running(pid):
+        assert time.monotonic() < deadline, "the long prompt never started"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    server.interrupt(pid)
+    result = server.wait(pid, timeout=120)
+    assert result.interrupted and not result.ok, f"expected an interrupt, got {result.status}: {result.messages}"
+    stopped = result.message("execution_interrupted")
+    assert last not in stopped["executed"] and len(stopped["executed"]) < len(prompt) - 1, stopped
+    assert not result.outputs.get(last)
+    # The server stays usable: the next prompt runs to the end.
+    follow = server.run(small_prompt(unique_color(), "harness_after_interrupt"), timeout=60)
+    ch.check_outputs(server, follow, {"outputs": {"2": {"count": 1, "size": [32, 24], "allow_blank": True}}})
+
+
+# Bad inputs and the error a user must see. Add the package's own cases here (e.g. a
+# missing/mismatched checkpoint, a mask of the wrong size) with the message it raises.
+BAD_INPUTS = {
+    "value_below_min": (
+        lambda: {**small_prompt(1), "1": {**small_prompt(1)["1"], "inputs": {**small_prompt(1)["1"]["inputs"], "width": 0}}},
+        ch.PromptRejected, r"node 1 \(EmptyImage\): Value 0 smaller than min of 1: width"),
+    "missing_input_file": (
+        lambda: {"1": {"class_type": "LoadImage", "inputs": {"image": "no_such_file.png"}},
+                 "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}},
+        ch.PromptRejected, r"node 1 \(LoadImage\): .*Invalid image file: no_such_file.png"),
+    "unknown_node_type": (
+        lambda: {"1": {"class_type": "NoSuchNode", "inputs": {}}},
+        ch.PromptRejected, r"NoSuchNode"),
+    "node_raises": (
+        lambda: small_prompt(unique_color(), "../outside_output_folder"),
+        ch.ExecutionFailed, r"node 2 \(SaveImage\) raised Exception: .*Saving image outside the output folder is not allowed"),
+}
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_readable_error(server, case):
+    make_prompt, error, message = BAD_INPUTS[case]
+    with pytest.raises(error, match=message):
+        server.run(make_prompt(), timeout=60).raise_for_error()
+    # ... and the server goes on working.
+    server.run(small_prompt(unique_color()), timeout=60).raise_for_error()
