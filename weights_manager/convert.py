@@ -39,13 +39,12 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "fp16", overwrite:
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it (pass --overwrite)")
     kind = kind or detect_kind(src)
     if kind == "mgig":
-        from .loader import save_mgig
-        from .official_mgig import load_mgig
+        from .official_mgig import load_mgig, save_mgig
 
         model = load_mgig(src)
         out = save_mgig(model, dst, dtype=dtype, overwrite=overwrite, source=Path(src).name)
-    if kind == "iamg":
-        from .official_iamg import load_iamg, save_iamg
+    elif kind == "iamg":
+        from .native_iamg import load_iamg, save_iamg
 
         model = load_iamg(src)
         out = save_iamg(model, dst, dtype=dtype, overwrite=overwrite, source=Path(src).name)

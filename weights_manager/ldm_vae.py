@@ -16,6 +16,10 @@ API (state dicts without any outer prefix, i.e. keys start with `encoder.`, `dec
 - ``convert_diffusers_vae_to_ldm(diffusers_sd) -> dict``: the inverse.
 - ``build_vae(config) -> AutoencoderKL`` and ``load_ldm_vae(ldm_sd) -> AutoencoderKL``
   (detect, build, strict load; raises `VAEKeyError` listing missing/unexpected keys).
+- ``state_dict_mismatch(expected_sd, sd, what) -> str | None``: names/shapes check that
+  also works against a meta-device model (used by the MGIG loader).
+
+`VAEKeyError` is both a `KeyError` and a `files.WeightsError`.
 
 Key map (i = resolution level, 0 = full resolution; n = number of levels; j = block):
 
@@ -42,6 +46,8 @@ from typing import Mapping
 
 import torch
 
+from .files import WeightsError
+
 # SD kl-f8 latent scale (LDM `scale_factor`); both official models use it.
 SD_VAE_SCALE = 0.18215
 # LDM `Normalize` is GroupNorm(32 groups, eps 1e-6), the same as diffusers' VAE default.
@@ -53,8 +59,9 @@ _RESNET_NAMES = {"nin_shortcut": "conv_shortcut"}
 _RESNET_NAMES_INV = {v: k for k, v in _RESNET_NAMES.items()}
 
 
-class VAEKeyError(KeyError):
-    """A VAE state dict does not match the architecture read from its shapes."""
+class VAEKeyError(KeyError, WeightsError):
+    """A VAE state dict does not match the architecture read from its shapes (a KeyError
+    for callers that look keys up, a `WeightsError` like every other weight problem)."""
 
     def __str__(self):  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""

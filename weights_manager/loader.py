@@ -1,5 +1,5 @@
 """One entry point per model for "a name a user picked": the embedded default or a file
-(official or ours), plus writing our format for MGIG.
+(official or ours).
 
 The embedded default is the trained small model shipped in `weights/` when present;
 until it ships, the `small` preset with seeded random weights (stated wherever it is used).
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from .files import DTYPES, save_native
 
 log = logging.getLogger("interact_custom")
 
@@ -45,13 +44,3 @@ def load_mgig_model(source: str | Path = EMBEDDED, *, device: str | torch.device
         torch.manual_seed(EMBEDDED_SEED)
         model = MGIGModel(mgig_config(EMBEDDED_PRESET))
     return model.to(device=device, dtype=dtype).eval()
-
-
-def save_mgig(model, path: str | Path, *, dtype: str = "fp16", overwrite: bool = False,
-              preset: str = "custom", source: str = "") -> Path:
-    """Write an MGIG model in our single-file safetensors format (atomic, no overwrite)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    extra = {"source": source} if source else None
-    return save_native(path, model.state_dict(), model="mgig", preset=preset, dtype=dtype,
-                       config=model.config.to_dict(), extra=extra, overwrite=overwrite)

@@ -1,0 +1,405 @@
+"""MGIG — Mask-Guided Image Generation (DESIGN.md §3): the AnyDoor ControlLDM assembled
+from diffusers / transformers parts.
+
+    identity   : reference canvas [B,3,224,224] in 0..1 -> ImageNet normalisation -> DINOv2
+                 -> final LayerNorm over [CLS; patch tokens] -> Linear projector
+                 -> context [B, 1+patches, context_dim]            (`encode_id`)
+    ControlNet : hint [B,4,512,512] (detail-map collage + box/mask channel) -> 13 residuals.
+                 It never sees x_t: the embedded hint *replaces* its first conv's output.
+    UNet       : eps = UNet(x_t, t, context) with the residuals added to skips / middle
+    VAE        : SD kl-f8, latents scaled by 0.18215
+
+Configs are plain data (`MGIGConfig`: kwargs for `UNet2DConditionModel`,
+`ControlNetModel`, `Dinov2Config`, `AutoencoderKL`, and the noise schedule); presets are
+`official` (the released checkpoint), `tiny` (test-sized, the shape of the reduced test
+vectors) and `small` (a few-M-parameter model). Official checkpoints are converted and
+loaded by `weights_manager.official_mgig`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import samplers
+
+# ImageNet statistics used by FrozenDinoV2Encoder before the ViT.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# ControlLDM's noise schedule (anydoor.yaml): LDM "linear" = linspace(sqrt(start), sqrt(end))^2.
+OFFICIAL_SCHEDULE = {"linear_start": samplers.LINEAR_START, "linear_end": samplers.LINEAR_END,
+                     "num_train_timesteps": samplers.NUM_TRAIN_TIMESTEPS}
+
+# The reference canvas is 224x224 (DESIGN.md §3); the unconditional context encodes an
+# all-zero image of this size.
+ID_IMAGE_SIZE = 224
+
+
+# ---------------------------------------------------------------------------------------
+# Configs (plain data)
+# ---------------------------------------------------------------------------------------
+
+def default_head_dim(width: int) -> int:
+    """Attention head width, which cannot be read from weight shapes.
+
+    SD-2.x UNets and every DINOv2 ViT use 64-channel heads; widths that are not multiples
+    of 64 only occur in reduced test models, which use 16-channel heads.
+    """
+    return 64 if width % 64 == 0 else 16
+
+
+def unet_kwargs(*, model_channels: int, channel_mult, num_res_blocks: int, attention_levels,
+                context_dim: int, head_dim: int | None = None, transformer_depth: int = 1,
+                linear_projection: bool = True, in_channels: int = 4, out_channels: int = 4) -> dict:
+    """`UNet2DConditionModel` kwargs for an LDM openaimodel UNet with SpatialTransformers.
+
+    `attention_levels[i]` says whether level i (0 = full latent resolution) has
+    cross-attention transformers; the middle block always has one. Time embedding
+    [cos, sin] with no frequency shift, as LDM's `timestep_embedding`.
+    """
+    widths = [model_channels * m for m in channel_mult]
+    head_dim = head_dim or default_head_dim(model_channels)
+    if any(w % head_dim for w in widths):
+        raise ValueError(f"UNet widths {widths} are not multiples of the head width {head_dim}")
+    attention_levels = [bool(a) for a in attention_levels]
+    if len(attention_levels) != len(widths):
+        raise ValueError(f"attention_levels {attention_levels} must have one entry per level {widths}")
+    return {
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels)],
+        "block_out_channels": widths,
+        "layers_per_block": num_res_blocks,
+        "downsample_padding": 1,
+        "act_fn": "silu",
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "cross_attention_dim": context_dim,
+        "transformer_layers_per_block": transformer_depth,
+        # diffusers' historical naming: for this UNet `attention_head_dim` is the number
+        # of heads per level (LDM `num_head_channels` fixes the width instead).
+        "attention_head_dim": [w // head_dim for w in widths],
+        "use_linear_projection": linear_projection,
+    }
+
+
+def controlnet_kwargs(unet: dict, *, hint_channels: int = 4, hint_widths=(16, 32, 96, 256)) -> dict:
+    """`ControlNetModel` kwargs: the UNet's encoder + middle, plus the hint embedding
+    (convs hint->16->16->32(s2)->32->96(s2)->96->256(s2)->zero conv, SiLU between)."""
+    keep = ("in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "block_out_channels",
+            "layers_per_block", "downsample_padding", "act_fn", "norm_num_groups", "norm_eps",
+            "cross_attention_dim", "transformer_layers_per_block", "attention_head_dim",
+            "use_linear_projection")
+    cfg = {k: copy.deepcopy(unet[k]) for k in keep}
+    cfg["conditioning_channels"] = hint_channels
+    cfg["conditioning_embedding_out_channels"] = list(hint_widths)
+    return cfg
+
+
+def dinov2_kwargs(*, hidden_size: int, depth: int, num_heads: int | None = None, patch_size: int = 14,
+                  image_size: int = 518, mlp_ratio: int = 4) -> dict:
+    """`transformers.Dinov2Config` kwargs for DINOv2 with the fused SwiGLU FFN (ViT-g style):
+    LayerScale, qkv bias, LayerNorm eps 1e-6, no register tokens. `image_size` fixes the
+    stored position-embedding grid (518 -> 37x37 in the released model)."""
+    return {
+        "hidden_size": hidden_size,
+        "num_hidden_layers": depth,
+        "num_attention_heads": num_heads or hidden_size // default_head_dim(hidden_size),
+        "mlp_ratio": mlp_ratio,
+        "patch_size": patch_size,
+        "image_size": image_size,
+        "num_channels": 3,
+        "qkv_bias": True,
+        "layer_norm_eps": 1e-6,
+        "layerscale_value": 1.0,
+        "drop_path_rate": 0.0,
+        "use_swiglu_ffn": True,
+    }
+
+
+def vae_kwargs(*, ch: int = 128, ch_mult=(1, 2, 4, 4), num_res_blocks: int = 2, z_channels: int = 4,
+               scaling_factor: float = 0.18215) -> dict:
+    """`AutoencoderKL` kwargs for an LDM kl-f8 VAE (mid-block attention, no level attention)."""
+    n = len(ch_mult)
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": [ch * m for m in ch_mult],
+        "layers_per_block": num_res_blocks,
+        "act_fn": "silu",
+        "latent_channels": z_channels,
+        "norm_num_groups": 32,
+        "scaling_factor": scaling_factor,
+        "mid_block_add_attention": True,
+    }
+
+
+@dataclass
+class MGIGConfig:
+    """Everything needed to build an `MGIGModel`, as plain (JSON-able) data."""
+
+    unet: dict
+    controlnet: dict
+    # {"dinov2": Dinov2Config kwargs, "context_dim": projector output width}
+    id_encoder: dict
+    vae: dict
+    schedule: dict = field(default_factory=lambda: dict(OFFICIAL_SCHEDULE))
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MGIGConfig":
+        return cls(**copy.deepcopy(data))
+
+
+def _preset(*, model_channels, channel_mult, attention_levels, context_dim, dino_dim, dino_depth,
+            dino_image_size, vae_ch, vae_mult, head_dim=None, dino_heads=None) -> MGIGConfig:
+    unet = unet_kwargs(model_channels=model_channels, channel_mult=channel_mult, num_res_blocks=2,
+                       attention_levels=attention_levels, context_dim=context_dim, head_dim=head_dim)
+    return MGIGConfig(
+        unet=unet,
+        controlnet=controlnet_kwargs(unet),
+        id_encoder={"dinov2": dinov2_kwargs(hidden_size=dino_dim, depth=dino_depth, num_heads=dino_heads,
+                                            image_size=dino_image_size),
+                    "context_dim": context_dim},
+        vae=vae_kwargs(ch=vae_ch, ch_mult=vae_mult),
+    )
+
+
+def mgig_config(preset: str = "official") -> MGIGConfig:
+    """A named configuration.
+
+    - ``official``: the released mgig.ckpt — SD-2.1-base UNet (320·[1,2,4,4], 64-ch heads,
+      context 1024) + ControlNet, DINOv2 ViT-g/14 (37² position grid) + projector, SD kl-f8 VAE.
+    - ``tiny``: for tests, the shape of the reduced test vectors (≈4 M parameters).
+    - ``small``: ≈5.4 M parameters (≈11 MB in fp16), for a shipped default model; 16²
+      position grid, so the 224 reference needs no interpolation.
+    """
+    if preset == "official":
+        return _preset(model_channels=320, channel_mult=(1, 2, 4, 4), attention_levels=(1, 1, 1, 0),
+                       context_dim=1024, dino_dim=1536, dino_depth=40, dino_image_size=518,
+                       vae_ch=128, vae_mult=(1, 2, 4, 4))
+    if preset == "tiny":
+        return _preset(model_channels=32, channel_mult=(1, 1, 1, 2), attention_levels=(1, 1, 1, 0),
+                       context_dim=64, dino_dim=48, dino_depth=2, dino_image_size=518,
+                       vae_ch=32, vae_mult=(1, 1, 1, 2))
+    if preset == "small":
+        return _preset(model_channels=32, channel_mult=(1, 1, 2, 2), attention_levels=(0, 1, 1, 0),
+                       context_dim=96, dino_dim=96, dino_depth=4, dino_image_size=224,
+                       vae_ch=32, vae_mult=(1, 1, 1, 2))
+    raise ValueError(f"unknown MGIG preset {preset!r}; choose from {', '.join(MGIG_PRESETS)}")
+
+
+MGIG_PRESETS = ("official", "tiny", "small")
+
+
+def schedule_alphas_cumprod(schedule: dict) -> torch.Tensor:
+    """ᾱ_t (float32) of an `MGIGConfig.schedule`, float64 maths then cast like the official buffers."""
+    return samplers.ldm_alphas_cumprod(schedule["num_train_timesteps"], schedule["linear_start"],
+                                       schedule["linear_end"])
+
+
+# ---------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------
+
+# The official code hands the ControlNet its hint as a permuted HWC view, i.e. in
+# channels-last memory format, so the whole ControlNet runs channels-last, one sample per
+# call. PyTorch's channels-last GroupNorm (CPU) rounds differently from the contiguous
+# kernel on the nearly constant hint embedding, and its result even depends on the batch
+# size: ≈1e-3 relative in the residuals of the reduced test model (the contiguous result
+# being the closer one to float64). Running the ControlNet channels-last, sample by sample,
+# reproduces the official outputs to ~1e-6 and makes them independent of batching.
+CONTROLNET_MEMORY_FORMAT = torch.channels_last
+
+
+class LatentIgnored(nn.Module):
+    """Stands in for the ControlNet's input conv: AnyDoor's ControlNet replaces that conv's
+    output by the embedded hint, so x_t never enters it. Returning zeros makes diffusers'
+    `conv_in(x_t) + hint_embedding` exactly the hint embedding, whatever x_t holds."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x_t: torch.Tensor) -> torch.Tensor:
+        zeros = x_t.new_zeros(x_t.shape[0], self.channels, *x_t.shape[2:])
+        return zeros.contiguous(memory_format=CONTROLNET_MEMORY_FORMAT)
+
+
+def build_controlnet(kwargs: dict):
+    """A diffusers `ControlNetModel` that does not see x_t (see `LatentIgnored`)."""
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel(**_tuples(kwargs))
+    controlnet.conv_in = LatentIgnored(kwargs["block_out_channels"][0])
+    return controlnet
+
+
+def _official_embeddings_class():
+    from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
+
+    class OfficialPosEmbeddings(Dinov2Embeddings):
+        """Dinov2 embeddings with the position-embedding resize of the DINOv2 code that
+        AnyDoor ships: bicubic with `scale_factor = (grid + 0.1) / stored_grid` (37² -> 16²
+        uses 16.1/37), not `size=16`. The two differ numerically, because the scale factor
+        also sets where output pixels sample the input; transformers uses `size=`."""
+
+        def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+            stored = self.position_embeddings
+            num_stored = stored.shape[1] - 1
+            if embeddings.shape[1] - 1 == num_stored and height == width:
+                return stored
+            side = int(math.sqrt(num_stored))
+            dim = stored.shape[-1]
+            grid = stored[:, 1:].float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+            patch = self.patch_size
+            grid = F.interpolate(grid, mode="bicubic",
+                                 scale_factor=((height // patch + 0.1) / side, (width // patch + 0.1) / side))
+            grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
+            return torch.cat([stored[:, :1].float(), grid], dim=1).to(embeddings.dtype)
+
+    return OfficialPosEmbeddings
+
+
+class IDEncoder(nn.Module):
+    """FrozenDinoV2Encoder: ImageNet-normalise, DINOv2, final-norm [CLS; patch tokens],
+    Linear projector to the UNet context width."""
+
+    def __init__(self, dinov2: dict, context_dim: int):
+        super().__init__()
+        from transformers import Dinov2Config, Dinov2Model
+
+        config = Dinov2Config(**dinov2)
+        self.dinov2 = Dinov2Model(config)
+        self.dinov2.embeddings = _official_embeddings_class()(config)
+        self.projector = nn.Linear(config.hidden_size, context_dim)
+
+    @staticmethod
+    def normalize(images: torch.Tensor) -> torch.Tensor:
+        """Images in 0..1 -> ImageNet-normalised ViT input."""
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """DINOv2 tokens [B, 1+patches, dim] after the final LayerNorm (images 0..1)."""
+        return self.dinov2(pixel_values=self.normalize(images)).last_hidden_state
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.tokens(images))
+
+
+def _tuples(kwargs: dict) -> dict:
+    """diffusers configs want tuples where our plain-data configs hold lists."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+class MGIGModel(nn.Module):
+    """The MGIG ControlLDM: `unet`, `controlnet`, `id_encoder`, `vae`."""
+
+    def __init__(self, config: MGIGConfig):
+        super().__init__()
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        self.config = config
+        self.unet = UNet2DConditionModel(**_tuples(config.unet))
+        self.controlnet = build_controlnet(config.controlnet)
+        self.id_encoder = IDEncoder(**config.id_encoder)
+        self.vae = AutoencoderKL(**_tuples(config.vae))
+
+    # -- schedule ------------------------------------------------------------------------
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t, float32 on CPU (float64 maths, then cast, like the official buffers)."""
+        return schedule_alphas_cumprod(self.config.schedule)
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    # -- identity ------------------------------------------------------------------------
+    def encode_id(self, images: torch.Tensor) -> torch.Tensor:
+        """Reference canvas [B,3,224,224] in 0..1 -> context [B, 1+patches, context_dim]."""
+        return self.id_encoder(images.to(self._dtype(self.id_encoder)))
+
+    def uncond_context(self, batch_size: int = 1) -> torch.Tensor:
+        """Unconditional context: the encoder applied to an all-zero image (as official)."""
+        device, dtype = self._device(self.id_encoder), self._dtype(self.id_encoder)
+        zeros = torch.zeros(1, 3, ID_IMAGE_SIZE, ID_IMAGE_SIZE, device=device, dtype=dtype)
+        return self.id_encoder(zeros).expand(batch_size, -1, -1)
+
+    # -- denoiser ------------------------------------------------------------------------
+    def predict_eps(self, x_t: torch.Tensor, t, context: torch.Tensor, hint: torch.Tensor | None,
+                    control_scale: float = 1.0) -> torch.Tensor:
+        """ε̂(x_t, t | context, hint). Batched: cond and uncond rows may be stacked in one
+        call; `t`, `hint` with batch 1 (or a scalar t) are broadcast. `hint=None` runs the
+        UNet without ControlNet residuals."""
+        batch = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device)
+        t = t.expand(batch) if t.ndim == 0 or (t.shape[0] == 1 and batch > 1) else t
+        context = context.to(x_t.dtype)
+        if context.shape[0] == 1 and batch > 1:
+            context = context.expand(batch, -1, -1)
+        residuals = None
+        if hint is not None:
+            if hint.shape[0] == 1 and batch > 1:
+                hint = hint.expand(batch, -1, -1, -1)
+            residuals = self.control_residuals(x_t, t, context, hint, control_scale)
+        return self.unet_eps(x_t, t, context, residuals)
+
+    def unet_eps(self, x_t: torch.Tensor, t, context: torch.Tensor,
+                 residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The UNet's ε with `control_residuals` added to its skips and middle (none: no control)."""
+        t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
+        down, mid = (residuals[:-1], residuals[-1]) if residuals is not None else (None, None)
+        return self.unet(x_t, t, encoder_hidden_states=context.to(x_t.dtype),
+                         down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                         return_dict=False)[0]
+
+    def control_residuals(self, x_t: torch.Tensor, t, context: torch.Tensor, hint: torch.Tensor,
+                          control_scale: float = 1.0) -> list[torch.Tensor]:
+        """The 13 ControlNet outputs (12 skip residuals, then the middle one) × control_scale.
+        Runs one sample at a time in channels-last layout (see CONTROLNET_MEMORY_FORMAT)."""
+        batch = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device).expand(batch)
+        context, hint = context.to(x_t.dtype), hint.to(x_t.dtype)
+        per_sample = []
+        for i in range(batch):
+            down, mid = self.controlnet(
+                x_t[i:i + 1], t[i:i + 1], encoder_hidden_states=context[i:i + 1],
+                controlnet_cond=hint[i:i + 1].clone(memory_format=CONTROLNET_MEMORY_FORMAT),
+                conditioning_scale=control_scale, return_dict=False)
+            per_sample.append([*down, mid])
+        return [torch.cat(level) for level in zip(*per_sample)]
+
+    # -- VAE -----------------------------------------------------------------------------
+    def encode_latent(self, images_m11: torch.Tensor) -> torch.Tensor:
+        """Images in [-1,1] -> posterior mean × scale (deterministic; the official code
+        samples the posterior, a defect we do not reproduce, DESIGN.md §5)."""
+        x = images_m11.to(self._dtype(self.vae))
+        return self.vae.encode(x).latent_dist.mean * self.latent_scale
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> image ≈[-1,1] (unclamped)."""
+        return self.vae.decode(z.to(self._dtype(self.vae)) / self.latent_scale).sample
+
+    @staticmethod
+    def _dtype(module: nn.Module) -> torch.dtype:
+        return next(module.parameters()).dtype
+
+    @staticmethod
+    def _device(module: nn.Module) -> torch.device:
+        return next(module.parameters()).device
