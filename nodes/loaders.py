@@ -58,45 +58,54 @@ def _inputs(kind: str) -> dict:
     }}
 
 
-class LoadMGIG:
+class _ModelLoader:
+    """Shared by Load MGIG / Load IAMG: resolve the file, load on the CPU in the chosen
+    dtype, hand the module to ComfyUI's memory manager."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    KIND = ""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _inputs(cls.KIND.upper())
+
+    @staticmethod
+    def _load_module(path, dtype):
+        raise NotImplementedError
+
+    def load(self, model_name, dtype, device, keep_model_loaded):
+        path, load_device, torch_dtype = _resolve(model_name, dtype, device)
+        module = self._load_module(path, torch_dtype)
+        managed = bridge.ManagedModel(module, load_device, keep_model_loaded)
+        return (LoadedModel(self.KIND, managed, model_name, torch_dtype),)
+
+
+class LoadMGIG(_ModelLoader):
     DESCRIPTION = ("Loads MGIG, the mask-guided image generator (AnyDoor-style ControlNet + DINOv2 identity "
                    "encoder). Accepts the official mgig.ckpt or our converted .safetensors.")
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("MGIG_MODEL",)
     RETURN_NAMES = ("mgig_model",)
     OUTPUT_TOOLTIPS = ("The MGIG model, for CHOI ID Features and the Mask-Guided Sampler.",)
-    FUNCTION = "load"
+    KIND = "mgig"
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _inputs("MGIG")
-
-    def load(self, model_name, dtype, device, keep_model_loaded):
+    @staticmethod
+    def _load_module(path, dtype):
         from ..weights_manager.loader import load_mgig_model
 
-        path, load_device, torch_dtype = _resolve(model_name, dtype, device)
-        module = load_mgig_model(path, device="cpu", dtype=torch_dtype)
-        managed = bridge.ManagedModel(module, load_device, keep_model_loaded)
-        return (LoadedModel("mgig", managed, model_name, torch_dtype),)
+        return load_mgig_model(path, device="cpu", dtype=dtype)
 
 
-class LoadIAMG:
+class LoadIAMG(_ModelLoader):
     DESCRIPTION = ("Loads IAMG, the interaction-aware mask generator. Accepts the official iamg.pth (which "
                    "ignores the text prompt) or our .safetensors (the text-conditioned variant).")
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("IAMG_MODEL",)
     RETURN_NAMES = ("iamg_model",)
     OUTPUT_TOOLTIPS = ("The IAMG model, for IAMG Generate Mask.",)
-    FUNCTION = "load"
+    KIND = "iamg"
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _inputs("IAMG")
+    @staticmethod
+    def _load_module(path, dtype):
+        from ..weights_manager.loader import load_iamg_model
 
-    def load(self, model_name, dtype, device, keep_model_loaded):
-        from ..weights_manager.native_iamg import load_iamg
-
-        path, load_device, torch_dtype = _resolve(model_name, dtype, device)
-        module = load_iamg(path, device="cpu", dtype=torch_dtype)
-        managed = bridge.ManagedModel(module, load_device, keep_model_loaded)
-        return (LoadedModel("iamg", managed, model_name, torch_dtype),)
+        return load_iamg_model(path, device="cpu", dtype=dtype)

@@ -44,3 +44,12 @@ def load_mgig_model(source: str | Path = EMBEDDED, *, device: str | torch.device
         torch.manual_seed(EMBEDDED_SEED)
         model = MGIGModel(mgig_config(EMBEDDED_PRESET))
     return model.to(device=device, dtype=dtype).eval()
+
+
+def load_iamg_model(source: str | Path = EMBEDDED, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None):
+    """IAMG from ``EMBEDDED`` or a file path (official `iamg.pth` or our safetensors)."""
+    from . import native_iamg
+
+    name = native_iamg.EMBEDDED if str(source) == EMBEDDED else source
+    return native_iamg.load_iamg(name, device=device, dtype=dtype or torch.float32)
