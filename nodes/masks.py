@@ -109,6 +109,8 @@ class IAMGGenerateMask:
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Masks to generate."}),
                 "threshold": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 0.99, "step": 0.01,
                                         "tooltip": "Foreground where the soft mask exceeds this."}),
+                "clip_to_box": ("BOOLEAN", {"default": True, "tooltip": "Zero the mask outside the box, so the "
+                                            "pair never spills over the scene (no effect without a box)."}),
                 "width": ("INT", {"default": 512, "min": 64, "max": MAX_RES, "step": 8,
                                   "tooltip": "Mask width when no background is connected."}),
                 "height": ("INT", {"default": 512, "min": 64, "max": MAX_RES, "step": 8,
@@ -120,8 +122,8 @@ class IAMGGenerateMask:
             },
         }
 
-    def generate(self, iamg_model, interaction, steps, sampler, guidance, seed, batch_size, threshold, width,
-                 height, background=None, box=None):
+    def generate(self, iamg_model, interaction, steps, sampler, guidance, seed, batch_size, threshold, clip_to_box,
+                 width, height, background=None, box=None):
         from ..pipelines import iamg
 
         bg = tensors.image_batch(background, "background")[0] if background is not None else None
@@ -136,7 +138,7 @@ class IAMGGenerateMask:
             result = iamg.generate_mask(
                 model, prompt=interaction, background=bg, box=box, size_hw=size_hw, steps=steps,
                 sampler=sampler, guidance=guidance, seed=seed, batch=batch_size, threshold=threshold,
-                callback=lambda i, total, x, x0: progress.update(i + 1, tensors.latent_preview(x0)))
+                clip_to_box=clip_to_box, callback=lambda i, total, x, x0: progress.update(i + 1, tensors.latent_preview(x0)))
         soft, binary = np.asarray(result.soft), np.asarray(result.binary)
         base = bg if bg is not None else np.zeros((*size_hw, 3), np.uint8)
         previews = [tensors.overlay(base, m) for m in binary]

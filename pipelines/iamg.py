@@ -993,8 +993,11 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
                   box: Sequence[float] | None = None, size_hw: Sequence[int] | None = None,
                   steps: int = DEFAULT_STEPS, sampler: str = "plms", guidance: float = DEFAULT_GUIDANCE,
                   seed: int = 0, batch: int = 1, threshold: float = DEFAULT_THRESHOLD,
-                  callback: samplers.Callback | None = None) -> MaskResult:
+                  clip_to_box: bool = True, callback: samplers.Callback | None = None) -> MaskResult:
     """Generate interaction masks (human ∪ object silhouettes) with IAMG.
+
+    - ``clip_to_box``: zero the mask outside ``box`` (a trained model already puts the pair
+      in the box; this guarantees it, so the pair never spills over the user's scene).
 
     - ``background``: optional HxWx3 uint8 RGB image; ``box`` (x, y, w, h) in its pixels
       is blanked out (where the interaction goes) to form the condition C_bg. Masks come
@@ -1060,6 +1063,11 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
         decoded = model.decode(latent)
         square = soft_mask_from_decoded(decoded)
         soft, binary = mask_from_decoded(decoded, height, width, threshold)
+        if clip_to_box and box_xywh is not None:
+            x, y, w, h = box_xywh
+            inside = torch.zeros_like(soft)
+            inside[..., y:y + h, x:x + w] = 1
+            soft, binary = soft * inside, binary * inside
     return MaskResult(soft=soft.float().cpu(), binary=binary.float().cpu(), square=square.float().cpu(),
                       latent=latent.float().cpu(), seeds=seeds, prompt=str(prompt), box=box_xywh,
                       used_text=model.uses_text)
