@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": (".weights_manager.convert", "convert an official checkpoint to our safetensors format"),
     "synth": (".pipelines.synth", "generate a synthetic CHOI dataset"),
     "bank": (".pipelines.retrieval", "build or query an IAMG-R mask bank"),
+    "evaluate": (".pipelines.evaluate", "CLIP / DINO / mask metrics over generated images"),
+    "train": (".pipelines.train", "train vae / iamg / mgig (Accelerate)"),
 }
 
 
