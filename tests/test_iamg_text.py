@@ -188,7 +188,8 @@ def test_generate_mask_with_background_portrait_and_landscape(tiny):
     for h, w, box in [(300, 200, (20, 40, 100, 150)), (180, 320, None)]:
         bg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         before = bg.copy()
-        r = iamg.generate_mask(tiny, prompt=KICK, background=bg, box=box, steps=2, threshold=0.5)
+        r = iamg.generate_mask(tiny, prompt=KICK, background=bg, box=box, steps=2, threshold=0.5,
+                               clip_to_box=False)
         assert np.array_equal(bg, before)
         assert r.soft.shape == r.binary.shape == (1, h, w)
         assert r.soft.dtype == r.binary.dtype == torch.float32
@@ -199,6 +200,19 @@ def test_generate_mask_with_background_portrait_and_landscape(tiny):
         # crop-back: the soft mask is the square one with the centred padding removed
         ref = iamg.crop_square_padding(r.square, h, w)
         assert torch.allclose(r.soft, ref)
+
+
+def test_generate_mask_is_clipped_to_the_box_by_default(tiny):
+    bg = np.full((120, 200, 3), 200, np.uint8)
+    box = (30, 20, 60, 50)
+    free = iamg.generate_mask(tiny, prompt=KICK, background=bg, box=box, steps=2, clip_to_box=False)
+    clipped = iamg.generate_mask(tiny, prompt=KICK, background=bg, box=box, steps=2)
+    x, y, w, h = box
+    outside = torch.ones(120, 200, dtype=torch.bool)
+    outside[y:y + h, x:x + w] = False
+    assert float(free.soft[0][outside].max()) > 0  # random weights spill everywhere ...
+    assert float(clipped.soft[0][outside].max()) == 0 and float(clipped.binary[0][outside].max()) == 0
+    assert torch.equal(clipped.soft[0][~outside], free.soft[0][~outside])  # ... inside: unchanged
 
 
 def test_generate_mask_without_background(tiny):
