@@ -43,21 +43,23 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "fp16", overwrite:
 
         model = load_mgig(src)
         out = save_mgig(model, dst, dtype=dtype, overwrite=overwrite, source=Path(src).name)
+        expected = model.state_dict()
     elif kind == "iamg":
-        from .native_iamg import load_iamg, save_iamg
+        from .native_iamg import load_iamg, native_state_dict, save_iamg
 
         model = load_iamg(src)
         out = save_iamg(model, dst, dtype=dtype, overwrite=overwrite, source=Path(src).name)
+        expected = native_state_dict(model)
     else:
         raise WeightsError(f"unknown model kind {kind!r}; expected mgig or iamg")
-    _check_written(out, model)
+    _check_written(out, expected)
     return out
 
 
-def _check_written(path: Path, model) -> None:
+def _check_written(path: Path, state_dict) -> None:
     from safetensors import safe_open
 
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in state_dict.items()}
     with safe_open(str(path), framework="pt") as f:
         written = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     if written != expected:

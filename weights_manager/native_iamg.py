@@ -92,15 +92,15 @@ def native_state_dict(model: IAMGModel) -> dict[str, torch.Tensor]:
 
 
 def save_iamg(model: IAMGModel, path: str | os.PathLike, *, dtype: str = "fp16", preset: str | None = None,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, source: str | None = None) -> Path:
     """Write ``model`` to ``path`` in our safetensors format (atomic; an existing file is
     refused unless ``overwrite``). ``dtype``: "fp16", "bf16" or "fp32" for the stored
     tensors. ``preset`` defaults to the model's (`IAMGModel.preset`) or the name
-    `iamg.preset_name_of` finds."""
+    `iamg.preset_name_of` finds. ``source`` (e.g. the official file name) is recorded."""
     cfg = model_config(model)
     if preset is None:
         preset = model.preset or iamg.preset_name_of(model.unet.config, cfg["vae"], cfg["text_encoder"])
-    extra = {}
+    extra = {"source": str(source)} if source else {}
     if model.tokenizer is not None:
         extra["tokenizer"] = json.dumps(model.tokenizer.files, sort_keys=True)
     elif model.uses_text:

@@ -1,0 +1,119 @@
+"""The command-line surface: verify, convert, demo."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from interact_custom.cli import main
+
+
+def copy_part(vectors, tmp_path, part="preproc"):
+    """A one-part copy of the vector folder that a test may tamper with."""
+    manifest = dict(vectors.manifest)
+    manifest["parts"] = {part: vectors.part(part)}
+    out = tmp_path / "vectors"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    arrays = dict(vectors.arrays(part))
+    return out, manifest, arrays
+
+
+def test_verify_passes_on_the_reference_vectors(vectors, capsys):
+    assert main(["verify", "--vectors", str(vectors.path), "--parts", "preproc"]) == 0
+    out = capsys.readouterr().out
+    assert "fn_sobel_out_t50" in out and "PASS" in out and "-> OK" in out
+
+
+def test_verify_fails_on_a_wrong_reference(vectors, tmp_path, capsys):
+    out, manifest, arrays = copy_part(vectors, tmp_path)
+    arrays["fn_sobel_out_t50"] = arrays["fn_sobel_out_t50"].copy()
+    arrays["fn_sobel_out_t50"][10, 10] ^= 0x40
+    np.savez(out / manifest["parts"]["preproc"]["file"], **arrays)
+    assert main(["verify", "--vectors", str(out)]) == 1
+    row = [l for l in capsys.readouterr().out.splitlines() if "fn_sobel_out_t50" in l][0]
+    assert "FAIL" in row
+
+
+def test_verify_fails_on_an_array_it_cannot_compute(vectors, tmp_path, capsys):
+    out, manifest, arrays = copy_part(vectors, tmp_path)
+    arrays["fn_unknown_new_output"] = np.zeros(3)
+    manifest["parts"]["preproc"]["arrays"]["fn_unknown_new_output"] = {"shape": [3], "dtype": "float64"}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    np.savez(out / manifest["parts"]["preproc"]["file"], **arrays)
+    assert main(["verify", "--vectors", str(out)]) == 1
+    assert "not computed by our code" in capsys.readouterr().out
+
+
+def test_verify_bad_folder_and_part(tmp_path, vectors, capsys):
+    assert main(["verify", "--vectors", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert main(["verify", "--vectors", str(vectors.path), "--parts", "nope"]) == 2
+    assert "has no part(s) nope" in capsys.readouterr().err
+
+
+def test_convert_official_mgig_round_trip(vectors, tmp_path, capsys):
+    from interact_custom.weights_manager.official_mgig import load_mgig
+
+    dst = tmp_path / "mgig.safetensors"
+    assert main(["convert", str(vectors.checkpoint("mgig")), str(dst), "--dtype", "fp32"]) == 0
+    original, converted = load_mgig(vectors.checkpoint("mgig")), load_mgig(dst)
+    a, b = original.state_dict(), converted.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # never overwrites unless asked
+    before = dst.read_bytes()
+    assert main(["convert", str(vectors.checkpoint("mgig")), str(dst)]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err and dst.read_bytes() == before
+    assert main(["convert", str(vectors.checkpoint("mgig")), str(dst), "--dtype", "fp16", "--overwrite"]) == 0
+    half = load_mgig(dst)
+    assert next(half.parameters()).dtype == torch.float16
+
+
+def test_convert_official_iamg(vectors, tmp_path):
+    dst = tmp_path / "iamg.safetensors"
+    assert main(["convert", str(vectors.checkpoint("iamg")), str(dst), "--dtype", "bf16"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(dst), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["model"] == "iamg" and meta["dtype"] == "bf16"
+
+
+def test_convert_rejects_a_non_model_file(tmp_path, capsys):
+    src = tmp_path / "random.pth"
+    torch.save({"foo.weight": torch.zeros(2)}, src)
+    assert main(["convert", str(src), str(tmp_path / "out.safetensors")]) == 1
+    assert "neither an MGIG" in capsys.readouterr().err
+
+
+def test_demo_writes_a_composited_result(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "2", "--mask", "retrieval"]) == 0
+    text = capsys.readouterr().out
+    assert "RETRIEVED with IAMG-R" in text and "SEEDED RANDOM WEIGHTS" in text
+    bg = np.array(Image.open(out.parents[0] / "demo" / "result.png"))
+    from interact_custom.pipelines.demo import load_examples
+
+    ex = load_examples()
+    mask = np.array(Image.open(out / "interaction_mask.png")) > 127
+    assert bg.shape == ex["background"].shape and mask.shape == bg.shape[:2]
+    changed = np.any(bg != ex["background"], axis=-1)
+    ys, xs = np.nonzero(mask)
+    # generation is pasted around the mask only: every changed pixel is near the mask's box
+    cy, cx = np.nonzero(changed)
+    assert changed.any() and cy.min() >= 0
+    pad_y, pad_x = (ys.max() - ys.min()), (xs.max() - xs.min())
+    assert cy.min() >= ys.min() - pad_y and cy.max() <= ys.max() + pad_y
+    assert cx.min() >= xs.min() - pad_x and cx.max() <= xs.max() + pad_x
+    sheet = np.array(Image.open(out / "sheet.png"))
+    assert sheet.shape[1] > 4 * sheet.shape[0] and sheet.std() > 10
+    # a second run into the same folder is refused rather than overwriting
+    assert main(["demo", "--out", str(out), "--steps", "2"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_unknown_command(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
