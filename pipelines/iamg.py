@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import samplers
+from . import preprocess, samplers
 
 # Square side of the IAMG image space (condition and mask); the latent is 1/8 of it.
 IMAGE_SIZE = 256
@@ -469,23 +469,16 @@ Box = tuple[int, int, int, int]  # (y1, y2, x1, x2), used as image[y1:y2, x1:x2]
 
 
 def union_box(union_mask: np.ndarray) -> Box:
-    """Box of the human ∪ object mask as the official `get_bbox_from_mask`.
-
-    y2/x2 are the *last* foreground row/column (inclusive) but are used as exclusive
-    slice ends, so the blanked region is 1 px short on the bottom/right — kept, the
-    released model was trained with it (DESIGN §5). A mask with fewer than 10 foreground
-    pixels gives the whole image.
+    """Box of the human ∪ object mask as the official `get_bbox_from_mask`
+    (`preprocess.bbox_from_mask`): y2/x2 are the *last* foreground row/column (inclusive)
+    but are used as exclusive slice ends, so the blanked region is 1 px short on the
+    bottom/right — kept, the released model was trained with it (DESIGN §5). A mask with
+    fewer than 10 foreground pixels gives the whole image.
     """
     mask = np.asarray(union_mask)
     if mask.ndim != 2:
         raise ValueError(f"union_mask: expected an HxW mask, got shape {mask.shape}")
-    fg = mask > 0.5
-    h, w = fg.shape
-    if fg.sum() < 10:
-        return 0, h, 0, w
-    rows = np.flatnonzero(fg.any(axis=1))
-    cols = np.flatnonzero(fg.any(axis=0))
-    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    return preprocess.bbox_from_mask(mask > 0.5)
 
 
 def box_from_fractions(height: int, width: int, fractions: Sequence[float]) -> Box:
@@ -509,19 +502,6 @@ def _check_box(box: Sequence[int], height: int, width: int) -> Box:
     return y1, y2, x1, x2
 
 
-def pad_to_square(image: np.ndarray, pad_value: float) -> np.ndarray:
-    """Centre an HxW[xC] image in a square (official `pad_to_square(random=False)`: the
-    first side gets ``int(d / 2)``, the second the rest)."""
-    h, w = image.shape[:2]
-    if h == w:
-        return image
-    d = abs(h - w)
-    before, after = d // 2, d - d // 2
-    widths = [(0, 0)] * image.ndim
-    widths[1 if h > w else 0] = (before, after)
-    return np.pad(image, widths, mode="constant", constant_values=pad_value)
-
-
 def _to_model_range(image_u8: np.ndarray, size: int) -> np.ndarray:
     from .imgproc import resize_linear
 
@@ -543,7 +523,7 @@ def condition_image(background: np.ndarray, box: Sequence[int] | None, size: int
     if box is not None:
         y1, y2, x1, x2 = _check_box(box, *img.shape[:2])
         img[y1:y2, x1:x2] = 0
-    return _to_model_range(pad_to_square(img, 255), size)
+    return _to_model_range(preprocess.pad_to_square(img, 255), size)
 
 
 def target_image(union_mask: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -553,7 +533,7 @@ def target_image(union_mask: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     if mask.ndim != 2:
         raise ValueError(f"union_mask: expected an HxW mask, got shape {mask.shape}")
     drawn = np.repeat(((mask > 0.5).astype(np.uint8) * 255)[:, :, None], 3, axis=2)
-    return _to_model_range(pad_to_square(drawn, 0), size)
+    return _to_model_range(preprocess.pad_to_square(drawn, 0), size)
 
 
 # --------------------------------------------------------------------------------------
