@@ -18,7 +18,7 @@ def _references(image, mask, name: str) -> tuple[list, list]:
 class CHOIIDFeatures:
     DESCRIPTION = ("Identity features for MGIG: the person and the object are cut out by their masks, laid out on "
                    "one 224x224 reference canvas (person top-left, object bottom-right) and encoded by DINOv2.")
-    CATEGORY = "Interact-Custom"
+    CATEGORY = CATEGORY
     RETURN_TYPES = ("CHOI_ID", "IMAGE", "MASK")
     RETURN_NAMES = ("id_features", "reference_canvas", "canvas_mask")
     OUTPUT_TOOLTIPS = ("Identity tokens (conditional and unconditional) for the Mask-Guided Sampler.",
@@ -56,7 +56,7 @@ class CHOIIDFeatures:
 class CHOIDetailMap:
     DESCRIPTION = ("The Sobel high-frequency detail map of the reference canvas (colour weighted by edge "
                    "strength) that MGIG pastes into the target box. You may edit or replace it.")
-    CATEGORY = "Interact-Custom"
+    CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("detail_map",)
     OUTPUT_TOOLTIPS = ("Detail map, same size as the canvas.",)
@@ -83,7 +83,7 @@ class CHOIDetailMap:
 class CHOIMaskGuidedSampler:
     DESCRIPTION = ("MGIG: paints the person and object into the interaction mask (inside the box of the "
                    "background, or on a white canvas), then pastes the result back.")
-    CATEGORY = "Interact-Custom"
+    CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
     RETURN_NAMES = ("image", "generated_crop", "pasted_region")
     OUTPUT_TOOLTIPS = ("The background with the generated pair pasted in.",

@@ -10,7 +10,7 @@ import torch
 
 from interact_custom.pipelines import samplers
 from interact_custom.pipelines.mgig import MGIGModel, default_head_dim, mgig_config
-from interact_custom.weights_manager import ldm_vae
+from interact_custom.weights_manager import files, ldm_vae
 from interact_custom.weights_manager import official_mgig as om
 from interact_custom.weights_manager import vectors_mgig
 from interact_custom.weights_manager.files import WeightsError
@@ -97,7 +97,7 @@ def test_full_size_key_listing_is_the_official_preset(vectors):
     assert config.to_dict() == mgig_config("official").to_dict()
     with torch.device("meta"):
         full = MGIGModel(config)
-    assert ldm_vae.state_dict_mismatch(full.state_dict(), native, "full") is None
+    assert files.state_dict_mismatch(full.state_dict(), native, "full") is None
     counts = {name: sum(p.numel() for p in getattr(full, name).parameters()) / 1e6
               for name in ("unet", "controlnet", "id_encoder", "vae")}
     assert counts["unet"] == pytest.approx(865.9, abs=0.1)          # DESIGN.md §3
@@ -290,5 +290,5 @@ def test_ldm_vae_level_attention_round_trip():
                            "block_out_channels": [32, 64]}).state_dict()))
     assert config["down_block_types"] == ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"]
     assert config["up_block_types"] == ["AttnUpDecoderBlock2D", "UpDecoderBlock2D"]
-    with pytest.raises(ldm_vae.VAEKeyError, match="unexpected key"):
+    with pytest.raises(files.WeightsError, match="unexpected key"):
         ldm_vae.convert_ldm_vae({"encoder.conv_in.weight": torch.zeros(1), "loss.logvar": torch.zeros(1)})

@@ -125,20 +125,36 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[st
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
+                        what: str) -> str | None:
+    """None if ``state_dict`` has exactly the names and shapes of ``expected`` (a module's
+    state dict, possibly on the meta device); otherwise a message listing missing and
+    unexpected keys and shape mismatches (first few of each), naming ``what``."""
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state_dict)
+                        if tuple(expected[k].shape) != tuple(state_dict[k].shape))
+    if not (missing or unexpected or mismatched):
+        return None
+
+    def head(keys):
+        return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+    lines = [f"{what}: the weights do not match the model; refusing to continue with a partly loaded model"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {head(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {head(unexpected)}")
+    if mismatched:
+        lines.append("  shape mismatches: " + head(
+            [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]))
+    return "\n".join(lines)
+
+
 def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict(strict=True)`` with a readable report of missing/unexpected keys."""
-    try:
-        result = module.load_state_dict(state_dict, strict=False)
-    except RuntimeError as e:  # shape mismatches raise even with strict=False
-        raise WeightsError(f"{what}: tensor shapes do not match the detected architecture: {e}") from e
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if missing or unexpected:
-        def show(keys):
-            return ", ".join(keys[:8]) + (f" … (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {show(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {show(unexpected)}")
-        raise WeightsError(f"{what}: the weights do not match the model ({'; '.join(parts)}). "
-                           "Refusing to continue with a partly loaded model.")
+    """``load_state_dict(strict=True)`` that first reports every missing / unexpected /
+    mis-shaped tensor by name (:func:`state_dict_mismatch`) as a :class:`WeightsError`."""
+    problem = state_dict_mismatch(module.state_dict(), state_dict, what)
+    if problem:
+        raise WeightsError(problem)
+    module.load_state_dict(state_dict, strict=True)

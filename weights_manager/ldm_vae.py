@@ -15,9 +15,7 @@ API (state dicts without any outer prefix, i.e. keys start with `encoder.`, `dec
   weights become Linear weights).
 - ``convert_diffusers_vae_to_ldm(diffusers_sd) -> dict``: the inverse.
 - ``build_vae(config) -> AutoencoderKL`` and ``load_ldm_vae(ldm_sd) -> AutoencoderKL``
-  (detect, build, strict load; raises `VAEKeyError` listing missing/unexpected keys).
-- ``state_dict_mismatch(expected_sd, sd, what) -> str | None``: names/shapes check that
-  also works against a meta-device model (used by the MGIG loader).
+  (detect, build, strict load via `files.load_strict`, which names missing/unexpected keys).
 
 `VAEKeyError` is both a `KeyError` and a `files.WeightsError`.
 
@@ -46,7 +44,7 @@ from typing import Mapping
 
 import torch
 
-from .files import WeightsError
+from .files import WeightsError, load_strict
 
 # SD kl-f8 latent scale (LDM `scale_factor`); both official models use it.
 SD_VAE_SCALE = 0.18215
@@ -249,43 +247,9 @@ def build_vae(config: Mapping) -> "AutoencoderKL":  # noqa: F821 - diffusers imp
     return AutoencoderKL(**cfg)
 
 
-def state_dict_mismatch(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
-                        what: str) -> str | None:
-    """None if `state_dict` has exactly the names and shapes of `expected` (a module's
-    state dict, possibly on the meta device); otherwise a message listing missing and
-    unexpected keys and shape mismatches (first few of each), naming `what`."""
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state_dict)
-                        if tuple(expected[k].shape) != tuple(state_dict[k].shape))
-    if not (missing or unexpected or mismatched):
-        return None
-
-    def head(keys):
-        return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
-    lines = [f"{what}: weights do not match the architecture detected from them"]
-    if missing:
-        lines.append(f"  missing keys ({len(missing)}): {head(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {head(unexpected)}")
-    if mismatched:
-        lines.append("  shape mismatches: " + head(
-            [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]))
-    return "\n".join(lines)
-
-
-def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """`load_state_dict(strict=True)` raising `VAEKeyError` with `state_dict_mismatch`'s message."""
-    problem = state_dict_mismatch(module.state_dict(), state_dict, what)
-    if problem:
-        raise VAEKeyError(problem)
-    module.load_state_dict(state_dict, strict=True)
-
-
 def load_ldm_vae(ldm_sd: Mapping[str, torch.Tensor], *, scaling_factor: float = SD_VAE_SCALE,
                  what: str = "LDM VAE") -> "AutoencoderKL":  # noqa: F821
     """Detect, build and strictly load a diffusers `AutoencoderKL` from LDM-named weights."""
     vae = build_vae(detect_vae_config(ldm_sd, scaling_factor=scaling_factor))
-    load_state_dict_strict(vae, convert_ldm_vae(ldm_sd), what)
+    load_strict(vae, convert_ldm_vae(ldm_sd), what)
     return vae.eval()
