@@ -42,6 +42,79 @@ def register_model_folder() -> None:
     _folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(WEIGHT_EXTENSIONS))
 
 
+# Example inputs (assets/examples/*.png) are offered in ComfyUI's input folder under this
+# prefix, so the shipped workflows find them right after installation. The input folder is
+# flat (LoadImage lists only its top level), hence a unique prefix instead of a subfolder.
+EXAMPLE_INPUT_PREFIX = "interact_custom_example_"
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLE_INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def example_input_name(file_name: str) -> str:
+    """Name under which ``assets/examples/<file_name>`` appears in ComfyUI's input folder."""
+    return EXAMPLE_INPUT_PREFIX + file_name
+
+
+def install_example_inputs(input_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Copy the example images into ComfyUI's input folder (or ``input_dir``) as
+    ``interact_custom_example_<name>``, each only if no file of that name exists there:
+    a user's file is never overwritten, and a copy the user edited is kept. Returns the
+    files written. Standalone (no ComfyUI, no ``input_dir``) it does nothing. Never
+    raises: a read-only input folder only costs the examples, logged."""
+    if input_dir is None:
+        if not IN_COMFYUI:
+            return []
+        input_dir = _folder_paths.get_input_directory()
+    written = []
+    try:
+        target_dir = Path(input_dir)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for src in sorted(EXAMPLES_DIR.iterdir()):
+            if src.suffix.lower() not in EXAMPLE_INPUT_SUFFIXES or not src.is_file():
+                continue
+            dst = target_dir / example_input_name(src.name)
+            if dst.exists():
+                continue
+            if _copy_exclusive(src, dst):
+                written.append(dst)
+    except OSError as e:
+        log.warning("Interact-Custom: could not copy the example images into %s (%s); the example "
+                    "workflows need them: copy assets/examples/*.png there as %s<name>", input_dir, e,
+                    EXAMPLE_INPUT_PREFIX)
+    if written:
+        log.info("Interact-Custom: copied %d example image(s) into %s", len(written), input_dir)
+    return written
+
+
+def _copy_exclusive(src: Path, dst: Path) -> bool:
+    """Write ``src``'s bytes to ``dst`` only if ``dst`` does not exist, atomically: the data
+    goes to a temporary file that is then hard-linked to ``dst`` (which fails if a file
+    appeared meanwhile), so no half-written or overwritten file can result. Falls back to
+    exclusive creation where hard links are unsupported."""
+    import tempfile
+
+    data = src.read_bytes()
+    fd, tmp = tempfile.mkstemp(prefix=".interact_custom_", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an input image is an ordinary file
+        try:
+            os.link(tmp, dst)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links (some network / FAT file systems)
+            try:
+                with open(dst, "xb") as f:
+                    f.write(data)
+                return True
+            except FileExistsError:
+                return False
+    finally:
+        os.unlink(tmp)
+
+
 def model_folders() -> list[str]:
     """Folders searched for model files, for listing and for error messages."""
     if IN_COMFYUI:
@@ -110,6 +183,18 @@ def _cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+class PatcherRoot(torch.nn.Module):
+    """The module handed to ComfyUI's ModelPatcher: a plain container around one of our
+    models. The patcher writes its bookkeeping (``device``, ``model_loaded_weight_memory``,
+    ``model_lowvram``, ...) as attributes of its root module; a container keeps them off
+    our models, where they would clash (``IAMGModel.device`` is a read-only property)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+        self.device = None  # ModelPatcher sets it to the offload device
+
+
 class ManagedModel:
     """A model registered with ComfyUI's memory manager (ModelPatcher), so it is moved to
     the GPU when used and offloaded when other models need the memory. Standalone it is
@@ -121,7 +206,8 @@ class ManagedModel:
         self.keep_loaded = keep_loaded
         self.patcher = None
         if IN_COMFYUI:
-            self.patcher = _patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device())
+            self.patcher = _patcher.ModelPatcher(PatcherRoot(module), load_device=load_device,
+                                                 offload_device=offload_device())
 
     def load(self) -> torch.nn.Module:
         """Make the module ready on its load device and return it."""

@@ -510,7 +510,8 @@ class ComfyServer:
 
     def output_file(self, ref: dict) -> Path:
         """Where an output image was written on disk (type "output" or "temp")."""
-        base = self.output_dir if ref.get("type", "output") == "output" else self.temp_dir
+        # ComfyUI writes temp files to <--temp-directory>/temp
+        base = self.output_dir if ref.get("type", "output") == "output" else self.temp_dir / "temp"
         return base / ref.get("subfolder", "") / ref["filename"]
 
     def add_inputs(self, files: Iterable[Path | str]) -> None:

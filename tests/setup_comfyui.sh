@@ -90,6 +90,12 @@ if "$py" -c 'import torch, sys; sys.exit(0 if torch.version.cuda is None else 1)
   fi
 fi
 "$py" -c 'import torch, torchvision; print("[setup_comfyui] torch", torch.__version__, "torchvision", torchvision.__version__)'
+# PyPI's torchaudio is likewise a CUDA build that fails to import on CPU torch; transformers
+# and diffusers probe for it on import, so a broken copy breaks every model loader. Only
+# ComfyUI's audio nodes need it (they fail to import either way on a CPU-only torch).
+if ! "$py" -c 'import torchaudio' >/dev/null 2>&1; then
+  "$py" -m pip uninstall -q -y torchaudio >/dev/null 2>&1 || true
+fi
 
 # 4. Optional: the browser for tests/test_comfy_frontend.py (no downloaded browser builds).
 if [ "$with_browser" = 1 ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
