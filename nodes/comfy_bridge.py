@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..pipelines.paths import EXAMPLES_DIR
+
 log = logging.getLogger("interact_custom")
 
 try:  # inside ComfyUI
@@ -42,16 +44,15 @@ def register_model_folder() -> None:
     _folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(WEIGHT_EXTENSIONS))
 
 
-# Example inputs (assets/examples/*.png) are offered in ComfyUI's input folder under this
+# Example inputs (pipelines/assets/examples/*.png) are offered in ComfyUI's input folder under this
 # prefix, so the shipped workflows find them right after installation. The input folder is
 # flat (LoadImage lists only its top level), hence a unique prefix instead of a subfolder.
 EXAMPLE_INPUT_PREFIX = "interact_custom_example_"
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 EXAMPLE_INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def example_input_name(file_name: str) -> str:
-    """Name under which ``assets/examples/<file_name>`` appears in ComfyUI's input folder."""
+    """Name under which ``pipelines/assets/examples/<file_name>`` appears in ComfyUI's input folder."""
     return EXAMPLE_INPUT_PREFIX + file_name
 
 
@@ -79,7 +80,7 @@ def install_example_inputs(input_dir: str | os.PathLike | None = None) -> list[P
                 written.append(dst)
     except OSError as e:
         log.warning("Interact-Custom: could not copy the example images into %s (%s); the example "
-                    "workflows need them: copy assets/examples/*.png there as %s<name>", input_dir, e,
+                    "workflows need them: copy pipelines/assets/examples/*.png there as %s<name>", input_dir, e,
                     EXAMPLE_INPUT_PREFIX)
     if written:
         log.info("Interact-Custom: copied %d example image(s) into %s", len(written), input_dir)

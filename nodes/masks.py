@@ -8,11 +8,12 @@ import numpy as np
 
 from . import comfy_bridge as bridge
 from . import tensors
+from ..pipelines.paths import BANK_DIR
 from .loaders import CATEGORY
 
 MAX_RES = 8192
 SHIPPED_BANK = "(shipped) example bank"
-SHIPPED_BANK_DIR = Path(__file__).resolve().parents[1] / "assets" / "bank"
+SHIPPED_BANK_DIR = BANK_DIR
 
 
 def check_box(box, size_hw: tuple[int, int], what: str = "box") -> tuple[int, int, int, int]:

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import choi, preprocess, samplers
+from .paths import BANK_DIR, EXAMPLES_DIR
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES = EXAMPLES_DIR
 
 
 def load_examples(folder: Path = EXAMPLES) -> dict:
@@ -67,7 +68,7 @@ def interaction_mask(ex: dict, args) -> tuple[np.ndarray, str]:
     if source == "retrieval":
         from . import retrieval
 
-        bank = retrieval.MaskBank.load(EXAMPLES.parent / "bank")
+        bank = retrieval.MaskBank.load(BANK_DIR)
         best = retrieval.retrieve(bank, ex["caption"], encoder=retrieval.LexicalEncoder(), top_k=1)[0]
         mask = retrieval.fit_mask_to_box(best.mask, ex["box"], (H, W)) >= 0.5
         return mask, (f"interaction mask: RETRIEVED with IAMG-R from the shipped bank (entry {best.id}, "

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import preprocess, samplers
+from .paths import WORDS_TOKENIZER_FILE
 
 # Square side of the IAMG image space (condition and mask); the latent is 1/8 of it.
 IMAGE_SIZE = 256
@@ -599,7 +600,6 @@ TEXT_MAX_LENGTH = 77
 CLIP_VOCAB_SIZE = 49408
 # The word-level tokenizer shipped with the package (small presets). Its vocabulary is
 # FROZEN: trained weights index its rows, so words may only ever be appended.
-WORDS_TOKENIZER_FILE = Path(__file__).resolve().parents[1] / "assets" / "iamg_words_tokenizer.json"
 # Token-embedding rows of the small presets: the shipped vocabulary (~840 words) with
 # room to append words without changing the weights' shapes.
 WORDS_VOCAB_CAPACITY = 1024

@@ -27,7 +27,7 @@ gives the same data at any ``size``.
 
 CLI: ``python -m interact_custom synth --out DIR --count N --seed S [--size PX]
 [--val-fraction F] [--overwrite]`` and ``python -m interact_custom synth --examples DIR``
-(the demo inputs shipped in ``assets/examples``, see `write_examples`).
+(the demo inputs shipped in ``pipelines/assets/examples``, see `write_examples`).
 """
 from __future__ import annotations
 
@@ -1011,11 +1011,11 @@ def generate(out: str | os.PathLike, count: int, seed: int, size: int = 256, val
 # ----------------------------------------------------------------------------- examples
 
 EXAMPLE_FILES = ("human.png", "object.png", "background.png", "interaction_mask.png", "example.json")
-EXAMPLES_SEED = 3  # the seed of the shipped assets/examples (picked for a colourful pair)
+EXAMPLES_SEED = 3  # the seed of the shipped pipelines/assets/examples (picked for a colourful pair)
 
 
 def write_examples(out: str | os.PathLike, seed: int = EXAMPLES_SEED, overwrite: bool = False) -> dict[str, Any]:
-    """Write the demo inputs (``assets/examples``): ``human.png`` / ``object.png`` (RGBA,
+    """Write the demo inputs (``pipelines/assets/examples``): ``human.png`` / ``object.png`` (RGBA,
     alpha = mask, white where transparent), ``background.png`` (RGB 384×256),
     ``interaction_mask.png`` (L 0/255, background size: the pair's union mask inside the
     box) and ``example.json`` (caption, verb, object, box [x, y, w, h] in background

@@ -9,7 +9,7 @@
 The same command runs on the CPU, one GPU, several GPUs (DDP) or several machines; mixed
 precision (``fp16``/``bf16``), gradient checkpointing, gradient accumulation and an
 optional EMA are config keys. A config is a JSON object of plain keys (`TrainConfig`,
-examples in ``configs/``); ``--set key=value`` overrides one (the value is parsed as JSON,
+examples in ``pipelines/train_configs/``); ``--set key=value`` overrides one (the value is parsed as JSON,
 else taken as a string). Relative paths are relative to the working directory.
 
 What trains (``trainable``, defaults in brackets; everything else is frozen):
@@ -1154,7 +1154,7 @@ def save_final(cfg: TrainConfig, model: nn.Module, path: Path) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", choices=[*MODEL_KINDS, "masks"],
                         help="what to train; 'masks' writes IAMG masks for MGIG stage 2")
-    parser.add_argument("--config", help="JSON config file (examples in configs/; keys: --list-keys)")
+    parser.add_argument("--config", help="JSON config file (examples in pipelines/train_configs/; keys: --list-keys)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (value parsed as JSON, else a string); repeatable")
     parser.add_argument("--resume", action="store_true",

@@ -1038,12 +1038,12 @@ def server_fixture(request) -> ComfyServer:
 
 def prepare_shipped_workflow(path: Path, server: ComfyServer) -> tuple[dict, dict]:
     """(workflow, expectations) of a shipped workflow file, its input files copied into
-    the server's input folder (from the workflow's folder, its inputs/, or assets/)."""
+    the server's input folder (from the workflow's folder, its inputs/, or pipelines/assets/)."""
     expect = load_expectations().get(path.name)
     if expect is None:
         raise AssertionError(f"no expectations for {path.name}: add its output node ids and image sizes "
                              f"to tests/{EXPECTATIONS_FILE.name} (format in its _doc)")
     workflow = json.loads(path.read_text())
-    copy_workflow_inputs(workflow, server.object_info(), [path.parent, path.parent / "inputs", REPO / "assets"],
+    copy_workflow_inputs(workflow, server.object_info(), [path.parent, path.parent / "inputs", REPO / "pipelines" / "assets"],
                          server.input_dir)
     return workflow, expect

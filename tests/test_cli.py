@@ -1,6 +1,6 @@
 """The command-line surface: verify, convert, demo."""
+import copy
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,8 +12,8 @@ from interact_custom.cli import main
 
 def copy_part(vectors, tmp_path, part="preproc"):
     """A one-part copy of the vector folder that a test may tamper with."""
-    manifest = dict(vectors.manifest)
-    manifest["parts"] = {part: vectors.part(part)}
+    manifest = copy.deepcopy(vectors.manifest)  # the fixture is shared: never mutate it
+    manifest["parts"] = {part: manifest["parts"][part]}
     out = tmp_path / "vectors"
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps(manifest))

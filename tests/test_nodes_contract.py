@@ -25,7 +25,7 @@ from interact_custom.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPING
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-EXAMPLE = json.loads((REPO / "assets" / "examples" / "example.json").read_text())
+EXAMPLE = json.loads((REPO / "pipelines" / "assets" / "examples" / "example.json").read_text())
 
 # Data types ComfyUI defines and our nodes exchange with core nodes.
 SHARED_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN"}
@@ -122,7 +122,7 @@ def check_value(where: str, value, spec) -> None:
         assert isinstance(value, str) and value.startswith(comfy_bridge.EXAMPLE_INPUT_PREFIX), \
             f"{where}: loads {value!r}, not one of the example inputs the package installs"
         source = value[len(comfy_bridge.EXAMPLE_INPUT_PREFIX):]
-        assert (comfy_bridge.EXAMPLES_DIR / source).is_file(), f"{where}: assets/examples/{source} does not exist"
+        assert (comfy_bridge.EXAMPLES_DIR / source).is_file(), f"{where}: pipelines/assets/examples/{source} does not exist"
         return
     if t == "COMBO":
         assert value in list(spec[0]), f"{where}: {value!r} is not one of {list(spec[0])}"

@@ -18,7 +18,7 @@ from PIL import Image
 
 from interact_custom.nodes import NODE_CLASS_MAPPINGS as NODES
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "pipelines" / "assets" / "examples"
 EXAMPLE = json.loads((EXAMPLES / "example.json").read_text())
 BOX = tuple(EXAMPLE["box"])  # (x, y, width, height) in background pixels
 STEPS = 2

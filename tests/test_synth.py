@@ -230,7 +230,7 @@ def test_examples_are_consistent_and_small(tmp_path):
     with pytest.raises(FileExistsError):
         synth.write_examples(tmp_path)
     # The shipped copies are exactly what the generator makes (same pixels, same JSON).
-    shipped = REPO / "assets" / "examples"
+    shipped = REPO / "pipelines" / "assets" / "examples"
     for name in synth.EXAMPLE_FILES:
         if name.endswith(".json"):
             assert json.loads((shipped / name).read_text()) == saved

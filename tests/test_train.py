@@ -19,7 +19,7 @@ from interact_custom.pipelines.mgig import mgig_config
 from interact_custom.weights_manager.native_iamg import load_iamg
 from interact_custom.weights_manager.official_mgig import load_mgig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "train_configs"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,13 +1,15 @@
 """One entry point per model for "a name a user picked": the embedded default or a file
 (official or ours).
 
-The embedded default is the trained small model shipped in `weights/` when present;
+The embedded default is the trained small model shipped in `weights_manager/default_weights/` when present;
 until it ships, the `small` preset with seeded random weights (stated wherever it is used).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+from ..pipelines.paths import DEFAULT_WEIGHTS_DIR
 
 import torch
 
@@ -16,7 +18,7 @@ log = logging.getLogger("interact_custom")
 
 EMBEDDED = "(embedded) default"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS_DIR = PACKAGE_ROOT / "weights"
+WEIGHTS_DIR = DEFAULT_WEIGHTS_DIR
 EMBEDDED_MGIG_FILE = WEIGHTS_DIR / "mgig_default.safetensors"
 EMBEDDED_SEED = 0
 EMBEDDED_PRESET = "small"

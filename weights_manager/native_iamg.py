@@ -19,7 +19,7 @@ only what shapes cannot show (head counts, norm groups, the text encoder's speci
 ids, the latent scale) and is cross-checked: any disagreement with the shapes is refused.
 
 `load_iamg` takes an official ``iamg.pth`` (`official_iamg.load_official_iamg`), one of
-our files, or ``"embedded"``: the trained default ``weights/iamg_default.safetensors``
+our files, or ``"embedded"``: the trained default ``weights_manager/default_weights/iamg_default.safetensors``
 shipped in the package when present, else the `small_text` preset with seeded random
 weights (seed 0) as a stand-in that exercises the whole pipeline.
 """
@@ -35,6 +35,7 @@ import torch
 
 from ..pipelines import iamg
 from ..pipelines.iamg import IAMGModel, IAMGUNet, IAMGUNetConfig
+from ..pipelines.paths import DEFAULT_WEIGHTS_DIR
 from .files import DTYPES, WeightsError, is_native, load_strict, read_weights, save_native
 from .ldm_vae import VAEKeyError, build_vae, detect_diffusers_vae_config
 from .official_iamg import (OFFICIAL_NUM_HEADS, TEXT_PREFIX, _build_on_meta, _load_assign, build_text_encoder,
@@ -46,7 +47,7 @@ COMPONENTS = ("unet.", "vae.", "text_encoder.")
 # Canonical text-encoder names in our files (transformers 4 / Hub CLIPTextModel names).
 TEXT_MODEL = "text_encoder.text_model."
 # The trained default model, shipped inside the package when available.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "iamg_default.safetensors"
+DEFAULT_WEIGHTS = DEFAULT_WEIGHTS_DIR / "iamg_default.safetensors"
 EMBEDDED = "embedded"
 # The stand-in for a missing default: preset and seed (documented in the module docstring).
 EMBEDDED_PRESET = "small_text"
