@@ -49,7 +49,12 @@ def ddim_timesteps(num_steps: int, num_train: int = NUM_TRAIN_TIMESTEPS) -> np.n
     if not 1 <= num_steps <= num_train:
         raise ValueError(f"steps must be between 1 and {num_train}, got {num_steps}")
     stride = num_train // num_steps
-    return np.asarray(range(0, num_train, stride), dtype=np.int64)[:num_steps] + 1
+    timesteps = np.asarray(range(0, num_train, stride), dtype=np.int64)[:num_steps] + 1
+    if timesteps[-1] >= num_train:
+        # stride 1 (more than T/2 steps): the official "+1" would index past the table
+        # (its code fails there); shift the schedule down instead.
+        timesteps -= 1
+    return timesteps
 
 
 def ddim_alphas(alphas_cumprod: torch.Tensor, timesteps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

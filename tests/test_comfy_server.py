@@ -189,6 +189,51 @@ def test_interrupt_long_prompt_then_server_still_works(server):
     ch.check_outputs(server, follow, {"outputs": {"2": {"count": 1, "size": [32, 24], "allow_blank": True}}})
 
 
+def mgig_sampling_prompt(steps: int, *, box=None, mask_value: float = 1.0) -> dict:
+    """Our MGIG chain on plain inputs (grey images, solid masks), embedded default weights."""
+    prompt = {
+        "1": {"class_type": "InteractCustomLoadMGIG", "inputs": {
+            "model_name": "(embedded) default", "dtype": "fp32", "device": "cpu", "keep_model_loaded": True}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 256, "height": 192, "batch_size": 1,
+                                                     "color": unique_color()}},
+        "3": {"class_type": "SolidMask", "inputs": {"value": mask_value, "width": 256, "height": 192}},
+        "4": {"class_type": "InteractCustomIDFeatures", "inputs": {
+            "mgig_model": ["1", 0], "human_image": ["2", 0], "human_mask": ["3", 0],
+            "object_image": ["2", 0], "object_mask": ["3", 0]}},
+        "5": {"class_type": "InteractCustomDetailMap", "inputs": {
+            "reference_canvas": ["4", 1], "canvas_mask": ["4", 2], "threshold": 50}},
+        "6": {"class_type": "InteractCustomMaskGuidedSampler", "inputs": {
+            "mgig_model": ["1", 0], "id_features": ["4", 0], "detail_map": ["5", 0], "interaction_mask": ["3", 0],
+            "steps": steps, "sampler": "ddim", "guidance": 5.0, "control_strength": 1.0, "seed": 0,
+            "batch_size": 1, "mask_channel": "mask", "crop_ratio": 1.3, "background": ["2", 0]}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+    }
+    if box is not None:
+        prompt["8"] = {"class_type": "InteractCustomBox", "inputs": dict(zip(("x", "y", "width", "height"), box))}
+        prompt["6"]["inputs"]["box"] = ["8", 0]
+    return prompt
+
+
+@pytest.mark.server
+def test_cancel_during_our_sampling_stops_within_a_step(server):
+    # 1000 DDIM steps would take minutes; Cancel must land inside the sampling loop.
+    pid = server.queue(mgig_sampling_prompt(1000))
+    deadline = time.monotonic() + 120
+    while not server.is_running(pid):
+        assert time.monotonic() < deadline, "the sampling prompt never started"
+        time.sleep(0.1)
+    time.sleep(15.0)  # past model loading and ID features, well into sampling
+    server.interrupt(pid)
+    t0 = time.monotonic()
+    result = server.wait(pid, timeout=120)
+    stopped_after = time.monotonic() - t0
+    assert result.interrupted, f"expected an interrupt, got {result.status}: {result.messages}"
+    assert result.message("execution_interrupted")["node_type"] == "InteractCustomMaskGuidedSampler"
+    assert stopped_after < 30, f"sampling took {stopped_after:.1f} s to stop after Cancel"
+    assert not result.outputs.get("7")
+    server.run(mgig_sampling_prompt(2), timeout=180).raise_for_error()  # still usable
+
+
 # Bad inputs and the error a user must see. Add the package's own cases here (e.g. a
 # missing/mismatched checkpoint, a mask of the wrong size) with the message it raises.
 BAD_INPUTS = {
@@ -202,6 +247,12 @@ BAD_INPUTS = {
     "unknown_node_type": (
         lambda: {"1": {"class_type": "NoSuchNode", "inputs": {}}},
         ch.PromptRejected, r"NoSuchNode"),
+    "box_outside_background": (
+        lambda: mgig_sampling_prompt(2, box=(200, 100, 100, 100)),
+        ch.ExecutionFailed, r"box \(x=200, y=100, width=100, height=100\) lies outside the 256x192 background"),
+    "empty_mask": (
+        lambda: mgig_sampling_prompt(2, mask_value=0.0),
+        ch.ExecutionFailed, r"human_mask is empty \(all zero\)"),
     "node_raises": (
         lambda: small_prompt(unique_color(), "../outside_output_folder"),
         ch.ExecutionFailed, r"node 2 \(SaveImage\) raised Exception: .*Saving image outside the output folder is not allowed"),

@@ -20,6 +20,8 @@ def test_schedule_matches_official_buffers(vectors):
 def test_ddim_timesteps_official():
     assert S.ddim_timesteps(50).tolist() == list(range(1, 1000, 20))
     assert S.ddim_timesteps(4).tolist() == [1, 251, 501, 751]
+    assert S.ddim_timesteps(1000).tolist() == list(range(1000))  # official code would overflow
+    assert S.ddim_timesteps(600)[-1] == 600
     with pytest.raises(ValueError, match="steps"):
         S.ddim_timesteps(0)
 
