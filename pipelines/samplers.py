@@ -14,6 +14,7 @@ Conventions
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Mapping
 
 import numpy as np
@@ -217,15 +218,41 @@ def sample_with_scheduler(eps_fn: EpsFn, x_T: torch.Tensor, alphas_cumprod: torc
     return x
 
 
+_flush_depth = 0
+
+
+@contextmanager
+def flush_denormals(enabled: bool):
+    """Flush denormal floats to zero (x86 FTZ/DAZ) while working on the CPU: nearly
+    constant inputs (a white-canvas hint, an all-zero reference) drive activations into
+    the denormal range, where every CPU op becomes ~10× slower. torch cannot report the
+    setting, so nested uses are counted and the outermost one restores torch's default
+    (off)."""
+    global _flush_depth
+    if not enabled:
+        yield
+        return
+    torch.set_flush_denormal(True)
+    _flush_depth += 1
+    try:
+        yield
+    finally:
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(False)
+
+
 def sample(eps_fn: EpsFn, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int,
            sampler: str = "ddim", callback: Callback | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Run the named sampler ("ddim" and "plms" are the official ones)."""
-    if sampler == "ddim":
-        return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, callback)
-    if sampler == "plms":
-        return sample_plms(eps_fn, x_T, alphas_cumprod, steps, callback)
-    return sample_with_scheduler(eps_fn, x_T, alphas_cumprod, steps, sampler, callback, generator)
+    """Run the named sampler ("ddim" and "plms" are the official ones). On the CPU,
+    denormals are flushed while sampling (see :func:`flush_denormals`)."""
+    with flush_denormals(x_T.device.type == "cpu"):
+        if sampler == "ddim":
+            return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, callback)
+        if sampler == "plms":
+            return sample_plms(eps_fn, x_T, alphas_cumprod, steps, callback)
+        return sample_with_scheduler(eps_fn, x_T, alphas_cumprod, steps, sampler, callback, generator)
 
 
 def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device | str = "cpu",

@@ -922,28 +922,7 @@ def _check_against_stored(run: RunDir, cfg: TrainConfig) -> None:
               f"{', '.join(differ)}; the run will not reproduce an uninterrupted one", file=sys.stderr)
 
 
-_flush_depth = 0
 
-
-@contextmanager
-def flush_denormals(enabled: bool):
-    """Flush denormal floats to zero (x86 FTZ/DAZ) while training on the CPU: nearly
-    constant inputs (a white-canvas hint, an all-zero reference) drive activations into
-    the denormal range, where every CPU op becomes ~10× slower. torch cannot report the
-    setting, so nested uses are counted and the outermost one restores torch's default
-    (off)."""
-    global _flush_depth
-    if not enabled:
-        yield
-        return
-    torch.set_flush_denormal(True)
-    _flush_depth += 1
-    try:
-        yield
-    finally:
-        _flush_depth -= 1
-        if _flush_depth == 0:
-            torch.set_flush_denormal(False)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -952,7 +931,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> T
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
-    with flush_denormals(accelerator.device.type == "cpu"):
+    with samplers.flush_denormals(accelerator.device.type == "cpu"):
         return _train(cfg, accelerator, resume=resume, progress=progress)
 
 

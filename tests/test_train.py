@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from interact_custom import cli
-from interact_custom.pipelines import choi, iamg, preprocess, synth, train, train_data
+from interact_custom.pipelines import choi, iamg, preprocess, samplers, synth, train, train_data
 from interact_custom.pipelines.mgig import mgig_config
 from interact_custom.weights_manager.native_iamg import load_iamg
 from interact_custom.weights_manager.official_mgig import load_mgig
@@ -31,7 +31,7 @@ def _cpu_settings():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with train.flush_denormals(True):
+        with samplers.flush_denormals(True):
             yield
     finally:
         torch.set_num_threads(threads)
