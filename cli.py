@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bank": (".pipelines.retrieval", "build or query an IAMG-R mask bank"),
     "evaluate": (".pipelines.evaluate", "CLIP / DINO / mask metrics over generated images"),
     "train": (".pipelines.train", "train vae / iamg / mgig (Accelerate)"),
+    "benchmark": (".pipelines.benchmark", "speed / memory / FLOPs, official procedure vs ours"),
 }
 
 
