@@ -741,7 +741,7 @@ def evict_from_page_cache(path: str | os.PathLike) -> bool:
 
 def touch_weights(module: nn.Module) -> None:
     """Read one value per memory page of every parameter: weights that a loader left
-    memory-mapped (official files are read with ``torch.load(mmap=True)``) are then
+    memory-mapped (official files are read by ``torch.load`` with ``mmap=True``) are then
     actually read from the file, as the first forward would."""
     with torch.no_grad():
         for p in module.parameters():
