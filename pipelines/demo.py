@@ -59,9 +59,7 @@ def interaction_mask(ex: dict, args) -> tuple[np.ndarray, str]:
     """The demo's interaction mask and a plain statement of where it came from."""
     from ..weights_manager.loader import embedded_is_random
 
-    source = args.mask
-    if source == "auto":
-        source = "iamg" if (args.iamg or not embedded_is_random("iamg")) else "retrieval"
+    source = "iamg" if args.mask == "auto" else args.mask
     H, W = ex["background"].shape[:2]
     if source == "example":
         return ex["interaction_mask"], "interaction mask: the SHIPPED EXAMPLE MASK"
@@ -84,7 +82,9 @@ def interaction_mask(ex: dict, args) -> tuple[np.ndarray, str]:
         note += " with the embedded SEEDED RANDOM weights (no trained default ships yet): the mask is noise"
     mask = np.asarray(result.binary[0]) > 0.5
     if not mask.any():
-        raise SystemExit("demo: IAMG produced an empty mask; try another --seed or --mask retrieval")
+        args.mask = "retrieval"
+        fallback, why = interaction_mask(ex, args)
+        return fallback, f"{why} (IAMG's mask was empty, so IAMG-R was used instead)"
     return mask, note
 
 
@@ -92,7 +92,7 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output folder (created; existing files are not overwritten)")
     parser.add_argument("--mask", choices=["auto", "iamg", "retrieval", "example"], default="auto",
                         help="interaction mask source: IAMG, IAMG-R retrieval from the shipped bank, or the shipped "
-                             "example mask (auto: IAMG once a trained default ships, else retrieval)")
+                             "example mask (auto = IAMG, falling back to retrieval if its mask is empty)")
     parser.add_argument("--iamg", default=None, help="IAMG weights (official iamg.pth or ours); default: embedded")
     parser.add_argument("--mgig", default=None, help="MGIG weights (official mgig.ckpt or ours); default: embedded")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
