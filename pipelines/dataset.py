@@ -57,6 +57,8 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from ..weights_manager.files import atomic_path
+
 INDEX_NAME = "index.jsonl"
 SAMPLES_DIR = "samples"
 
@@ -111,14 +113,8 @@ def save_png(path: Path, image: Image.Image, overwrite: bool) -> None:
     never sees a half-written file and an interrupted write leaves the old one intact."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _load_png(path: Path, part: str, where: str) -> np.ndarray:

@@ -92,6 +92,7 @@ from PIL import Image
 
 from . import imgproc
 from .dataset import ChoiDataset, DatasetError
+from ..weights_manager.files import write_text_atomic
 
 GENERATED_SUFFIX = ".png"       # generated image / mask of sample <id>: <folder>/<id>.png
 REPORT_JSON, REPORT_MD = "metrics.json", "metrics.md"
@@ -704,16 +705,6 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``metrics.md`` into `out_dir` (created if needed);
     refuses to replace existing ones unless ``overwrite=True``. Returns both paths."""
@@ -724,8 +715,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, overwrit
         if taken:
             raise FileExistsError(f"{', '.join(taken)} already exist; pass --overwrite to replace them")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(paths[0], json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write_text(paths[1], markdown_report(report))
+    write_text_atomic(paths[0], json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(paths[1], markdown_report(report))
     return paths
 
 

@@ -37,6 +37,8 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, runtime
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..weights_manager.files import write_text_atomic
+
 INDEX_NAMES = ("bank.json", "bank.jsonl")
 BANK_FORMAT = "interact_custom.mask_bank"
 BANK_VERSION = 1
@@ -212,9 +214,7 @@ def write_index(out_dir: str | os.PathLike, entries: Sequence[BankEntry], **meta
     path = Path(out_dir) / INDEX_NAMES[0]
     doc = {"format": BANK_FORMAT, "version": BANK_VERSION, **meta,
            "entries": [e.to_record() for e in entries]}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc, indent=1, ensure_ascii=False))
     return path
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .dataset import ChoiWriter, save_png
+from ..weights_manager.files import write_text_atomic
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -1053,9 +1054,7 @@ def write_examples(out: str | os.PathLike, seed: int = EXAMPLES_SEED, overwrite:
     save_png(paths["object.png"], cutout(obj_scene, "object", OBJECT), overwrite)
     save_png(paths["background.png"], Image.fromarray(background, "RGB"), overwrite)
     save_png(paths["interaction_mask.png"], Image.fromarray(union.astype(np.uint8) * 255, "L"), overwrite)
-    tmp = paths["example.json"].with_name(f".example.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, paths["example.json"])
+    write_text_atomic(paths["example.json"], json.dumps(meta, indent=2) + "\n")
     return meta
 
 

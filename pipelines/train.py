@@ -78,6 +78,7 @@ from torch import nn
 
 from . import iamg, samplers, train_data
 from .mgig import MGIGModel, mgig_config, MGIG_PRESETS
+from ..weights_manager.files import write_text_atomic
 
 MODEL_KINDS = ("vae", "iamg", "mgig")
 CHECKPOINTS = "checkpoints"
@@ -698,12 +699,6 @@ def _step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class RunDir:
     """Paths of a run folder and its checkpoint bookkeeping (module docstring)."""
 
@@ -747,7 +742,7 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _write_atomic(self.checkpoints / LATEST, name + "\n")
+        write_text_atomic(self.checkpoints / LATEST, name + "\n")
         return final
 
     def prune(self, keep: int | None) -> None:
@@ -763,7 +758,7 @@ class RunDir:
             return
         kept = [line for line in self.log.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        _write_atomic(self.log, "".join(line + "\n" for line in kept))
+        write_text_atomic(self.log, "".join(line + "\n" for line in kept))
 
     def append_log(self, record: dict) -> None:
         with open(self.log, "a", encoding="utf-8") as f:
@@ -1012,7 +1007,7 @@ def _train(cfg: TrainConfig, accelerator, *, resume: bool, progress: bool) -> Tr
         run.root.mkdir(parents=True, exist_ok=True)
         run.checkpoints.mkdir(exist_ok=True)
         run.truncate_log(start)  # lines of steps after the checkpoint are recomputed now
-        _write_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        write_text_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
     accelerator.wait_for_everyone()
 
     def save_checkpoint(step: int) -> None:
