@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": (".weights_manager.verify", "check our loaders/models against a test-vector folder"),
     "convert": (".weights_manager.convert", "convert an official checkpoint to our safetensors format"),
     "synth": (".pipelines.synth", "generate a synthetic CHOI dataset"),
+    "build": (".pipelines.builders", "build a CHOI dataset from video clips or HOI images with masks"),
     "bank": (".pipelines.retrieval", "build or query an IAMG-R mask bank"),
     "evaluate": (".pipelines.evaluate", "CLIP / DINO / mask metrics over generated images"),
     "train": (".pipelines.train", "train vae / iamg / mgig (Accelerate)"),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import preprocess, samplers
-from .mgig import MGIGModel
+from .mgig import MGIGModel, resize_hint, resize_square
 
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 5.0
@@ -99,7 +99,11 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
 
     device, dtype = _device_dtype(model)
     hint_t = torch.from_numpy(hint.hint).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
-    latent_hw = (hint.hint.shape[0] // 8, hint.hint.shape[1] // 8)
+    # A model trained at a smaller size sees the hint at that size (as in training) and
+    # its output is enlarged back to the official square before the crop-back.
+    size = int(model.config.image_size)
+    hint_t = resize_hint(hint_t, size)
+    latent_hw = (size // 8, size // 8)
     x_T = samplers.initial_noise((batch, 4, *latent_hw), seed, device=device, dtype=dtype)
     cond = {"context": features.cond.to(device=device, dtype=dtype).expand(batch, -1, -1),
             "hint": hint_t.expand(batch, -1, -1, -1)}
@@ -112,7 +116,8 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
     eps_fn = samplers.guided_eps(model_fn, cond, uncond, guidance, batched=batched_guidance)
     z = samplers.sample(eps_fn, x_T, model.alphas_cumprod.to(device), steps, sampler=sampler,
                         callback=callback)
-    decoded = model.decode_latent(z).float().cpu().permute(0, 2, 3, 1).numpy()
+    decoded = model.decode_latent(z).float().cpu()
+    decoded = resize_square(decoded, hint.hint.shape[0], "bilinear").permute(0, 2, 3, 1).numpy()
 
     images, crops = [], []
     for item in decoded:

@@ -327,7 +327,8 @@ class IAMGModel(nn.Module):
 
     def __init__(self, unet: IAMGUNet, vae: nn.Module, text_encoder: nn.Module | None = None, *,
                  alphas_cumprod: torch.Tensor | None = None, scale_factor: float = VAE_SCALE_FACTOR,
-                 tokenizer: "PromptTokenizer | None" = None, preset: str | None = None):
+                 tokenizer: "PromptTokenizer | None" = None, preset: str | None = None,
+                 image_size: int = IMAGE_SIZE):
         super().__init__()
         self.unet = unet
         self.vae = vae
@@ -335,6 +336,9 @@ class IAMGModel(nn.Module):
         self.scale_factor = float(scale_factor)
         self.tokenizer = tokenizer
         self.preset = preset
+        # Side of the square image space the model works in (condition and mask): the
+        # official 256, or the size a small model was trained at (saved with its weights).
+        self.image_size = int(image_size)
         if alphas_cumprod is None:
             alphas_cumprod = samplers.ldm_alphas_cumprod()
         # float32 like the official `diffusion` buffers, on the CPU (samplers move what they
@@ -424,9 +428,9 @@ class IAMGModel(nn.Module):
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(channels, h, w) of the mask latent for the `IMAGE_SIZE`² image space."""
+        """(channels, h, w) of the mask latent for the `image_size`² image space."""
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        side = IMAGE_SIZE // factor
+        side = self.image_size // factor
         return self.unet.config.latent_channels, side, side
 
     def empty_condition(self, batch: int = 1) -> torch.Tensor:
@@ -801,9 +805,10 @@ MODEL_PRESETS: dict[str, IAMGModelPreset] = {
         note="★ paper variant at full size: cross-attention to CLIP ViT-L/14 text tokens "
              "(initialise from iamg.pth with `with_cross_attention`)"),
     "small_text": IAMGModelPreset(
-        IAMGUNetConfig(model_channels=64, channel_mult=(1, 2, 4), num_res_blocks=1,
-                       attention_resolutions=(4, 2), num_heads=4, cross_attention_dim=128),
-        kl_vae_config((32, 64, 64, 64), 1),
+        IAMGUNetConfig(model_channels=64, channel_mult=(1, 1, 2), num_res_blocks=1,
+                       attention_resolutions=(2, 4), num_heads=4, cross_attention_dim=128),
+        # The small MGIG's VAE architecture: one small VAE is trained for both models.
+        kl_vae_config((32, 32, 32, 64), 2),
         clip_text_config(vocab_size=WORDS_VOCAB_CAPACITY, hidden_size=128, intermediate_size=512,
                          num_hidden_layers=2, num_attention_heads=4, bos_token_id=0, eos_token_id=1),
         "words", note="★ small trainable variant with the shipped word-level tokenizer (default model)"),
@@ -905,7 +910,7 @@ def with_cross_attention(model: IAMGModel, cross_attention_dim: int | None = Non
     unet = unet.to(device=base.conv_in.weight.device, dtype=base.dtype)
     return IAMGModel(unet, model.vae, model.text_encoder, alphas_cumprod=model.alphas_cumprod,
                      scale_factor=model.scale_factor, tokenizer=model.tokenizer,
-                     preset=preset_name_of(cfg)).eval()
+                     preset=preset_name_of(cfg), image_size=model.image_size).eval()
 
 
 # --------------------------------------------------------------------------------------
@@ -1025,7 +1030,7 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
             if box_xywh is not None:
                 x, y, w, h = box_xywh
                 blank = (y, y + h, x, x + w)  # condition_image's (y1, y2, x1, x2)
-            cond = model.encode_condition(condition_image(img, blank)).float()
+            cond = model.encode_condition(condition_image(img, blank, model.image_size)).float()
         cond = cond.expand(batch, *cond.shape[1:])
 
         context = uncond = None

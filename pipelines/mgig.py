@@ -155,6 +155,11 @@ class MGIGConfig:
     id_encoder: dict
     vae: dict
     schedule: dict = field(default_factory=lambda: dict(OFFICIAL_SCHEDULE))
+    # Side of the square the model generates (hint and target crop). The official model
+    # works at `preprocess.HINT_SIZE` (512); a smaller model trained at a smaller size gets
+    # the official 512 hint resized to this and its output resized back
+    # (`preprocess.resize_hint`), exactly as its training data was made.
+    image_size: int = 512
 
     def to_dict(self) -> dict:
         return copy.deepcopy(asdict(self))
@@ -203,6 +208,26 @@ def mgig_config(preset: str = "official") -> MGIGConfig:
 
 
 MGIG_PRESETS = ("official", "tiny", "small")
+
+
+def resize_square(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Resize the last two (square) dims of [C,H,W] or [B,C,H,W] to ``size``: "area"
+    (bilinear when enlarging), "bilinear" or "nearest"."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    if mode == "area" and x.shape[-1] < size:
+        mode = "bilinear"
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    batched = x if x.ndim == 4 else x[None]
+    out = F.interpolate(batched, size=(size, size), mode=mode, **kwargs)
+    return out if x.ndim == 4 else out[0]
+
+
+def resize_hint(hint: torch.Tensor, size: int) -> torch.Tensor:
+    """An official 512² hint ([4,S,S] or [B,4,S,S]) at a model's `MGIGConfig.image_size`:
+    the RGB collage by area, the layout channel nearest (it stays binary)."""
+    return torch.cat([resize_square(hint[..., :3, :, :], size, "area"),
+                      resize_square(hint[..., 3:, :, :], size, "nearest")], dim=-3)
 
 
 def schedule_alphas_cumprod(schedule: dict) -> torch.Tensor:

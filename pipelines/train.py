@@ -439,6 +439,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     if cfg.init_vae:
         sd, _ = _tensors_with_prefix(cfg.init_vae, "vae.", "init_vae")
         load_strict(model.vae, {k: v.float() for k, v in sd.items()}, f"init_vae {Path(cfg.init_vae).name}")
+    # The model works at the size it is trained at (saved with it; inference resizes to it).
+    if cfg.model == "iamg":
+        model.image_size = resolved_resolution(cfg)
+    else:
+        model.config.image_size = resolved_resolution(cfg)
     return model.float()
 
 

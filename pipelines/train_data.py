@@ -42,12 +42,12 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from . import iamg, preprocess
 from .dataset import ChoiDataset, ChoiSample, DatasetError, save_png
+from .mgig import resize_hint, resize_square
 
 WHITE = 255
 # The official training-time draws of `hico_process_pairs` (ratios as randint(10·lo, 10·hi) / 10).
@@ -208,15 +208,6 @@ def read_generated_mask(folder: str | os.PathLike, sample_id: str, shape_hw: tup
     return mask if mask.any() else None
 
 
-def _resize_chw(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    if mode == "area" and x.shape[-1] < size:
-        mode = "bilinear"
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(x[None], size=(size, size), mode=mode, **kwargs)[0]
-
-
 class MGIGTrainData(_PositionData):
     """MGIG items: ``reference`` [3,224,224] in [0, 1] (the ID-encoder input), ``hint``
     [4,S,S] and ``target`` [3,S,S] in [-1, 1]; S = ``size`` (the official 512; smaller
@@ -291,8 +282,8 @@ class MGIGTrainData(_PositionData):
         target = torch.from_numpy(built.target).permute(2, 0, 1)
         return {
             "reference": torch.from_numpy(reference.astype(np.float32) / np.float32(255.0)).permute(2, 0, 1),
-            "hint": torch.cat([_resize_chw(hint[:3], self.size, "area"), _resize_chw(hint[3:], self.size, "nearest")]),
-            "target": _resize_chw(target, self.size, "area"),
+            "hint": resize_hint(hint, self.size),
+            "target": resize_square(target, self.size, "area"),
         }
 
 

@@ -287,6 +287,12 @@ def test_with_cross_attention_starts_as_released(official):
 
 # --- our safetensors format ------------------------------------------------------------------
 
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to summation order: a loaded file's tensors sit at other memory alignments
+    than the original model's, and oneDNN picks kernels by alignment (≈2e-6 relative)."""
+    return bool((a - b).abs().max() <= 1e-5 * b.abs().max())
+
+
 def test_native_round_trip_official_shape(official, vectors, tmp_path):
     path = ni.save_iamg(official, tmp_path / "iamg_reduced.safetensors", dtype="fp32")
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
@@ -300,11 +306,12 @@ def test_native_round_trip_official_shape(official, vectors, tmp_path):
     assert meta["model"] == "iamg" and meta["preset"] == "reduced" and meta["dtype"] == "fp32"
     assert json.loads(meta["config"])["unet"] == official.unet.config.to_dict()
     assert {k.split(".", 1)[0] for k in keys} == {"unet", "vae", "text_encoder"}
+    assert all(torch.equal(v, official.state_dict()[k]) for k, v in loaded.state_dict().items())
     x, cond, t = _inputs(official)
     with torch.no_grad():
-        assert torch.equal(loaded.predict_eps(x, t, cond), official.predict_eps(x, t, cond))
+        assert close(loaded.predict_eps(x, t, cond), official.predict_eps(x, t, cond))
         img = torch.rand(1, 3, 64, 64) * 2 - 1
-        assert torch.equal(loaded.decode(loaded.encode_condition(img)), official.decode(official.encode_condition(img)))
+        assert close(loaded.decode(loaded.encode_condition(img)), official.decode(official.encode_condition(img)))
     # official file and ours load through the same entry point
     assert ni.load_iamg(vectors.checkpoint("iamg"), text_encoder_num_heads=2).unet.config == loaded.unet.config
     ni.save_iamg(official, path, dtype="fp16", overwrite=True)
@@ -322,8 +329,8 @@ def test_native_round_trip_text(tiny, tmp_path):
     with torch.no_grad():
         for prompt in (KICK, ""):
             ctx, ctx2 = tiny.encode_prompts([prompt]), loaded.encode_prompts([prompt])
-            assert torch.equal(ctx, ctx2)
-            assert torch.equal(tiny.predict_eps(x, t, cond, ctx), loaded.predict_eps(x, t, cond, ctx2))
+            assert close(ctx2, ctx)
+            assert close(loaded.predict_eps(x, t, cond, ctx2), tiny.predict_eps(x, t, cond, ctx))
 
 
 def _rewrite(src, dst, edit_meta=None, edit_tensors=None):

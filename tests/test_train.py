@@ -184,6 +184,8 @@ def test_iamg_loss_drops_and_final_loads(iamg_run, data):
 
     # The final file (EMA weights; raw ones beside it) runs in the inference pipeline.
     assert trained.uses_text and (iamg_run / train.FINAL_NOEMA_FILE).is_file()
+    # It works at the size it was trained at (64 px: an 8² latent), whatever the canvas.
+    assert trained.image_size == 64 and trained.latent_shape == (4, 8, 8)
     sample = ds.choi[0]
     result = iamg.generate_mask(trained, prompt=sample.caption, background=sample.background,
                                 box=(8, 8, 40, 48), steps=1)
@@ -235,8 +237,23 @@ def test_mgig_from_scratch_stage2_on_generated_masks(iamg_run, data, tmp_path):
                  steps=2, checkpoint_every=2, validate_every=2, validation_samples=1, perturb_prob=0.0)
     result = train.train(cfg, progress=False)
     model = load_mgig(result.final)
-    assert model.config.to_dict() == mgig_config("tiny").to_dict()
+    expected = mgig_config("tiny")
+    expected.image_size = 128  # trained at 128 px: saved with the weights
+    assert model.config.to_dict() == expected.to_dict()
     assert (tmp_path / "mgig2" / "samples" / "step_000002.png").is_file()
+
+    # Inference feeds the model its training size and returns the official 512² crop.
+    seen = []
+    predict = model.predict_eps
+    model.predict_eps = lambda x, t, context, hint, **kw: seen.append((x.shape, hint.shape)) or \
+        predict(x, t, context, hint, **kw)
+    sample = train_data.MGIGTrainData(data, size=128).choi[0]
+    features = choi.id_features(model, sample.human_ref, sample.human_ref_mask, sample.object_ref,
+                                sample.object_ref_mask)
+    detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
+    out = choi.generate(model, features, detail, sample.interaction_mask, sample.background, steps=2)
+    assert {s[0][-2:] for s in seen} == {(16, 16)} and {s[1][-2:] for s in seen} == {(128, 128)}
+    assert out.crops[0].shape == (512, 512, 3) and out.images[0].shape == sample.background.shape
 
 
 def test_vae_trains_and_initialises_iamg(data, tmp_path):

@@ -76,7 +76,7 @@ def model_config(model: IAMGModel) -> dict:
     """The plain-data architecture written to the ``config`` metadata."""
     return {"unet": model.unet.config.to_dict(), "vae": _vae_config(model.vae),
             "text_encoder": _text_config(model.text_encoder) if model.text_encoder is not None else None,
-            "scale_factor": model.scale_factor}
+            "scale_factor": model.scale_factor, "image_size": model.image_size}
 
 
 def native_state_dict(model: IAMGModel) -> dict[str, torch.Tensor]:
@@ -259,7 +259,8 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
     if unknown:
         raise WeightsError(f"{what}: unexpected component(s) {', '.join(unknown)}; IAMG files hold "
                            f"{', '.join(COMPONENTS)}")
-    cfg = detect_native_config(sd, _native_metadata_config(metadata, what), what)
+    meta_cfg = _native_metadata_config(metadata, what)
+    cfg = detect_native_config(sd, meta_cfg, what)
 
     unet = _build_on_meta(lambda: IAMGUNet(cfg["unet"]))
     _load_assign(unet, {k: v.to(dtype) for k, v in _sub(sd, "unet.").items()}, f"{what}: IAMG UNet ('unet.*')")
@@ -279,7 +280,8 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                                                       what=f"{what}: IAMG text encoder")
     model = IAMGModel(unet.eval(), vae.eval(), text_encoder, scale_factor=cfg["scale_factor"], tokenizer=tokenizer,
                       preset=metadata.get("preset") or iamg.preset_name_of(cfg["unet"], cfg["vae"],
-                                                                           cfg["text_encoder"]))
+                                                                           cfg["text_encoder"]),
+                      image_size=int((meta_cfg or {}).get("image_size", iamg.IMAGE_SIZE)))
     return model.to(device).eval().requires_grad_(False)
 
 

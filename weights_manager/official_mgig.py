@@ -549,6 +549,7 @@ def _detect_like(native: Mapping[str, torch.Tensor], stored: MGIGConfig, what: s
     detected = detect_mgig_config(native, unet_head_dim=widths[0] // heads[0],
                                   dino_num_heads=stored.id_encoder["dinov2"]["num_attention_heads"],
                                   schedule=stored.schedule)
+    detected.image_size = int(stored.image_size)  # a training fact, not visible in shapes
     differ = [k for k, v in detected.to_dict().items() if json.loads(json.dumps(v)) != stored.to_dict()[k]]
     if differ:
         raise MGIGCheckpointError(f"{what}: the 'config' metadata disagrees with the tensor shapes in "
@@ -600,9 +601,13 @@ def load_mgig(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device:
 
 
 def preset_name_of(config: MGIGConfig) -> str:
-    """The `mgig_config` preset `config` equals, else "custom"."""
+    """The `mgig_config` preset `config` equals (whatever its `image_size`), else "custom"."""
+    mine = json.loads(json.dumps(config.to_dict()))
+    mine.pop("image_size", None)
     for name in MGIG_PRESETS:
-        if mgig_config(name).to_dict() == json.loads(json.dumps(config.to_dict())):
+        theirs = mgig_config(name).to_dict()
+        theirs.pop("image_size", None)
+        if theirs == mine:
             return name
     return "custom"
 
