@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": (".pipelines.evaluate", "CLIP / DINO / mask metrics over generated images"),
     "train": (".pipelines.train", "train vae / iamg / mgig (Accelerate)"),
     "benchmark": (".pipelines.benchmark", "speed / memory / FLOPs, official procedure vs ours"),
+    "synthbench": (".pipelines.synthbench", "generate a held-out synthetic split end to end and score it"),
 }
 
 

@@ -64,6 +64,13 @@ Metrics (per sample, then mean / population std / count over the samples that ha
     RGB levels (each channel within 4 levels of its bin centre) to keep it fast. Perfect
     generation does not give exactly 0: a target shows shading / parts the reference may
     not (e.g. a racket's strings seen from another side), most of all at low resolution.
+  - ``mask_verb``: does the generated mask's *shape* express the requested interaction?
+    Every mask is reduced to its shape (`mask_shape`: its bounding box resized to
+    ``SHAPE_SIDE``², so position and size do not count) and classified by the
+    ``SHAPE_K`` most similar ground-truth union masks of the *other* samples of the
+    dataset (similarity = IoU, the better of the shape and its mirror image); 1 when
+    their vote is the sample's verb. The report gives the same classifier's
+    leave-one-out accuracy on the ground-truth masks (the ceiling) and chance.
   - ``confinement_box`` / ``confinement_mask``: of the pixels the generation changed
     (ΔE76 > ``CHANGE_DELTA_E`` = 10 against the sample's ``background``), the share inside
     the box / inside the mask (the generated mask when given, else the ground-truth union
@@ -102,6 +109,8 @@ KL_EPS = 1e-3                   # per-cell mass added before normalising (finite
 CHANGE_DELTA_E = 10.0           # ΔE76 above which a pixel counts as changed (clearly visible)
 COLOUR_BIN = 8                  # RGB bin width for colour_* (bin centres differ by ≤ 4 levels)
 COLOUR_ERODE = 1                # px of mask erosion before colour_* (drops blended edges)
+SHAPE_SIDE = 32                 # mask_verb: masks compared as their bounding box resized to 32²
+SHAPE_K = 5                     # mask_verb: k nearest ground-truth shapes vote
 # OpenAI CLIP preprocessing statistics (clip.load's Normalize; transformers' OPENAI_CLIP_MEAN).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -134,13 +143,16 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("colour_object", False, "ΔE76 nearest-colour distance, object reference vs generated object region"),
     Metric("confinement_box", True, "share of changed pixels (vs background) inside the box"),
     Metric("confinement_mask", True, "share of changed pixels (vs background) inside the mask"),
+    Metric("mask_verb", True, f"the generated mask's shape reads as the requested verb ({SHAPE_K}-NN over the "
+                              "dataset's other GT masks, box-normalised, flip-invariant)"),
     Metric("interaction", True, "mean HOI-judge score (only with a judge)"),
 )}
 GROUPS = {
     "clip": ("clip_score",),
     "dino": ("dino_human", "dino_object", "dino_pair"),
     "mask": ("mask_kl", "mask_iou"),
-    "synthetic": ("mask_in_box", "colour_human", "colour_object", "confinement_box", "confinement_mask"),
+    "synthetic": ("mask_in_box", "mask_verb", "colour_human", "colour_object", "confinement_box",
+                  "confinement_mask"),
 }
 
 
@@ -255,6 +267,57 @@ def mask_in_box(mask: np.ndarray, box_xywh: Sequence[int]) -> float | None:
     m = np.asarray(mask, bool)
     total = np.count_nonzero(m)
     return None if total == 0 else float(np.count_nonzero(m & box_mask(box_xywh, m.shape)) / total)
+
+
+def mask_shape(mask: np.ndarray, side: int = SHAPE_SIDE) -> np.ndarray | None:
+    """A mask's shape, free of position and scale: its bounding box resized to side²
+    (bilinear, then > 0.5), bool; None for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return None
+    crop = (mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1] > 0).astype(np.float32)
+    resized = Image.fromarray(crop, mode="F").resize((side, side), Image.BILINEAR)
+    return np.asarray(resized) > 0.5
+
+
+def shape_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two `mask_shape`s, the better of ``b`` and its mirror image (a person
+    may face either way)."""
+    return max(mask_iou(a, b), mask_iou(a, b[:, ::-1]))
+
+
+def nearest_verb(shape: np.ndarray | None, references: Sequence[tuple[np.ndarray, str]],
+                 k: int = SHAPE_K) -> str | None:
+    """The verb the k most similar reference shapes vote for (ties: the most similar
+    one's); None for an empty mask or no references."""
+    if shape is None or not references:
+        return None
+    scored = sorted(((shape_similarity(shape, ref), verb) for ref, verb in references), key=lambda s: -s[0])[:k]
+    votes: dict[str, int] = {}
+    for _, verb in scored:
+        votes[verb] = votes.get(verb, 0) + 1
+    best = max(votes.values())
+    return next(verb for _, verb in scored if votes[verb] == best)
+
+
+def verb_references(dataset: ChoiDataset) -> list[tuple[str, np.ndarray, str]]:
+    """(sample id, shape, verb) of every ground-truth union mask of ``dataset``."""
+    out = []
+    for s in dataset:
+        shape = mask_shape((s.human_mask > 0) | (s.object_mask > 0))
+        if shape is not None:
+            out.append((s.id, shape, s.verb))
+    return out
+
+
+def verb_accuracy_of_ground_truth(references: Sequence[tuple[str, np.ndarray, str]], k: int = SHAPE_K) -> float | None:
+    """Leave-one-out accuracy of `nearest_verb` on the ground-truth masks themselves: the
+    ceiling ``mask_verb`` can reach on this dataset."""
+    if len(references) < 2:
+        return None
+    hits = [nearest_verb(shape, [(r, v) for j, (_, r, v) in enumerate(references) if j != i], k) == verb
+            for i, (_, shape, verb) in enumerate(references)]
+    return float(np.mean(hits))
 
 
 def changed_pixels(image: np.ndarray, background: np.ndarray, threshold: float = CHANGE_DELTA_E) -> np.ndarray:
@@ -620,6 +683,7 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
                               f"{GENERATED_SUFFIX}")
     missing_masks: list[str] = []
     samples: list[dict[str, Any]] = []
+    shapes = verb_references(data) if synthetic and mask_dir is not None else []
     for n, i in enumerate(indices, start=1):
         s = data[i]
         h, w = s.target.shape[:2]
@@ -645,6 +709,9 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
         if synthetic:
             if gen_mask is not None and s.box is not None:
                 row["mask_in_box"] = mask_in_box(gen_mask, s.box)
+            if gen_mask is not None:
+                others = [(shape, verb) for sid, shape, verb in shapes if sid != s.id]
+                row["mask_verb"] = float(nearest_verb(mask_shape(gen_mask), others) == s.verb)
             row["colour_human"] = colour_distance(region_pixels(s.human_ref, s.human_ref_mask > 0),
                                                   region_pixels(gen, hm))
             row["colour_object"] = colour_distance(region_pixels(s.object_ref, s.object_ref_mask > 0),
@@ -672,6 +739,11 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
         "masks": None if mask_dir is None else str(mask_dir),
         "mask_source": None if mask_dir is None else mask_source, "missing_masks": missing_masks,
         "synthetic": synthetic,
+        "mask_verb_reference": None if not shapes else {
+            "ground_truth_masks": verb_accuracy_of_ground_truth(shapes),
+            "chance": 1.0 / len({verb for _, _, verb in shapes}),
+            "note": "mask_verb of the dataset's own ground-truth masks (leave-one-out: the ceiling) and of "
+                    "guessing"},
         "models": {"clip": None if clip is None else clip.source, "dino": None if dino is None else dino.source},
         "settings": {"dino_size": DINO_SIZE, "mask_grid": MASK_GRID, "kl_eps": KL_EPS,
                      "kl_direction": "KL(gt || generated), nats", "change_delta_e": CHANGE_DELTA_E,
@@ -699,6 +771,11 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     for name, m in report["metrics"].items():
         lines.append(f"| {name} | {m['mean']:.4f} | {m['std']:.4f} | {m['n']} | "
                      f"{'↑' if m['higher_is_better'] else '↓'} |")
+    ref = report.get("mask_verb_reference")
+    if ref and "mask_verb" in report["metrics"]:
+        ceiling = ref["ground_truth_masks"]
+        lines += ["", f"mask_verb for reference: the ground-truth masks themselves score "
+                      f"{'n/a' if ceiling is None else f'{ceiling:.4f}'} (leave-one-out), guessing {ref['chance']:.4f}."]
     if report["skipped"]:
         lines += ["", "Not computed:", ""]
         lines += [f"- {name}: {reason}" for name, reason in report["skipped"].items()]

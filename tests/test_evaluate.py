@@ -189,6 +189,30 @@ def test_mask_in_box_known_answer():
     assert ev.mask_in_box(np.zeros((10, 10), bool), [0, 0, 5, 5]) is None
 
 
+def _figure(kind: str, h=60, w=80, x=10, y=5, scale=1.0, mirror=False):
+    """A constructed mask: "stand" (a tall bar) or "reach" (a bar with an arm sideways)."""
+    m = np.zeros((h, w), bool)
+    bh, bw = int(40 * scale), int(8 * scale)
+    m[y:y + bh, x:x + bw] = True
+    if kind == "reach":
+        m[y + bh // 4:y + bh // 4 + int(4 * scale), x + bw:x + bw + int(24 * scale)] = True
+    return m[:, ::-1] if mirror else m
+
+
+def test_mask_shape_ignores_position_and_scale_and_verbs_vote():
+    a, b = ev.mask_shape(_figure("reach")), ev.mask_shape(_figure("reach", x=30, y=12, scale=0.6))
+    assert ev.mask_iou(a, b) > 0.85
+    assert ev.shape_similarity(a, ev.mask_shape(_figure("reach", mirror=True))) == pytest.approx(1.0)
+    assert ev.mask_shape(np.zeros((5, 5), bool)) is None
+    refs = [(ev.mask_shape(_figure("stand", scale=s)), "stand") for s in (0.8, 1.0, 1.2)] + \
+           [(ev.mask_shape(_figure("reach", scale=s, mirror=m)), "reach") for s, m in ((0.7, 0), (1.0, 1), (1.2, 0))]
+    assert ev.nearest_verb(ev.mask_shape(_figure("reach", x=40, mirror=True)), refs, k=3) == "reach"
+    assert ev.nearest_verb(ev.mask_shape(_figure("stand", y=15)), refs, k=3) == "stand"
+    assert ev.nearest_verb(None, refs) is None
+    # Leave-one-out on the references themselves: every one is recognised.
+    assert ev.verb_accuracy_of_ground_truth([(str(i), s, v) for i, (s, v) in enumerate(refs)], k=1) == 1.0
+
+
 def test_confinement_known_answer():
     background = np.full((10, 10, 3), 100, np.uint8)
     image = background.copy()
@@ -243,9 +267,12 @@ def test_cli_writes_json_and_markdown_with_perfect_scores(bench, clip_dir, dino_
     assert report["evaluated"] == 4 and report["synthetic"] and report["mask_source"] == "interaction"
     m = report["metrics"]
     for name in ("clip_score", "dino_human", "dino_object", "dino_pair", "mask_iou", "mask_in_box",
-                 "confinement_box"):
+                 "confinement_box"):  # mask_verb is the ground truth's own leave-one-out score here
         assert m[name]["mean"] == pytest.approx(1.0, abs=1e-5), name
         assert m[name]["n"] == 4
+    ref = report["mask_verb_reference"]
+    assert m["mask_verb"]["mean"] == pytest.approx(ref["ground_truth_masks"]) and m["mask_verb"]["n"] == 4
+    assert ref["chance"] == pytest.approx(1 / len({s["caption"].split()[3] for s in report["samples"]}))
     assert m["mask_kl"]["mean"] == pytest.approx(0.0, abs=1e-12)
     assert m["colour_human"]["mean"] < 3.0 and m["colour_object"]["mean"] < 3.0
     assert set(report["skipped"]) == {"interaction"}
