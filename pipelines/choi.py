@@ -104,7 +104,7 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
     size = int(model.config.image_size)
     hint_t = resize_hint(hint_t, size)
     latent_hw = (size // 8, size // 8)
-    x_T = samplers.initial_noise((batch, 4, *latent_hw), seed, device=device, dtype=dtype)
+    x_T = samplers.initial_noise((batch, model.latent_channels, *latent_hw), seed, device=device, dtype=dtype)
     cond = {"context": features.cond.to(device=device, dtype=dtype).expand(batch, -1, -1),
             "hint": hint_t.expand(batch, -1, -1, -1)}
     uncond = {"context": features.uncond.to(device=device, dtype=dtype).expand(batch, -1, -1),

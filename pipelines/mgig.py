@@ -170,16 +170,18 @@ class MGIGConfig:
 
 
 def _preset(*, model_channels, channel_mult, attention_levels, context_dim, dino_dim, dino_depth,
-            dino_image_size, vae_ch, vae_mult, head_dim=None, dino_heads=None) -> MGIGConfig:
+            dino_image_size, vae_ch, vae_mult, vae_blocks=2, latent_channels=4, head_dim=None,
+            dino_heads=None) -> MGIGConfig:
     unet = unet_kwargs(model_channels=model_channels, channel_mult=channel_mult, num_res_blocks=2,
-                       attention_levels=attention_levels, context_dim=context_dim, head_dim=head_dim)
+                       attention_levels=attention_levels, context_dim=context_dim, head_dim=head_dim,
+                       in_channels=latent_channels, out_channels=latent_channels)
     return MGIGConfig(
         unet=unet,
         controlnet=controlnet_kwargs(unet),
         id_encoder={"dinov2": dinov2_kwargs(hidden_size=dino_dim, depth=dino_depth, num_heads=dino_heads,
                                             image_size=dino_image_size),
                     "context_dim": context_dim},
-        vae=vae_kwargs(ch=vae_ch, ch_mult=vae_mult),
+        vae=vae_kwargs(ch=vae_ch, ch_mult=vae_mult, num_res_blocks=vae_blocks, z_channels=latent_channels),
     )
 
 
@@ -189,8 +191,9 @@ def mgig_config(preset: str = "official") -> MGIGConfig:
     - ``official``: the released mgig.ckpt — SD-2.1-base UNet (320·[1,2,4,4], 64-ch heads,
       context 1024) + ControlNet, DINOv2 ViT-g/14 (37² position grid) + projector, SD kl-f8 VAE.
     - ``tiny``: for tests, the shape of the reduced test vectors (≈4 M parameters).
-    - ``small``: ≈5.4 M parameters (≈11 MB in fp16), for a shipped default model; 16²
-      position grid, so the 224 reference needs no interpolation.
+    - ``small``: ≈5.6 M parameters (≈11 MB in fp16), the shipped default's architecture;
+      16² position grid, so the 224 reference needs no interpolation; the small VAE with
+      an 8-channel latent (`iamg.SMALL_VAE`, shared with the small IAMG).
     """
     if preset == "official":
         return _preset(model_channels=320, channel_mult=(1, 2, 4, 4), attention_levels=(1, 1, 1, 0),
@@ -203,7 +206,7 @@ def mgig_config(preset: str = "official") -> MGIGConfig:
     if preset == "small":
         return _preset(model_channels=32, channel_mult=(1, 1, 2, 2), attention_levels=(0, 1, 1, 0),
                        context_dim=96, dino_dim=96, dino_depth=4, dino_image_size=224,
-                       vae_ch=32, vae_mult=(1, 1, 1, 2))
+                       vae_ch=32, vae_mult=(1, 2, 2, 2), vae_blocks=1, latent_channels=8)
     raise ValueError(f"unknown MGIG preset {preset!r}; choose from {', '.join(MGIG_PRESETS)}")
 
 
@@ -350,6 +353,11 @@ class MGIGModel(nn.Module):
     def alphas_cumprod(self) -> torch.Tensor:
         """ᾱ_t, float32 on CPU (float64 maths, then cast, like the official buffers)."""
         return schedule_alphas_cumprod(self.config.schedule)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the diffusion latent (the VAE's; SD's 4 for the official model)."""
+        return int(self.vae.config.latent_channels)
 
     @property
     def latent_scale(self) -> float:

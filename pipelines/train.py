@@ -147,6 +147,9 @@ class TrainConfig:
     max_grad_norm: float | None = _key(1.0, "gradient clipping (null: none)")
     mixed_precision: str = _key("no", "no | fp16 | bf16 (Accelerate autocast; fp16 adds a grad scaler)")
     grad_checkpointing: bool = _key(False, "recompute activations in the backward pass (less memory)")
+    latent_scale: Any = _key(None, "iamg/mgig latent scale: null = the model's (SD's 0.18215), a number, or "
+                                   "\"auto\" = 1/std of the training targets' latents (for a VAE trained from "
+                                   "scratch, whose latents have no set scale; LDM's scale_by_std)")
     ema_decay: float | None = _key(None, "EMA of the trained weights (e.g. 0.9999; LDM warm-up "
                                          "min(decay, (1+n)/(10+n))); null: no EMA")
     frozen_dtype: str | None = _key(None, "cast fully frozen parts (VAE, text encoder, DINOv2) to fp16/bf16 "
@@ -284,6 +287,10 @@ def _validate(cfg: TrainConfig) -> None:
         fail("lr", "null or a positive number")
     if cfg.max_grad_norm is not None and (not isinstance(cfg.max_grad_norm, (int, float)) or cfg.max_grad_norm <= 0):
         fail("max_grad_norm", "null or a positive number")
+    if cfg.latent_scale is not None and cfg.latent_scale != "auto" and (
+            isinstance(cfg.latent_scale, bool) or not isinstance(cfg.latent_scale, (int, float))
+            or not 0 < cfg.latent_scale < math.inf):
+        fail("latent_scale", 'null, "auto" or a positive number')
     if cfg.ema_decay is not None and (not isinstance(cfg.ema_decay, (int, float)) or not 0 < cfg.ema_decay < 1):
         fail("ema_decay", "null or a number in (0, 1)")
     if not (isinstance(cfg.adam_betas, list) and len(cfg.adam_betas) == 2):
@@ -516,6 +523,36 @@ def _hf_checkpointing(model) -> None:
     # transformers 5 renamed the switch; 4.x only has the old name.
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
+
+
+LATENT_SCALE_ITEMS = 64  # training targets `calibrated_latent_scale` measures
+
+
+@torch.no_grad()
+def calibrated_latent_scale(model: nn.Module, dataset, items: int = LATENT_SCALE_ITEMS) -> float:
+    """1 / std of the VAE latents (posterior means) of the first ``items`` training
+    targets (no augmentation: the same value on every process and on resume), rounded to
+    4 significant digits. Diffusion assumes unit-variance latents; a VAE trained from
+    scratch has latents of arbitrary scale (LDM's ``scale_by_std``)."""
+    vae = model.vae
+    p = next(vae.parameters())
+    latents = []
+    for start in range(0, min(items, len(dataset)), 16):
+        batch = torch.stack([dataset.item(i)["target"] for i in range(start, min(start + 16, items, len(dataset)))])
+        latents.append(vae.encode(batch.to(p.device, p.dtype)).latent_dist.mean.float())
+    std = float(torch.cat(latents).std())
+    if not math.isfinite(std) or std <= 0:
+        raise ConfigError(f"latent_scale: the VAE's latents have std {std}; cannot calibrate (is the VAE trained?)")
+    return float(f"{1.0 / std:.4g}")
+
+
+def set_latent_scale(model: nn.Module, scale: float) -> None:
+    """Use ``scale`` as the latent scale of an IAMG / MGIG model (saved with it)."""
+    if isinstance(model, iamg.IAMGModel):
+        model.scale_factor = float(scale)
+    else:
+        model.vae.register_to_config(scaling_factor=float(scale))
+        model.config.vae["scaling_factor"] = float(scale)
 
 
 def enable_grad_checkpointing(kind: str, model: nn.Module) -> None:
@@ -848,7 +885,7 @@ def validation_rows(cfg: TrainConfig, model: nn.Module, items: list[dict], devic
     hint, reference = batch["hint"], batch["reference"]
     context, uncond = model.encode_id(reference), model.uncond_context(n)
     side = hint.shape[-1] // 8
-    x_T = samplers.initial_noise((n, 4, side, side), cfg.seed, device=device)
+    x_T = samplers.initial_noise((n, model.latent_channels, side, side), cfg.seed, device=device)
     eps_fn = samplers.guided_eps(lambda x, t, context, hint: model.predict_eps(x, t, context, hint),
                                  {"context": context, "hint": hint}, {"context": uncond, "hint": hint},
                                  cfg.validation_guidance)
@@ -915,7 +952,7 @@ def _check_against_stored(run: RunDir, cfg: TrainConfig) -> None:
     state_keys = ("model", "preset", "init", "init_vae", "init_id_encoder", "text", "trainable", "data_root",
                   "split", "data_limit", "resolution", "seed", "batch_size", "grad_accum", "lr", "lr_scheduler",
                   "lr_warmup_steps", "weight_decay", "adam_betas", "adam_eps", "mixed_precision", "ema_decay",
-                  "stage", "generated_masks")
+                  "stage", "generated_masks", "latent_scale")
     differ = [k for k in state_keys if k in stored and stored[k] != getattr(cfg, k)]
     if differ:
         print(f"warning: resuming {run.root} with a config that differs from the stored one in "
@@ -962,6 +999,10 @@ def _train(cfg: TrainConfig, accelerator, *, resume: bool, progress: bool) -> Tr
     loss_module.train()
 
     dataset = build_dataset(cfg, model)
+    scale = None
+    if cfg.latent_scale is not None and cfg.model != "vae":
+        scale = calibrated_latent_scale(model, dataset) if cfg.latent_scale == "auto" else float(cfg.latent_scale)
+        set_latent_scale(model, scale)
     val_items: list[dict] = []
     if main and cfg.validation_samples:
         try:
@@ -1013,6 +1054,9 @@ def _train(cfg: TrainConfig, accelerator, *, resume: bool, progress: bool) -> Tr
         run.checkpoints.mkdir(exist_ok=True)
         run.truncate_log(start)  # lines of steps after the checkpoint are recomputed now
         write_text_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if scale is not None and start == 0:
+            run.append_log({"step": 0, "latent_scale": scale})
+            print(f"latent scale {scale:g}", file=sys.stderr)
     accelerator.wait_for_everyone()
 
     def save_checkpoint(step: int) -> None:

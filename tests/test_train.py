@@ -234,11 +234,22 @@ def test_mgig_from_scratch_stage2_on_generated_masks(iamg_run, data, tmp_path):
                    "--out", str(masks), "--steps", "1", "--limit", "2"])
     assert rc == 0 and len(list(masks.glob("*.png"))) == 2
     cfg = config("tiny_mgig.json", data, tmp_path / "mgig2", stage=2, generated_masks=str(masks), data_limit=2,
-                 steps=2, checkpoint_every=2, validate_every=2, validation_samples=1, perturb_prob=0.0)
+                 steps=2, checkpoint_every=2, validate_every=2, validation_samples=1, perturb_prob=0.0,
+                 latent_scale="auto")
     result = train.train(cfg, progress=False)
     model = load_mgig(result.final)
+    # latent_scale "auto": 1/std of the training targets' latents, logged and saved with the model.
+    log = [json.loads(line) for line in (tmp_path / "mgig2" / "log.jsonl").read_text().splitlines()]
+    scale = next(r["latent_scale"] for r in log if "latent_scale" in r)
+    built = train.build_model(cfg)
+    ds = train.build_dataset(cfg, built)
+    with torch.no_grad():
+        z = torch.cat([built.vae.encode(ds.item(i)["target"][None]).latent_dist.mean for i in range(len(ds))])
+    assert scale == pytest.approx(1 / float(z.std()), rel=1e-3) and scale != pytest.approx(0.18215, rel=0.05)
+    assert model.latent_scale == scale
     expected = mgig_config("tiny")
     expected.image_size = 128  # trained at 128 px: saved with the weights
+    expected.vae["scaling_factor"] = scale
     assert model.config.to_dict() == expected.to_dict()
     assert (tmp_path / "mgig2" / "samples" / "step_000002.png").is_file()
 

@@ -549,7 +549,10 @@ def _detect_like(native: Mapping[str, torch.Tensor], stored: MGIGConfig, what: s
     detected = detect_mgig_config(native, unet_head_dim=widths[0] // heads[0],
                                   dino_num_heads=stored.id_encoder["dinov2"]["num_attention_heads"],
                                   schedule=stored.schedule)
-    detected.image_size = int(stored.image_size)  # a training fact, not visible in shapes
+    # Training facts, not visible in shapes: the working size and the latent scale.
+    detected.image_size = int(stored.image_size)
+    if "scaling_factor" in stored.vae:
+        detected.vae["scaling_factor"] = float(stored.vae["scaling_factor"])
     differ = [k for k, v in detected.to_dict().items() if json.loads(json.dumps(v)) != stored.to_dict()[k]]
     if differ:
         raise MGIGCheckpointError(f"{what}: the 'config' metadata disagrees with the tensor shapes in "
