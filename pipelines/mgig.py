@@ -55,7 +55,8 @@ def default_head_dim(width: int) -> int:
 
 def unet_kwargs(*, model_channels: int, channel_mult, num_res_blocks: int, attention_levels,
                 context_dim: int, head_dim: int | None = None, transformer_depth: int = 1,
-                linear_projection: bool = True, in_channels: int = 4, out_channels: int = 4) -> dict:
+                linear_projection: bool = True, in_channels: int = 4, out_channels: int = 4,
+                norm_num_groups: int = 32) -> dict:
     """`UNet2DConditionModel` kwargs for an LDM openaimodel UNet with SpatialTransformers.
 
     `attention_levels[i]` says whether level i (0 = full latent resolution) has
@@ -81,7 +82,7 @@ def unet_kwargs(*, model_channels: int, channel_mult, num_res_blocks: int, atten
         "layers_per_block": num_res_blocks,
         "downsample_padding": 1,
         "act_fn": "silu",
-        "norm_num_groups": 32,
+        "norm_num_groups": norm_num_groups,
         "norm_eps": 1e-5,
         "cross_attention_dim": context_dim,
         "transformer_layers_per_block": transformer_depth,
@@ -127,7 +128,7 @@ def dinov2_kwargs(*, hidden_size: int, depth: int, num_heads: int | None = None,
 
 
 def vae_kwargs(*, ch: int = 128, ch_mult=(1, 2, 4, 4), num_res_blocks: int = 2, z_channels: int = 4,
-               scaling_factor: float = 0.18215) -> dict:
+               scaling_factor: float = 0.18215, norm_num_groups: int = 32) -> dict:
     """`AutoencoderKL` kwargs for an LDM kl-f8 VAE (mid-block attention, no level attention)."""
     n = len(ch_mult)
     return {
@@ -139,7 +140,7 @@ def vae_kwargs(*, ch: int = 128, ch_mult=(1, 2, 4, 4), num_res_blocks: int = 2, 
         "layers_per_block": num_res_blocks,
         "act_fn": "silu",
         "latent_channels": z_channels,
-        "norm_num_groups": 32,
+        "norm_num_groups": norm_num_groups,
         "scaling_factor": scaling_factor,
         "mid_block_add_attention": True,
     }
@@ -170,18 +171,19 @@ class MGIGConfig:
 
 
 def _preset(*, model_channels, channel_mult, attention_levels, context_dim, dino_dim, dino_depth,
-            dino_image_size, vae_ch, vae_mult, vae_blocks=2, latent_channels=4, head_dim=None,
-            dino_heads=None) -> MGIGConfig:
+            dino_image_size, vae_ch, vae_mult, vae_blocks=2, vae_groups=32, latent_channels=4, head_dim=None,
+            dino_heads=None, norm_groups=32) -> MGIGConfig:
     unet = unet_kwargs(model_channels=model_channels, channel_mult=channel_mult, num_res_blocks=2,
                        attention_levels=attention_levels, context_dim=context_dim, head_dim=head_dim,
-                       in_channels=latent_channels, out_channels=latent_channels)
+                       in_channels=latent_channels, out_channels=latent_channels, norm_num_groups=norm_groups)
     return MGIGConfig(
         unet=unet,
         controlnet=controlnet_kwargs(unet),
         id_encoder={"dinov2": dinov2_kwargs(hidden_size=dino_dim, depth=dino_depth, num_heads=dino_heads,
                                             image_size=dino_image_size),
                     "context_dim": context_dim},
-        vae=vae_kwargs(ch=vae_ch, ch_mult=vae_mult, num_res_blocks=vae_blocks, z_channels=latent_channels),
+        vae=vae_kwargs(ch=vae_ch, ch_mult=vae_mult, num_res_blocks=vae_blocks, z_channels=latent_channels,
+                       norm_num_groups=vae_groups),
     )
 
 
@@ -193,7 +195,9 @@ def mgig_config(preset: str = "official") -> MGIGConfig:
     - ``tiny``: for tests, the shape of the reduced test vectors (≈4 M parameters).
     - ``small``: ≈5.6 M parameters (≈11 MB in fp16), the shipped default's architecture;
       16² position grid, so the 224 reference needs no interpolation; the small VAE with
-      an 8-channel latent (`iamg.SMALL_VAE`, shared with the small IAMG).
+      an 8-channel latent (`iamg.SMALL_VAE`, shared with the small IAMG). GroupNorm with
+      8 groups in the UNet / ControlNet (4 channels per group at the 32-wide level, not
+      instance norm), one in the VAE (see `iamg.SMALL_VAE`).
     """
     if preset == "official":
         return _preset(model_channels=320, channel_mult=(1, 2, 4, 4), attention_levels=(1, 1, 1, 0),
@@ -206,7 +210,8 @@ def mgig_config(preset: str = "official") -> MGIGConfig:
     if preset == "small":
         return _preset(model_channels=32, channel_mult=(1, 1, 2, 2), attention_levels=(0, 1, 1, 0),
                        context_dim=96, dino_dim=96, dino_depth=4, dino_image_size=224,
-                       vae_ch=32, vae_mult=(1, 2, 2, 2), vae_blocks=1, latent_channels=8)
+                       vae_ch=32, vae_mult=(1, 2, 2, 2), vae_blocks=1, vae_groups=1, latent_channels=8,
+                       norm_groups=8)
     raise ValueError(f"unknown MGIG preset {preset!r}; choose from {', '.join(MGIG_PRESETS)}")
 
 

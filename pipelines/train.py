@@ -186,6 +186,8 @@ class TrainConfig:
     # VAE
     vae_sources: list = _key(["target", "mask"], f"VAE images: any of {', '.join(train_data.VAE_SOURCES)}")
     vae_loss: str = _key("l1", "VAE reconstruction loss: l1 | mse")
+    vae_logvar_init: float | None = _key(-6.0, "VAE from scratch: initial posterior log-variance "
+                                               "(quant_conv bias; null: the layer's own init)")
     kl_weight: float = _key(1e-6, "VAE KL weight (relative to the per-pixel reconstruction loss)")
 
     @classmethod
@@ -378,11 +380,10 @@ def load_vae_file(path: str | os.PathLike) -> nn.Module:
     from ..weights_manager.ldm_vae import build_vae, detect_diffusers_vae_config
 
     sd, metadata = _tensors_with_prefix(path, "vae.", "VAE file")
-    scale = iamg.VAE_SCALE_FACTOR
-    if metadata.get("config"):
-        stored = json.loads(metadata["config"])
-        scale = float((stored.get("vae") or {}).get("scaling_factor", scale))
-    vae = build_vae(detect_diffusers_vae_config(sd, scaling_factor=scale))
+    stored = (json.loads(metadata["config"]).get("vae") or {}) if metadata.get("config") else {}
+    vae = build_vae(detect_diffusers_vae_config(sd, scaling_factor=float(stored.get("scaling_factor",
+                                                                                  iamg.VAE_SCALE_FACTOR)),
+                                                norm_num_groups=stored.get("norm_num_groups")))
     load_strict(vae, {k: v.float() for k, v in sd.items()}, f"{Path(path).name}: VAE ('vae.*')")
     return vae
 
@@ -412,6 +413,13 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model = build_vae(arch)
+            if cfg.vae_logvar_init is not None:
+                # The posterior's log-variance starts at ~0: latents are sampled with unit
+                # noise, which swamps the young encoder's means, and with a KL weight of
+                # 1e-6 the encoder needs thousands of steps to shrink it. Starting small
+                # lets reconstruction learn at once.
+                with torch.no_grad():
+                    model.quant_conv.bias[arch["latent_channels"]:].fill_(float(cfg.vae_logvar_init))
         return model.float()
 
     if cfg.model == "iamg":

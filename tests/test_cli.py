@@ -92,7 +92,11 @@ def test_demo_writes_a_composited_result(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "2", "--mask", "retrieval"]) == 0
     text = capsys.readouterr().out
-    assert "RETRIEVED with IAMG-R" in text and "SEEDED RANDOM WEIGHTS" in text
+    from interact_custom.weights_manager.loader import embedded_is_random
+
+    assert "RETRIEVED with IAMG-R" in text
+    assert ("SEEDED RANDOM WEIGHTS" in text) == embedded_is_random("mgig")
+    assert ("trained by this package" in text) != embedded_is_random("mgig")
     bg = np.array(Image.open(out.parents[0] / "demo" / "result.png"))
     from interact_custom.pipelines.demo import load_examples
 

@@ -48,7 +48,7 @@ def test_presets_are_self_consistent():
         with torch.device("meta"):
             vae = build_vae(p.vae)
         # kl_vae_config writes exactly what the loaders detect from the tensors.
-        assert detect_diffusers_vae_config(vae.state_dict()) == p.vae, name
+        assert detect_diffusers_vae_config(vae.state_dict(), norm_num_groups=p.vae["norm_num_groups"]) == p.vae, name
         assert 2 ** (len(p.vae["block_out_channels"]) - 1) == 8, name  # 256² image ↔ 32² latent
         if p.unet.cross_attention_dim is not None:
             assert p.unet.cross_attention_dim == p.text_encoder["hidden_size"], name

@@ -105,8 +105,9 @@ def detect_vae_config(ldm_sd: Mapping[str, torch.Tensor], *, scaling_factor: flo
 
 
 def detect_diffusers_vae_config(diffusers_sd: Mapping[str, torch.Tensor], *,
-                                scaling_factor: float = SD_VAE_SCALE) -> dict:
-    """`detect_vae_config` for a diffusers-named `AutoencoderKL` state dict."""
+                                scaling_factor: float = SD_VAE_SCALE, norm_num_groups: int | None = None) -> dict:
+    """`detect_vae_config` for a diffusers-named `AutoencoderKL` state dict. GroupNorm
+    groups do not show in shapes: ``norm_num_groups`` (from a file's metadata) or SD's 32."""
     conv_in = _require(diffusers_sd, "encoder.conv_in.weight", "encoder input conv")
     n_levels = _levels(diffusers_sd, r"encoder\.down_blocks\.(\d+)\.")
     if n_levels == 0:
@@ -126,11 +127,12 @@ def detect_diffusers_vae_config(diffusers_sd: Mapping[str, torch.Tensor], *,
         scaling_factor=scaling_factor,
         double_z=int(_require(diffusers_sd, "encoder.conv_out.weight", "encoder output conv").shape[0])
         == 2 * z_channels,
+        norm_num_groups=norm_num_groups or _NORM_GROUPS,
     )
 
 
 def _config(*, in_channels, out_channels, widths, attn_levels, num_res_blocks, latent_channels,
-            mid_attention, scaling_factor, double_z) -> dict:
+            mid_attention, scaling_factor, double_z, norm_num_groups=_NORM_GROUPS) -> dict:
     if not double_z:
         # diffusers' AutoencoderKL always predicts mean and log-variance.
         raise VAEKeyError("VAE encoder outputs z_channels (double_z=False); only KL VAEs "
@@ -144,7 +146,7 @@ def _config(*, in_channels, out_channels, widths, attn_levels, num_res_blocks, l
         "layers_per_block": num_res_blocks,
         "act_fn": "silu",
         "latent_channels": latent_channels,
-        "norm_num_groups": _NORM_GROUPS,
+        "norm_num_groups": int(norm_num_groups),
         "scaling_factor": scaling_factor,
         "mid_block_add_attention": mid_attention,
     }

@@ -186,7 +186,8 @@ def detect_native_config(sd: Mapping[str, torch.Tensor], metadata_config: Mappin
                                          norm_num_groups=meta_unet.get("norm_num_groups", 32))
     scale = float(meta.get("scale_factor", iamg.VAE_SCALE_FACTOR))
     try:
-        vae_cfg = detect_diffusers_vae_config(_sub(sd, "vae."), scaling_factor=scale)
+        vae_cfg = detect_diffusers_vae_config(_sub(sd, "vae."), scaling_factor=scale,
+                                              norm_num_groups=(meta.get("vae") or {}).get("norm_num_groups"))
     except VAEKeyError as e:
         raise WeightsError(f"{what}: VAE ('vae.*'): {e}") from e
 

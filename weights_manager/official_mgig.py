@@ -551,8 +551,10 @@ def _detect_like(native: Mapping[str, torch.Tensor], stored: MGIGConfig, what: s
                                   schedule=stored.schedule)
     # Training facts, not visible in shapes: the working size and the latent scale.
     detected.image_size = int(stored.image_size)
-    if "scaling_factor" in stored.vae:
-        detected.vae["scaling_factor"] = float(stored.vae["scaling_factor"])
+    for part in ("vae", "unet", "controlnet"):  # GroupNorm groups are not in shapes either
+        for key in ("scaling_factor", "norm_num_groups"):
+            if key in getattr(stored, part) and key in getattr(detected, part):
+                getattr(detected, part)[key] = getattr(stored, part)[key]
     differ = [k for k, v in detected.to_dict().items() if json.loads(json.dumps(v)) != stored.to_dict()[k]]
     if differ:
         raise MGIGCheckpointError(f"{what}: the 'config' metadata disagrees with the tensor shapes in "
