@@ -328,12 +328,17 @@ class IAMGModel(nn.Module):
     def __init__(self, unet: IAMGUNet, vae: nn.Module, text_encoder: nn.Module | None = None, *,
                  alphas_cumprod: torch.Tensor | None = None, scale_factor: float = VAE_SCALE_FACTOR,
                  tokenizer: "PromptTokenizer | None" = None, preset: str | None = None,
-                 image_size: int = IMAGE_SIZE):
+                 image_size: int = IMAGE_SIZE, latent_shift: Sequence[float] | None = None):
         super().__init__()
         self.unet = unet
         self.vae = vae
         self.text_encoder = text_encoder
         self.scale_factor = float(scale_factor)
+        # Per-channel latent mean subtracted before scaling (None: none, as the official
+        # model). A small VAE trained from scratch has latents far from zero mean (mask
+        # latents: channel means up to ±1.4 std), which ε-prediction samples badly: the
+        # mean must come out of the noisiest steps, where ε errors are amplified ~15x.
+        self.latent_shift = None if latent_shift is None else [float(v) for v in latent_shift]
         self.tokenizer = tokenizer
         self.preset = preset
         # Side of the square image space the model works in (condition and mask): the
@@ -388,13 +393,21 @@ class IAMGModel(nn.Module):
         The official `AutoencoderKL.encode` draws a posterior *sample*; at inference we
         use the mean (deterministic; DESIGN §5). [B,3,256,256] in [-1,1] → [B,4,32,32].
         """
-        return self.posterior(image).mean * self.scale_factor
+        return self.to_latent(self.posterior(image).mean)
+
+    def to_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latent → diffusion latent: (z − latent_shift) × scale_factor."""
+        if self.latent_shift is not None:
+            z = z - torch.tensor(self.latent_shift, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+        return z * self.scale_factor
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent → image (unclamped, nominally [-1, 1]), official `decode`."""
         vae_param = next(self.vae.parameters())
         # Multiply by the reciprocal as the official code does (bit-level parity).
         z = latent.to(vae_param.device, vae_param.dtype) * (1.0 / self.scale_factor)
+        if self.latent_shift is not None:
+            z = z + torch.tensor(self.latent_shift, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
         return self.vae.decode(z).sample
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -920,7 +933,7 @@ def with_cross_attention(model: IAMGModel, cross_attention_dim: int | None = Non
         raise RuntimeError(f"with_cross_attention: unexpected key mismatch {missing[:4]} {unexpected[:4]}")
     unet = unet.to(device=base.conv_in.weight.device, dtype=base.dtype)
     return IAMGModel(unet, model.vae, model.text_encoder, alphas_cumprod=model.alphas_cumprod,
-                     scale_factor=model.scale_factor, tokenizer=model.tokenizer,
+                     scale_factor=model.scale_factor, latent_shift=model.latent_shift, tokenizer=model.tokenizer,
                      preset=preset_name_of(cfg), image_size=model.image_size).eval()
 
 
@@ -1102,7 +1115,7 @@ def iamg_training_loss(model: IAMGModel, batch: Mapping, *, cond_dropout: float 
         if "target_latent" in batch:
             x0 = torch.as_tensor(batch["target_latent"]).to(device=device, dtype=torch.float32)
         elif "target" in batch:
-            x0 = (model.posterior(batch["target"]).sample(generator) * model.scale_factor).float()
+            x0 = model.to_latent(model.posterior(batch["target"]).sample(generator)).float()
         else:
             raise ValueError("batch: needs 'target_latent' [B, 4, h, w] or 'target' images [B, 3, S, S]")
         n = x0.shape[0]

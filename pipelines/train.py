@@ -147,6 +147,8 @@ class TrainConfig:
     max_grad_norm: float | None = _key(1.0, "gradient clipping (null: none)")
     mixed_precision: str = _key("no", "no | fp16 | bf16 (Accelerate autocast; fp16 adds a grad scaler)")
     grad_checkpointing: bool = _key(False, "recompute activations in the backward pass (less memory)")
+    latent_shift: Any = _key(None, "iamg only: null, or \"auto\" = subtract the per-channel mean of the training "
+                                   "targets' latents first (a VAE trained from scratch has off-centre latents)")
     latent_scale: Any = _key(None, "iamg/mgig latent scale: null = the model's (SD's 0.18215), a number, or "
                                    "\"auto\" = 1/std of the training targets' latents (for a VAE trained from "
                                    "scratch, whose latents have no set scale; LDM's scale_by_std)")
@@ -289,6 +291,8 @@ def _validate(cfg: TrainConfig) -> None:
         fail("lr", "null or a positive number")
     if cfg.max_grad_norm is not None and (not isinstance(cfg.max_grad_norm, (int, float)) or cfg.max_grad_norm <= 0):
         fail("max_grad_norm", "null or a positive number")
+    if cfg.latent_shift not in (None, "auto") or (cfg.latent_shift is not None and cfg.model != "iamg"):
+        fail("latent_shift", 'null, or "auto" for an iamg run')
     if cfg.latent_scale is not None and cfg.latent_scale != "auto" and (
             isinstance(cfg.latent_scale, bool) or not isinstance(cfg.latent_scale, (int, float))
             or not 0 < cfg.latent_scale < math.inf):
@@ -537,18 +541,33 @@ LATENT_SCALE_ITEMS = 64  # training targets `calibrated_latent_scale` measures
 
 
 @torch.no_grad()
-def calibrated_latent_scale(model: nn.Module, dataset, items: int = LATENT_SCALE_ITEMS) -> float:
-    """1 / std of the VAE latents (posterior means) of the first ``items`` training
-    targets (no augmentation: the same value on every process and on resume), rounded to
-    4 significant digits. Diffusion assumes unit-variance latents; a VAE trained from
-    scratch has latents of arbitrary scale (LDM's ``scale_by_std``)."""
+def _target_latents(model: nn.Module, dataset, items: int) -> torch.Tensor:
     vae = model.vae
     p = next(vae.parameters())
     latents = []
     for start in range(0, min(items, len(dataset)), 16):
         batch = torch.stack([dataset.item(i)["target"] for i in range(start, min(start + 16, items, len(dataset)))])
         latents.append(vae.encode(batch.to(p.device, p.dtype)).latent_dist.mean.float())
-    std = float(torch.cat(latents).std())
+    return torch.cat(latents)
+
+
+def calibrated_latent_shift(model: nn.Module, dataset, items: int = LATENT_SCALE_ITEMS) -> list[float]:
+    """Per-channel mean of the VAE latents of the first ``items`` training targets
+    (rounded to 4 decimals): subtracted so the diffusion latents are centred."""
+    return [round(float(v), 4) for v in _target_latents(model, dataset, items).mean((0, 2, 3))]
+
+
+@torch.no_grad()
+def calibrated_latent_scale(model: nn.Module, dataset, items: int = LATENT_SCALE_ITEMS) -> float:
+    """1 / std of the VAE latents (posterior means) of the first ``items`` training
+    targets (no augmentation: the same value on every process and on resume), rounded to
+    4 significant digits. Diffusion assumes unit-variance latents; a VAE trained from
+    scratch has latents of arbitrary scale (LDM's ``scale_by_std``)."""
+    z = _target_latents(model, dataset, items)
+    shift = getattr(model, "latent_shift", None)
+    if shift is not None:  # the scale of the centred latents
+        z = z - torch.tensor(shift).view(1, -1, 1, 1)
+    std = float(z.std())
     if not math.isfinite(std) or std <= 0:
         raise ConfigError(f"latent_scale: the VAE's latents have std {std}; cannot calibrate (is the VAE trained?)")
     return float(f"{1.0 / std:.4g}")
@@ -558,6 +577,7 @@ def set_latent_scale(model: nn.Module, scale: float) -> None:
     """Use ``scale`` as the latent scale of an IAMG / MGIG model (saved with it)."""
     if isinstance(model, iamg.IAMGModel):
         model.scale_factor = float(scale)
+        model.vae.register_to_config(scaling_factor=float(scale))  # saved files keep both in step
     else:
         model.vae.register_to_config(scaling_factor=float(scale))
         model.config.vae["scaling_factor"] = float(scale)
@@ -960,7 +980,7 @@ def _check_against_stored(run: RunDir, cfg: TrainConfig) -> None:
     state_keys = ("model", "preset", "init", "init_vae", "init_id_encoder", "text", "trainable", "data_root",
                   "split", "data_limit", "resolution", "seed", "batch_size", "grad_accum", "lr", "lr_scheduler",
                   "lr_warmup_steps", "weight_decay", "adam_betas", "adam_eps", "mixed_precision", "ema_decay",
-                  "stage", "generated_masks", "latent_scale")
+                  "stage", "generated_masks", "latent_scale", "latent_shift")
     differ = [k for k in state_keys if k in stored and stored[k] != getattr(cfg, k)]
     if differ:
         print(f"warning: resuming {run.root} with a config that differs from the stored one in "
@@ -1008,6 +1028,8 @@ def _train(cfg: TrainConfig, accelerator, *, resume: bool, progress: bool) -> Tr
 
     dataset = build_dataset(cfg, model)
     scale = None
+    if cfg.latent_shift == "auto" and cfg.model == "iamg":
+        model.latent_shift = calibrated_latent_shift(model, dataset)
     if cfg.latent_scale is not None and cfg.model != "vae":
         scale = calibrated_latent_scale(model, dataset) if cfg.latent_scale == "auto" else float(cfg.latent_scale)
         set_latent_scale(model, scale)
@@ -1063,8 +1085,9 @@ def _train(cfg: TrainConfig, accelerator, *, resume: bool, progress: bool) -> Tr
         run.truncate_log(start)  # lines of steps after the checkpoint are recomputed now
         write_text_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
         if scale is not None and start == 0:
-            run.append_log({"step": 0, "latent_scale": scale})
-            print(f"latent scale {scale:g}", file=sys.stderr)
+            shift = getattr(model, "latent_shift", None)
+            run.append_log({"step": 0, "latent_scale": scale, **({"latent_shift": shift} if shift else {})})
+            print(f"latent scale {scale:g}" + (f", shift {shift}" if shift else ""), file=sys.stderr)
     accelerator.wait_for_everyone()
 
     def save_checkpoint(step: int) -> None:

@@ -358,3 +358,20 @@ def test_iamg_text_variant_from_a_released_model(vectors, data, tmp_path):
     changed = {k for k, v in trained.unet.state_dict().items() if k not in initial or not torch.equal(v, initial[k])}
     assert changed and all(".cross_attn." in k for k in changed)
     assert {k for k in changed if k.endswith("cross_attn.to_out.0.weight")}
+
+
+def test_iamg_latent_shift_and_scale_centre_the_training_latents(data, tmp_path):
+    cfg = config("tiny_iamg.json", data, tmp_path / "shift", steps=2, checkpoint_every=2, validate_every=0,
+                 data_limit=4, latent_shift="auto", latent_scale="auto")
+    trained = load_iamg(train.train(cfg, progress=False).final)
+    log = [json.loads(line) for line in (tmp_path / "shift" / "log.jsonl").read_text().splitlines()]
+    first = log[0]
+    assert first["step"] == 0 and trained.latent_shift == first["latent_shift"]
+    assert trained.scale_factor == first["latent_scale"]
+    # The diffusion latents of the training targets are centred and of unit spread.
+    ds = train_data.IAMGTrainData(data, size=64, limit=4, tokenize=iamg.words_tokenizer())
+    with torch.no_grad():
+        z = trained.encode_condition(torch.stack([ds.item(i)["target"] for i in range(4)]))
+    assert z.mean((0, 2, 3)).abs().max() < 0.02 and float(z.std()) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(train.ConfigError, match="latent_shift"):
+        config("tiny_mgig.json", data, tmp_path / "x", latent_shift="auto")
