@@ -92,7 +92,9 @@ class IAMGUNetConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        # A set of down-sampling rates: one order (largest first), so configs compare equal.
+        object.__setattr__(self, "attention_resolutions",
+                           tuple(sorted({int(r) for r in self.attention_resolutions}, reverse=True)))
         for level_mult in self.channel_mult:
             width = self.model_channels * level_mult
             if width % self.norm_num_groups:

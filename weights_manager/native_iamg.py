@@ -166,10 +166,12 @@ def detect_native_unet_config(unet_sd: Mapping[str, torch.Tensor], *, num_heads:
 
 
 def _mismatches(detected: Mapping, stored: Mapping) -> list[str]:
-    def norm(v):
+    def norm(k, v):
+        if k == "attention_resolutions":  # a set of rates, in any order
+            return sorted(v)
         return list(v) if isinstance(v, (list, tuple)) else v
-    return [f"{k}: shapes say {norm(detected[k])!r}, metadata says {norm(stored[k])!r}"
-            for k in detected if k in stored and norm(detected[k]) != norm(stored[k])]
+    return [f"{k}: shapes say {norm(k, detected[k])!r}, metadata says {norm(k, stored[k])!r}"
+            for k in detected if k in stored and norm(k, detected[k]) != norm(k, stored[k])]
 
 
 def detect_native_config(sd: Mapping[str, torch.Tensor], metadata_config: Mapping | None = None,

@@ -606,12 +606,16 @@ def load_mgig(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device:
 
 
 def preset_name_of(config: MGIGConfig) -> str:
-    """The `mgig_config` preset `config` equals (whatever its `image_size`), else "custom"."""
-    mine = json.loads(json.dumps(config.to_dict()))
-    mine.pop("image_size", None)
+    """The `mgig_config` preset `config`'s architecture equals (whatever its working size
+    and latent scale, which training sets), else "custom"."""
+    def arch(cfg: dict) -> dict:
+        cfg.pop("image_size", None)
+        cfg["vae"].pop("scaling_factor", None)
+        return cfg
+
+    mine = arch(json.loads(json.dumps(config.to_dict())))
     for name in MGIG_PRESETS:
-        theirs = mgig_config(name).to_dict()
-        theirs.pop("image_size", None)
+        theirs = arch(mgig_config(name).to_dict())
         if theirs == mine:
             return name
     return "custom"
