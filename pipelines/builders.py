@@ -101,7 +101,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .dataset import ChoiWriter
+from .dataset import ChoiWriter, iter_json_lines
 from .synth import INTERACTIONS
 from ..weights_manager.files import write_text_atomic
 
@@ -788,46 +788,36 @@ def read_hoi_annotations(path: str | os.PathLike, *, need_masks: bool = True) ->
         raise FileNotFoundError(f"--annotations {path} does not exist")
     base = path.parent
     items: list[HoiImage] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
+    for n, where, rec in iter_json_lines(path, BuildError):
+        unknown = sorted(set(rec) - set(HOI_KEYS))
+        if unknown:
+            raise BuildError(f"{where}: unknown keys {unknown}; expected {list(HOI_KEYS)}")
+        required = ["image", "verb", "object"] + (["human_mask", "object_mask"] if need_masks else [])
+        missing = [k for k in required if rec.get(k) in (None, "")]
+        if missing:
+            raise BuildError(f"{where}: missing {missing}" + (
+                " (or give a segmenter)" if set(missing) & {"human_mask", "object_mask"} else ""))
+        if (rec.get("human_ref") is None) != (rec.get("human_ref_mask") is None):
+            raise BuildError(f"{where}: human_ref and human_ref_mask go together; got only one")
+        files = {}
+        for key in ("image", "human_mask", "object_mask", "background", "human_ref", "human_ref_mask"):
+            rel = rec.get(key)
+            if rel is None:
+                files[key] = None
                 continue
-            where = f"{path} line {n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BuildError(f"{where}: not valid JSON ({exc})") from exc
-            if not isinstance(rec, dict):
-                raise BuildError(f"{where}: expected a JSON object")
-            unknown = sorted(set(rec) - set(HOI_KEYS))
-            if unknown:
-                raise BuildError(f"{where}: unknown keys {unknown}; expected {list(HOI_KEYS)}")
-            required = ["image", "verb", "object"] + (["human_mask", "object_mask"] if need_masks else [])
-            missing = [k for k in required if rec.get(k) in (None, "")]
-            if missing:
-                raise BuildError(f"{where}: missing {missing}" + (
-                    " (or give a segmenter)" if set(missing) & {"human_mask", "object_mask"} else ""))
-            if (rec.get("human_ref") is None) != (rec.get("human_ref_mask") is None):
-                raise BuildError(f"{where}: human_ref and human_ref_mask go together; got only one")
-            files = {}
-            for key in ("image", "human_mask", "object_mask", "background", "human_ref", "human_ref_mask"):
-                rel = rec.get(key)
-                if rel is None:
-                    files[key] = None
-                    continue
-                if not isinstance(rel, str):
-                    raise BuildError(f"{where}: {key} must be a path string, got {rel!r}")
-                p = base / rel
-                if not p.is_file():
-                    raise FileNotFoundError(f"{where}: {key} file {p} does not exist")
-                files[key] = p
-            for key in ("verb", "object"):
-                if not isinstance(rec[key], str):
-                    raise BuildError(f"{where}: {key} must be a string, got {rec[key]!r}")
-            items.append(HoiImage(verb=rec["verb"], object=rec["object"], person_id=rec.get("person_id"),
-                                  object_id=rec.get("object_id"), caption=rec.get("caption"),
-                                  image_id=str(rec["id"]) if rec.get("id") is not None else f"{n:06d}",
-                                  meta=rec.get("meta"), **files))
+            if not isinstance(rel, str):
+                raise BuildError(f"{where}: {key} must be a path string, got {rel!r}")
+            p = base / rel
+            if not p.is_file():
+                raise FileNotFoundError(f"{where}: {key} file {p} does not exist")
+            files[key] = p
+        for key in ("verb", "object"):
+            if not isinstance(rec[key], str):
+                raise BuildError(f"{where}: {key} must be a string, got {rec[key]!r}")
+        items.append(HoiImage(verb=rec["verb"], object=rec["object"], person_id=rec.get("person_id"),
+                              object_id=rec.get("object_id"), caption=rec.get("caption"),
+                              image_id=str(rec["id"]) if rec.get("id") is not None else f"{n:06d}",
+                              meta=rec.get("meta"), **files))
     if not items:
         raise BuildError(f"{path}: no annotations")
     return items

@@ -183,6 +183,23 @@ def _safe_relpath(root: Path, rel: Any, where: str) -> Path:
 # ----------------------------------------------------------------------------- index
 
 
+def iter_json_lines(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, "<path> line N", object) for every non-blank line of a JSONL file;
+    a line that is not a JSON object raises ``error`` naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {n}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{where}: not valid JSON ({exc})") from exc
+            if not isinstance(rec, dict):
+                raise error(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            yield n, where, rec
+
+
 def read_index(root: str | os.PathLike) -> list[dict[str, Any]]:
     """Parse and validate ``<root>/index.jsonl``; returns the records in file order.
 
@@ -194,39 +211,29 @@ def read_index(root: str | os.PathLike) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{root} is not a CHOI dataset: {index} does not exist")
     records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    with open(index, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{index} line {n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: not valid JSON ({exc})") from exc
-            if not isinstance(rec, dict):
-                raise DatasetError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            for key in ("id", "caption", "verb", "object", "files"):
-                if key not in rec:
-                    raise DatasetError(f"{where}: missing key {key!r}")
-            sid = rec["id"]
-            if not isinstance(sid, str) or not _ID_RE.match(sid):
-                raise DatasetError(f"{where}: id {sid!r} must be letters, digits, '_', '-', '.'")
-            if sid in seen:
-                raise DatasetError(f"{where}: id {sid!r} already used on line {seen[sid]}")
-            seen[sid] = n
-            files = rec["files"]
-            if not isinstance(files, dict):
-                raise DatasetError(f"{where}: 'files' must be an object of part -> path")
-            missing = [p for p in REQUIRED_PARTS if p not in files]
-            unknown = [p for p in files if p not in ALL_PARTS]
-            if missing or unknown:
-                raise DatasetError(f"{where}: 'files' lacks {missing} / has unknown parts {unknown}; "
-                                   f"expected {list(REQUIRED_PARTS)} plus optional {list(OPTIONAL_PARTS)}")
-            for part, rel in files.items():
-                _safe_relpath(root, rel, f"{where} ({part})")
-            rec.setdefault("split", "train")
-            rec["_line"] = n
-            records.append(rec)
+    for n, where, rec in iter_json_lines(index, DatasetError):
+        for key in ("id", "caption", "verb", "object", "files"):
+            if key not in rec:
+                raise DatasetError(f"{where}: missing key {key!r}")
+        sid = rec["id"]
+        if not isinstance(sid, str) or not _ID_RE.match(sid):
+            raise DatasetError(f"{where}: id {sid!r} must be letters, digits, '_', '-', '.'")
+        if sid in seen:
+            raise DatasetError(f"{where}: id {sid!r} already used on line {seen[sid]}")
+        seen[sid] = n
+        files = rec["files"]
+        if not isinstance(files, dict):
+            raise DatasetError(f"{where}: 'files' must be an object of part -> path")
+        missing = [p for p in REQUIRED_PARTS if p not in files]
+        unknown = [p for p in files if p not in ALL_PARTS]
+        if missing or unknown:
+            raise DatasetError(f"{where}: 'files' lacks {missing} / has unknown parts {unknown}; "
+                               f"expected {list(REQUIRED_PARTS)} plus optional {list(OPTIONAL_PARTS)}")
+        for part, rel in files.items():
+            _safe_relpath(root, rel, f"{where} ({part})")
+        rec.setdefault("split", "train")
+        rec["_line"] = n
+        records.append(rec)
     return records
 
 
