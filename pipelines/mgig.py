@@ -161,6 +161,16 @@ class MGIGConfig:
     # the official 512 hint resized to this and its output resized back
     # (`preprocess.resize_hint`), exactly as its training data was made.
     image_size: int = 512
+    # What the UNet predicts: "epsilon" (the official model) or ★ "v_prediction"
+    # (`samplers.eps_from_v`). A small model trained from scratch learns the high-noise steps
+    # far sooner with v: there ε̂ must be x_t almost exactly, and the x₀ it implies amplifies
+    # every error by √((1−ᾱ)/ᾱ) (≈11× at t=950). Samplers always receive ε (`predict_eps`).
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self):
+        if self.prediction_type not in samplers.PREDICTION_TYPES:
+            raise ValueError(f"prediction_type: expected one of {', '.join(samplers.PREDICTION_TYPES)}, "
+                             f"got {self.prediction_type!r}")
 
     def to_dict(self) -> dict:
         return copy.deepcopy(asdict(self))
@@ -396,11 +406,19 @@ class MGIGModel(nn.Module):
             if hint.shape[0] == 1 and batch > 1:
                 hint = hint.expand(batch, -1, -1, -1)
             residuals = self.control_residuals(x_t, t, context, hint, control_scale)
-        return self.unet_eps(x_t, t, context, residuals)
+        return self.eps_from_output(self.unet_output(x_t, t, context, residuals), x_t, t)
 
-    def unet_eps(self, x_t: torch.Tensor, t, context: torch.Tensor,
-                 residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """The UNet's ε with `control_residuals` added to its skips and middle (none: no control)."""
+    def eps_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+        """ε̂ from the UNet's output (itself for "epsilon" models; `samplers.eps_from_v`)."""
+        if self.config.prediction_type == "epsilon":
+            return output
+        t = torch.as_tensor(t).expand(x_t.shape[0]).cpu()
+        return samplers.eps_from_v(output, x_t, self.alphas_cumprod[t])
+
+    def unet_output(self, x_t: torch.Tensor, t, context: torch.Tensor,
+                    residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The UNet's prediction (ε or v, `MGIGConfig.prediction_type`) with
+        `control_residuals` added to its skips and middle (none: no control)."""
         t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
         down, mid = (residuals[:-1], residuals[-1]) if residuals is not None else (None, None)
         return self.unet(x_t, t, encoder_hidden_states=context.to(x_t.dtype),

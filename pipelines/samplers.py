@@ -42,6 +42,27 @@ def ldm_alphas_cumprod(num_train: int = NUM_TRAIN_TIMESTEPS, start: float = LINE
     return torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def _expand(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return a.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def eps_from_v(v: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """ε̂ from a v-prediction (Salimans & Ho 2022): v = √ᾱ·ε − √(1−ᾱ)·x₀ and
+    x_t = √ᾱ·x₀ + √(1−ᾱ)·ε give ε = √ᾱ·v + √(1−ᾱ)·x_t. `alpha_bar` is ᾱ per row [B] (or a
+    scalar); every sampler here then runs a v model unchanged."""
+    a = _expand(torch.as_tensor(alpha_bar), x_t)
+    return a.sqrt() * v + (1.0 - a).sqrt() * x_t
+
+
+def v_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The v-prediction training target √ᾱ·ε − √(1−ᾱ)·x₀ (`alpha_bar` per row [B])."""
+    a = _expand(torch.as_tensor(alpha_bar), x0)
+    return a.sqrt() * noise - (1.0 - a).sqrt() * x0
+
+
 def ddim_timesteps(num_steps: int, num_train: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
     """Official "uniform" DDIM/PLMS timesteps, ascending: range(0, T, T // n) + 1.
 

@@ -28,7 +28,9 @@ What trains (``trainable``, defaults in brackets; everything else is frozen):
 - ``mgig`` — what the official code trains: ControlNet + the UNet's decoder half + the
   ID projector, DINOv2 frozen [``controlnet``, ``unet_decoder``, ``projector``] when
   starting from ``init`` (mgig.ckpt or ours); from a ``preset`` everything trains,
-  including the small ID encoder [``controlnet``, ``unet``, ``id_encoder``]. ★ Stage 1 on
+  including the small ID encoder [``controlnet``, ``unet``, ``id_encoder``]. The official
+  model predicts ε; ★ ``prediction_type: v_prediction`` trains v instead (saved with the
+  weights; the samplers still receive ε, `samplers.eps_from_v`). ★ Stage 1 on
   ground-truth masks, stage 2 (``stage: 2``) on IAMG-generated masks
   (``generated_masks``, made by ``train masks``); background / box / ID dropout
   (`train_data.MGIGTrainData`).
@@ -152,6 +154,9 @@ class TrainConfig:
     latent_scale: Any = _key(None, "iamg/mgig latent scale: null = the model's (SD's 0.18215), a number, or "
                                    "\"auto\" = 1/std of the training targets' latents (for a VAE trained from "
                                    "scratch, whose latents have no set scale; LDM's scale_by_std)")
+    prediction_type: str | None = _key(None, "mgig: what the UNet learns to predict: null = the model's (an "
+                                             "init file's; epsilon for a preset), epsilon, or ★ v_prediction "
+                                             "(learns the high-noise steps far sooner from scratch)")
     ema_decay: float | None = _key(None, "EMA of the trained weights (e.g. 0.9999; LDM warm-up "
                                          "min(decay, (1+n)/(10+n))); null: no EMA")
     frozen_dtype: str | None = _key(None, "cast fully frozen parts (VAE, text encoder, DINOv2) to fp16/bf16 "
@@ -297,6 +302,9 @@ def _validate(cfg: TrainConfig) -> None:
             isinstance(cfg.latent_scale, bool) or not isinstance(cfg.latent_scale, (int, float))
             or not 0 < cfg.latent_scale < math.inf):
         fail("latent_scale", 'null, "auto" or a positive number')
+    if cfg.prediction_type is not None and (cfg.prediction_type not in samplers.PREDICTION_TYPES
+                                            or cfg.model != "mgig"):
+        fail("prediction_type", f"null, or one of {', '.join(samplers.PREDICTION_TYPES)} for an mgig run")
     if cfg.ema_decay is not None and (not isinstance(cfg.ema_decay, (int, float)) or not 0 < cfg.ema_decay < 1):
         fail("ema_decay", "null or a number in (0, 1)")
     if not (isinstance(cfg.adam_betas, list) and len(cfg.adam_betas) == 2):
@@ -463,6 +471,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         model.image_size = resolved_resolution(cfg)
     else:
         model.config.image_size = resolved_resolution(cfg)
+        if cfg.prediction_type is not None:
+            model.config.prediction_type = cfg.prediction_type
     return model.float()
 
 
@@ -648,7 +658,8 @@ class IAMGLoss(nn.Module):
 
 
 class MGIGLoss(nn.Module):
-    """The official ControlLDM objective: MSE(ε̂(x_t, t | ID context, hint), ε), t uniform."""
+    """The official ControlLDM objective: MSE(ε̂(x_t, t | ID context, hint), ε), t uniform;
+    for a ★ v_prediction model the target is v instead (`samplers.v_target`)."""
 
     def __init__(self, model: MGIGModel, cfg: TrainConfig | None = None):
         super().__init__()
@@ -671,8 +682,9 @@ class MGIGLoss(nn.Module):
         hint = batch["hint"].to(x_t.dtype)
         down, mid = m.controlnet(x_t, t, encoder_hidden_states=context.to(x_t.dtype), controlnet_cond=hint,
                                  return_dict=False)
-        eps = m.unet_eps(x_t, t, context, [*down, mid])
-        return F.mse_loss(eps.float(), noise)
+        output = m.unet_output(x_t, t, context, [*down, mid])
+        target = noise if m.config.prediction_type == "epsilon" else samplers.v_target(x0, noise, a.flatten())
+        return F.mse_loss(output.float(), target)
 
 
 class VAELoss(nn.Module):
@@ -980,7 +992,7 @@ def _check_against_stored(run: RunDir, cfg: TrainConfig) -> None:
     state_keys = ("model", "preset", "init", "init_vae", "init_id_encoder", "text", "trainable", "data_root",
                   "split", "data_limit", "resolution", "seed", "batch_size", "grad_accum", "lr", "lr_scheduler",
                   "lr_warmup_steps", "weight_decay", "adam_betas", "adam_eps", "mixed_precision", "ema_decay",
-                  "stage", "generated_masks", "latent_scale", "latent_shift")
+                  "stage", "generated_masks", "latent_scale", "latent_shift", "prediction_type")
     differ = [k for k in state_keys if k in stored and stored[k] != getattr(cfg, k)]
     if differ:
         print(f"warning: resuming {run.root} with a config that differs from the stored one in "

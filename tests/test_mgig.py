@@ -116,12 +116,15 @@ def test_presets_build(tmp_path):
             detected[part]["norm_num_groups"] = model.config.to_dict()[part]["norm_num_groups"]
         assert model.config.to_dict() == detected
         assert om.preset_name_of(model.config) == name
-        # Our files keep what shapes do not show (groups, latent scale, working size).
+        # Our files keep what shapes do not show (groups, latent scale, working size,
+        # prediction type).
         model.config.image_size = 256
+        model.config.prediction_type = "v_prediction"
         model.vae.register_to_config(scaling_factor=0.5)
         model.config.vae["scaling_factor"] = 0.5
         again = om.load_mgig(om.save_mgig(model, tmp_path / f"{name}.safetensors"))
         assert again.config.to_dict() == model.config.to_dict() and again.latent_scale == 0.5
+        assert again.config.prediction_type == "v_prediction" and om.preset_name_of(again.config) == name
     with pytest.raises(ValueError, match="unknown MGIG preset"):
         mgig_config("huge")
 

@@ -127,3 +127,26 @@ def test_initial_noise_is_seeded():
 def test_unknown_sampler_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
         S.sample(lambda x, t: x, torch.zeros(1, 4, 2, 2), S.ldm_alphas_cumprod(), 2, sampler="nope")
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m"])
+def test_v_prediction_denoises_a_known_image(name):
+    # A v model's exact output (√ᾱ·ε − √(1−ᾱ)·x0 of a known x0), turned into ε by
+    # `eps_from_v`, must land every sampler on x0 like the exact ε does.
+    ac = S.ldm_alphas_cumprod()
+    x0 = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8).repeat(1, 4, 1, 1)
+
+    def v_fn(x, t):
+        a = ac[t].view(-1, 1, 1, 1)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return S.v_target(x0, eps, ac[t])
+
+    out = S.sample(lambda x, t: S.eps_from_v(v_fn(x, t), x, ac[t]), S.initial_noise((1, 4, 8, 8), seed=3), ac, 20,
+                   sampler=name)
+    assert (out - x0).abs().max() < 0.15
+    # The trivial v = 0 means "x_t is mostly noise": ε̂ = √(1−ᾱ)·x_t, ≈ x_t at t = 999.
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([0, 999])
+    eps = S.eps_from_v(torch.zeros_like(x), x, ac[t])
+    assert torch.allclose(eps, (1 - ac[t]).sqrt().view(-1, 1, 1, 1) * x)
+    assert (eps[1] - x[1]).abs().max() < 0.01 * x.abs().max()

@@ -549,8 +549,10 @@ def _detect_like(native: Mapping[str, torch.Tensor], stored: MGIGConfig, what: s
     detected = detect_mgig_config(native, unet_head_dim=widths[0] // heads[0],
                                   dino_num_heads=stored.id_encoder["dinov2"]["num_attention_heads"],
                                   schedule=stored.schedule)
-    # Training facts, not visible in shapes: the working size and the latent scale.
+    # Training facts, not visible in shapes: the working size, the prediction type and the
+    # latent scale.
     detected.image_size = int(stored.image_size)
+    detected.prediction_type = stored.prediction_type
     for part in ("vae", "unet", "controlnet"):  # GroupNorm groups are not in shapes either
         for key in ("scaling_factor", "norm_num_groups"):
             if key in getattr(stored, part) and key in getattr(detected, part):
@@ -606,10 +608,11 @@ def load_mgig(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device:
 
 
 def preset_name_of(config: MGIGConfig) -> str:
-    """The `mgig_config` preset `config`'s architecture equals (whatever its working size
-    and latent scale, which training sets), else "custom"."""
+    """The `mgig_config` preset `config`'s architecture equals (whatever its working size,
+    prediction type and latent scale, which training sets), else "custom"."""
     def arch(cfg: dict) -> dict:
         cfg.pop("image_size", None)
+        cfg.pop("prediction_type", None)
         cfg["vae"].pop("scaling_factor", None)
         return cfg
 

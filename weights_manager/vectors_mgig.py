@@ -131,7 +131,7 @@ def check_single_forwards(folder: VectorFolder, model: MGIGModel, ctx: torch.Ten
         m = re.fullmatch(r"eps_t(\d+)_(cond|uncond|nocontrol)", name)
         if m:
             k, kind = int(m.group(1)), m.group(2)
-            eps = model.unet_eps(x_t, timesteps[k:k + 1], contexts[kind],
+            eps = model.unet_output(x_t, timesteps[k:k + 1], contexts[kind],
                                  None if kind == "nocontrol" else control(k, kind))
             yield compare(name, eps, A[name], note=f"t={int(timesteps[k])}")
 
