@@ -330,7 +330,8 @@ class IAMGModel(nn.Module):
     def __init__(self, unet: IAMGUNet, vae: nn.Module, text_encoder: nn.Module | None = None, *,
                  alphas_cumprod: torch.Tensor | None = None, scale_factor: float = VAE_SCALE_FACTOR,
                  tokenizer: "PromptTokenizer | None" = None, preset: str | None = None,
-                 image_size: int = IMAGE_SIZE, latent_shift: Sequence[float] | None = None):
+                 image_size: int = IMAGE_SIZE, latent_shift: Sequence[float] | None = None,
+                 prediction_type: str = "epsilon"):
         super().__init__()
         self.unet = unet
         self.vae = vae
@@ -346,6 +347,12 @@ class IAMGModel(nn.Module):
         # Side of the square image space the model works in (condition and mask): the
         # official 256, or the size a small model was trained at (saved with its weights).
         self.image_size = int(image_size)
+        # What the UNet predicts: "epsilon" (official) or ★ "v_prediction" (saved with the
+        # weights; `predict_eps` converts, see `mgig.MGIGConfig.prediction_type` for why).
+        if prediction_type not in samplers.PREDICTION_TYPES:
+            raise ValueError(f"prediction_type: expected one of {', '.join(samplers.PREDICTION_TYPES)}, "
+                             f"got {prediction_type!r}")
+        self.prediction_type = prediction_type
         if alphas_cumprod is None:
             alphas_cumprod = samplers.ldm_alphas_cumprod()
         # float32 like the official `diffusion` buffers, on the CPU (samplers move what they
@@ -375,6 +382,15 @@ class IAMGModel(nn.Module):
                     context: torch.Tensor | None = None) -> torch.Tensor:
         """ε_θ(x_t, t | condition latent[, text context]) — official `CondModel.forward`
         (the condition latent is concatenated after x_t on channels)."""
+        output = self.unet_output(x_t, t, cond_latent, context)
+        if self.prediction_type == "epsilon":
+            return output
+        t = torch.as_tensor(t).expand(x_t.shape[0]).cpu()
+        return samplers.eps_from_v(output, x_t, self.alphas_cumprod[t])
+
+    def unet_output(self, x_t: torch.Tensor, t: torch.Tensor | int, cond_latent: torch.Tensor,
+                    context: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet's prediction (ε, or v for a ★ v_prediction model)."""
         if cond_latent.shape != x_t.shape:
             raise ValueError(f"condition latent {tuple(cond_latent.shape)} must match x_t {tuple(x_t.shape)}")
         return self.unet(torch.cat([x_t, cond_latent], dim=1), t, context)
@@ -936,7 +952,8 @@ def with_cross_attention(model: IAMGModel, cross_attention_dim: int | None = Non
     unet = unet.to(device=base.conv_in.weight.device, dtype=base.dtype)
     return IAMGModel(unet, model.vae, model.text_encoder, alphas_cumprod=model.alphas_cumprod,
                      scale_factor=model.scale_factor, latent_shift=model.latent_shift, tokenizer=model.tokenizer,
-                     preset=preset_name_of(cfg), image_size=model.image_size).eval()
+                     preset=preset_name_of(cfg), image_size=model.image_size,
+                     prediction_type=model.prediction_type).eval()
 
 
 # --------------------------------------------------------------------------------------
@@ -1152,5 +1169,6 @@ def iamg_training_loss(model: IAMGModel, batch: Mapping, *, cond_dropout: float 
 
     a = model.alphas_cumprod.to(device)[t].view(n, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
-    eps = model.predict_eps(x_t, t, cond, context)
-    return F.mse_loss(eps.float(), noise)
+    output = model.unet_output(x_t, t, cond, context)
+    target = noise if model.prediction_type == "epsilon" else samplers.v_target(x0, noise, a.flatten())
+    return F.mse_loss(output.float(), target)

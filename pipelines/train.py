@@ -30,7 +30,7 @@ What trains (``trainable``, defaults in brackets; everything else is frozen):
   starting from ``init`` (mgig.ckpt or ours); from a ``preset`` everything trains,
   including the small ID encoder [``controlnet``, ``unet``, ``id_encoder``]. The official
   model predicts ε; ★ ``prediction_type: v_prediction`` trains v instead (saved with the
-  weights; the samplers still receive ε, `samplers.eps_from_v`). ★ Stage 1 on
+  weights; the samplers still receive ε, `samplers.eps_from_v`; IAMG likewise). ★ Stage 1 on
   ground-truth masks, stage 2 (``stage: 2``) on IAMG-generated masks
   (``generated_masks``, made by ``train masks``); background / box / ID dropout
   (`train_data.MGIGTrainData`).
@@ -154,8 +154,8 @@ class TrainConfig:
     latent_scale: Any = _key(None, "iamg/mgig latent scale: null = the model's (SD's 0.18215), a number, or "
                                    "\"auto\" = 1/std of the training targets' latents (for a VAE trained from "
                                    "scratch, whose latents have no set scale; LDM's scale_by_std)")
-    prediction_type: str | None = _key(None, "mgig: what the UNet learns to predict: null = the model's (an "
-                                             "init file's; epsilon for a preset), epsilon, or ★ v_prediction "
+    prediction_type: str | None = _key(None, "iamg/mgig: what the UNet learns to predict: null = the model's "
+                                             "(an init file's; epsilon for a preset), epsilon, or ★ v_prediction "
                                              "(learns the high-noise steps far sooner from scratch)")
     ema_decay: float | None = _key(None, "EMA of the trained weights (e.g. 0.9999; LDM warm-up "
                                          "min(decay, (1+n)/(10+n))); null: no EMA")
@@ -303,8 +303,8 @@ def _validate(cfg: TrainConfig) -> None:
             or not 0 < cfg.latent_scale < math.inf):
         fail("latent_scale", 'null, "auto" or a positive number')
     if cfg.prediction_type is not None and (cfg.prediction_type not in samplers.PREDICTION_TYPES
-                                            or cfg.model != "mgig"):
-        fail("prediction_type", f"null, or one of {', '.join(samplers.PREDICTION_TYPES)} for an mgig run")
+                                            or cfg.model == "vae"):
+        fail("prediction_type", f"null, or one of {', '.join(samplers.PREDICTION_TYPES)} for an iamg/mgig run")
     if cfg.ema_decay is not None and (not isinstance(cfg.ema_decay, (int, float)) or not 0 < cfg.ema_decay < 1):
         fail("ema_decay", "null or a number in (0, 1)")
     if not (isinstance(cfg.adam_betas, list) and len(cfg.adam_betas) == 2):
@@ -469,6 +469,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     # The model works at the size it is trained at (saved with it; inference resizes to it).
     if cfg.model == "iamg":
         model.image_size = resolved_resolution(cfg)
+        if cfg.prediction_type is not None:
+            model.prediction_type = cfg.prediction_type
     else:
         model.config.image_size = resolved_resolution(cfg)
         if cfg.prediction_type is not None:

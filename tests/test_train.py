@@ -294,9 +294,32 @@ def test_mgig_v_prediction_trains_and_samples(data, tmp_path):
     out = choi.generate(trained, features, detail, sample.interaction_mask, sample.background, steps=2)
     assert out.images[0].shape == sample.background.shape and np.isfinite(out.images[0]).all()
     with pytest.raises(train.ConfigError, match="prediction_type"):
-        config("tiny_iamg.json", data, tmp_path / "x", prediction_type="v_prediction")
+        config("tiny_vae.json", data, tmp_path / "x", prediction_type="v_prediction")
     with pytest.raises(train.ConfigError, match="prediction_type"):
         config("tiny_mgig.json", data, tmp_path / "x", prediction_type="x0")
+
+
+def test_iamg_v_prediction_trains_and_generates(data, tmp_path):
+    cfg = config("tiny_iamg.json", data, tmp_path / "iv", prediction_type="v_prediction", steps=12, data_limit=2,
+                 validate_every=0, checkpoint_every=12, box_dropout=0.0, text_dropout=0.0)
+    ds = train_data.IAMGTrainData(data, size=64, limit=2, tokenize=iamg.words_tokenizer())
+    items = [ds.item(0), ds.item(1)]
+    start = train.build_model(cfg)
+    assert start.prediction_type == "v_prediction"
+    before = fixed_batch_loss(cfg, start, items)
+    trained = load_iamg(train.train(cfg, progress=False).final)
+    assert trained.prediction_type == "v_prediction"
+    assert fixed_batch_loss(cfg, trained, items) < before
+    x = torch.randn(1, *trained.latent_shape)
+    cond, t = trained.empty_condition(1), torch.tensor([950])
+    context = trained.encode_prompts(["a person"])
+    with torch.no_grad():
+        eps = trained.predict_eps(x, t, cond, context)
+        v = trained.unet_output(x, t, cond, context)
+    assert torch.allclose(eps, samplers.eps_from_v(v, x, trained.alphas_cumprod[t]), atol=1e-6)
+    result = iamg.generate_mask(trained, prompt=ds.choi[0].caption, background=ds.choi[0].background,
+                                box=(8, 8, 40, 48), steps=2)
+    assert result.binary.shape == (1, 64, 64) and torch.isfinite(result.soft).all()
 
 
 def test_vae_trains_and_initialises_iamg(data, tmp_path):

@@ -77,7 +77,7 @@ def model_config(model: IAMGModel) -> dict:
     return {"unet": model.unet.config.to_dict(), "vae": _vae_config(model.vae),
             "text_encoder": _text_config(model.text_encoder) if model.text_encoder is not None else None,
             "scale_factor": model.scale_factor, "image_size": model.image_size,
-            "latent_shift": model.latent_shift}
+            "latent_shift": model.latent_shift, "prediction_type": model.prediction_type}
 
 
 def native_state_dict(model: IAMGModel) -> dict[str, torch.Tensor]:
@@ -286,7 +286,8 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                       preset=metadata.get("preset") or iamg.preset_name_of(cfg["unet"], cfg["vae"],
                                                                            cfg["text_encoder"]),
                       image_size=int((meta_cfg or {}).get("image_size", iamg.IMAGE_SIZE)),
-                      latent_shift=(meta_cfg or {}).get("latent_shift"))
+                      latent_shift=(meta_cfg or {}).get("latent_shift"),
+                      prediction_type=(meta_cfg or {}).get("prediction_type", "epsilon"))
     return model.to(device).eval().requires_grad_(False)
 
 
