@@ -349,10 +349,7 @@ class IAMGModel(nn.Module):
         self.image_size = int(image_size)
         # What the UNet predicts: "epsilon" (official) or ★ "v_prediction" (saved with the
         # weights; `predict_eps` converts, see `mgig.MGIGConfig.prediction_type` for why).
-        if prediction_type not in samplers.PREDICTION_TYPES:
-            raise ValueError(f"prediction_type: expected one of {', '.join(samplers.PREDICTION_TYPES)}, "
-                             f"got {prediction_type!r}")
-        self.prediction_type = prediction_type
+        self.prediction_type = samplers.check_prediction_type(prediction_type)
         if alphas_cumprod is None:
             alphas_cumprod = samplers.ldm_alphas_cumprod()
         # float32 like the official `diffusion` buffers, on the CPU (samplers move what they
@@ -382,11 +379,8 @@ class IAMGModel(nn.Module):
                     context: torch.Tensor | None = None) -> torch.Tensor:
         """ε_θ(x_t, t | condition latent[, text context]) — official `CondModel.forward`
         (the condition latent is concatenated after x_t on channels)."""
-        output = self.unet_output(x_t, t, cond_latent, context)
-        if self.prediction_type == "epsilon":
-            return output
-        t = torch.as_tensor(t).expand(x_t.shape[0]).cpu()
-        return samplers.eps_from_v(output, x_t, self.alphas_cumprod[t])
+        return samplers.eps_from_prediction(self.prediction_type, self.unet_output(x_t, t, cond_latent, context),
+                                            x_t, t, self.alphas_cumprod)
 
     def unet_output(self, x_t: torch.Tensor, t: torch.Tensor | int, cond_latent: torch.Tensor,
                     context: torch.Tensor | None = None) -> torch.Tensor:
@@ -1170,5 +1164,4 @@ def iamg_training_loss(model: IAMGModel, batch: Mapping, *, cond_dropout: float 
     a = model.alphas_cumprod.to(device)[t].view(n, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
     output = model.unet_output(x_t, t, cond, context)
-    target = noise if model.prediction_type == "epsilon" else samplers.v_target(x0, noise, a.flatten())
-    return F.mse_loss(output.float(), target)
+    return F.mse_loss(output.float(), samplers.training_target(model.prediction_type, x0, noise, a))

@@ -168,9 +168,7 @@ class MGIGConfig:
     prediction_type: str = "epsilon"
 
     def __post_init__(self):
-        if self.prediction_type not in samplers.PREDICTION_TYPES:
-            raise ValueError(f"prediction_type: expected one of {', '.join(samplers.PREDICTION_TYPES)}, "
-                             f"got {self.prediction_type!r}")
+        samplers.check_prediction_type(self.prediction_type)
 
     def to_dict(self) -> dict:
         return copy.deepcopy(asdict(self))
@@ -406,14 +404,8 @@ class MGIGModel(nn.Module):
             if hint.shape[0] == 1 and batch > 1:
                 hint = hint.expand(batch, -1, -1, -1)
             residuals = self.control_residuals(x_t, t, context, hint, control_scale)
-        return self.eps_from_output(self.unet_output(x_t, t, context, residuals), x_t, t)
-
-    def eps_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
-        """ε̂ from the UNet's output (itself for "epsilon" models; `samplers.eps_from_v`)."""
-        if self.config.prediction_type == "epsilon":
-            return output
-        t = torch.as_tensor(t).expand(x_t.shape[0]).cpu()
-        return samplers.eps_from_v(output, x_t, self.alphas_cumprod[t])
+        return samplers.eps_from_prediction(self.config.prediction_type, self.unet_output(x_t, t, context, residuals),
+                                            x_t, t, self.alphas_cumprod)
 
     def unet_output(self, x_t: torch.Tensor, t, context: torch.Tensor,
                     residuals: list[torch.Tensor] | None = None) -> torch.Tensor:

@@ -63,6 +63,29 @@ def v_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> 
     return a.sqrt() * noise - (1.0 - a).sqrt() * x0
 
 
+def check_prediction_type(value: str) -> str:
+    """`value` if it is one of `PREDICTION_TYPES`, else a ValueError naming the choices."""
+    if value not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type: expected one of {', '.join(PREDICTION_TYPES)}, got {value!r}")
+    return value
+
+
+def eps_from_prediction(prediction_type: str, output: torch.Tensor, x_t: torch.Tensor, t,
+                        alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """ε̂ from a denoiser's output: itself for "epsilon", `eps_from_v` for "v_prediction"
+    (`t`: a DDPM timestep or one per row; `alphas_cumprod`: the model's ᾱ table)."""
+    if prediction_type == "epsilon":
+        return output
+    t = torch.as_tensor(t).expand(x_t.shape[0]).cpu()
+    return eps_from_v(output, x_t, alphas_cumprod[t])
+
+
+def training_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor,
+                    alpha_bar: torch.Tensor) -> torch.Tensor:
+    """What the denoiser learns for x_t = √ᾱ·x₀ + √(1−ᾱ)·ε: ε, or `v_target`."""
+    return noise if prediction_type == "epsilon" else v_target(x0, noise, alpha_bar.flatten())
+
+
 def ddim_timesteps(num_steps: int, num_train: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
     """Official "uniform" DDIM/PLMS timesteps, ascending: range(0, T, T // n) + 1.
 

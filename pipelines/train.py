@@ -685,8 +685,7 @@ class MGIGLoss(nn.Module):
         down, mid = m.controlnet(x_t, t, encoder_hidden_states=context.to(x_t.dtype), controlnet_cond=hint,
                                  return_dict=False)
         output = m.unet_output(x_t, t, context, [*down, mid])
-        target = noise if m.config.prediction_type == "epsilon" else samplers.v_target(x0, noise, a.flatten())
-        return F.mse_loss(output.float(), target)
+        return F.mse_loss(output.float(), samplers.training_target(m.config.prediction_type, x0, noise, a))
 
 
 class VAELoss(nn.Module):

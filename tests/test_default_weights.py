@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from interact_custom.pipelines import choi, evaluate as ev, iamg, preprocess, synth
+from interact_custom.pipelines import choi, evaluate as ev, iamg, imgproc, preprocess, synth
+from interact_custom.pipelines.mgig import MGIGModel, mgig_config
 from interact_custom.weights_manager import native_iamg
 from interact_custom.weights_manager.loader import (EMBEDDED, EMBEDDED_MGIG_FILE, embedded_is_random,
                                                     load_iamg_model, load_mgig_model)
@@ -98,10 +100,6 @@ def test_mgig_default_learned_to_keep_the_background_around_the_figure(models, h
     only what the UNet / ControlNet / ID encoder learned differs). Measured on these three:
     trained (v-prediction, 7500 steps) mean |Δ| 11-20 levels; untrained 72-75; the earlier
     ε-prediction default 26-53."""
-    import torch
-    from interact_custom.pipelines import imgproc
-    from interact_custom.pipelines.mgig import MGIGModel, mgig_config
-
     trained = models[1]
     config = mgig_config("small")
     config.image_size, config.vae = trained.config.image_size, trained.config.vae
