@@ -190,6 +190,8 @@ class TrainConfig:
                                "mask is imperfect already)")
     hflip_prob: float = _key(train_data.OFFICIAL_HFLIP_PROB, "MGIG: reference-canvas flip probability")
     color_prob: float = _key(train_data.OFFICIAL_COLOR_PROB, "MGIG: reference brightness/contrast jitter probability")
+    figure_loss_weight: float = _key(1.0, "MGIG: ★ weight of the loss on the latent pixels of the human ∪ object "
+                                          "(1 = official, unweighted; >1 spends more of the gradient on identity)")
     # VAE
     vae_sources: list = _key(["target", "mask"], f"VAE images: any of {', '.join(train_data.VAE_SOURCES)}")
     vae_loss: str = _key("l1", "VAE reconstruction loss: l1 | mse")
@@ -292,6 +294,11 @@ def _validate(cfg: TrainConfig) -> None:
         v = getattr(cfg, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             fail(key, "a number >= 0")
+    v = cfg.figure_loss_weight
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1:
+        fail("figure_loss_weight", "a number >= 1 (1 = the official unweighted loss)")
+    if v != 1 and cfg.model != "mgig":
+        fail("figure_loss_weight", "1 except for mgig runs")
     if cfg.lr is not None and (isinstance(cfg.lr, bool) or not isinstance(cfg.lr, (int, float)) or cfg.lr <= 0):
         fail("lr", "null or a positive number")
     if cfg.max_grad_norm is not None and (not isinstance(cfg.max_grad_norm, (int, float)) or cfg.max_grad_norm <= 0):
@@ -666,6 +673,7 @@ class MGIGLoss(nn.Module):
     def __init__(self, model: MGIGModel, cfg: TrainConfig | None = None):
         super().__init__()
         self.model = model
+        self.figure_weight = 1.0 if cfg is None else float(cfg.figure_loss_weight)
 
     def forward(self, batch: dict, seed: int) -> torch.Tensor:
         m = self.model
@@ -685,7 +693,22 @@ class MGIGLoss(nn.Module):
         down, mid = m.controlnet(x_t, t, encoder_hidden_states=context.to(x_t.dtype), controlnet_cond=hint,
                                  return_dict=False)
         output = m.unet_output(x_t, t, context, [*down, mid])
-        return F.mse_loss(output.float(), samplers.training_target(m.config.prediction_type, x0, noise, a))
+        target = samplers.training_target(m.config.prediction_type, x0, noise, a)
+        if self.figure_weight == 1.0:
+            return F.mse_loss(output.float(), target)
+        return figure_weighted_mse(output.float(), target, batch["figure"], self.figure_weight)
+
+
+def figure_weighted_mse(output: torch.Tensor, target: torch.Tensor, figure: torch.Tensor,
+                        weight: float) -> torch.Tensor:
+    """★ MSE with the latent pixels covered by the figure (``figure`` [B,1,S,S] in 0..1,
+    area-pooled to the latent grid) counted ``weight`` times, normalised by the total
+    weight so the loss stays an average squared error. Around the figure the scene is
+    either copied from the hint or inside the box and unknowable; the identity (colours,
+    patterns) is only learnt from the figure's few pixels."""
+    cover = F.adaptive_avg_pool2d(figure.to(output.dtype), output.shape[-2:])
+    w = 1.0 + (weight - 1.0) * cover
+    return (w * (output - target).pow(2)).sum() / (w.sum() * output.shape[1])
 
 
 class VAELoss(nn.Module):
@@ -993,7 +1016,7 @@ def _check_against_stored(run: RunDir, cfg: TrainConfig) -> None:
     state_keys = ("model", "preset", "init", "init_vae", "init_id_encoder", "text", "trainable", "data_root",
                   "split", "data_limit", "resolution", "seed", "batch_size", "grad_accum", "lr", "lr_scheduler",
                   "lr_warmup_steps", "weight_decay", "adam_betas", "adam_eps", "mixed_precision", "ema_decay",
-                  "stage", "generated_masks", "latent_scale", "latent_shift", "prediction_type")
+                  "stage", "generated_masks", "latent_scale", "latent_shift", "prediction_type", "figure_loss_weight")
     differ = [k for k in state_keys if k in stored and stored[k] != getattr(cfg, k)]
     if differ:
         print(f"warning: resuming {run.root} with a config that differs from the stored one in "

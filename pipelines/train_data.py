@@ -284,7 +284,17 @@ class MGIGTrainData(_PositionData):
             "reference": torch.from_numpy(reference.astype(np.float32) / np.float32(255.0)).permute(2, 0, 1),
             "hint": resize_hint(hint, self.size),
             "target": resize_square(target, self.size, "area"),
+            "figure": self.figure_in_crop(sample, built.crop_box),
         }
+
+    def figure_in_crop(self, sample: ChoiSample, crop_box) -> torch.Tensor:
+        """[1,S,S] in 0..1: where the ground-truth human ∪ object lies in the target crop
+        (cut, padded and resized as the target is). Stage 2 builds the crop around the
+        generated mask, but the figure the loss should weight is the true one."""
+        y1, y2, x1, x2 = crop_box
+        figure = _union(sample)[y1:y2, x1:x2].astype(np.float32)
+        figure = torch.from_numpy(preprocess.pad_to_square(figure, 0))[None]
+        return resize_square(figure, self.size, "area")
 
 
 # --------------------------------------------------------------------------------------

@@ -85,6 +85,10 @@ def test_config_errors_name_the_key(data, tmp_path):
         train.make_config(base, model="mgig")
     with pytest.raises(train.ConfigError, match="set `preset`"):
         train.make_config({**base, "preset": None})
+    with pytest.raises(train.ConfigError, match="figure_loss_weight: expected a number >= 1"):
+        train.make_config({**base, "model": "mgig", "preset": "tiny", "figure_loss_weight": 0.5})
+    with pytest.raises(train.ConfigError, match="figure_loss_weight: expected 1 except for mgig"):
+        train.make_config({**base, "figure_loss_weight": 2})
     with pytest.raises(train.ConfigError, match="trainable: unknown part"):
         train.set_trainable(train.make_config({**base, "trainable": ["controlnet"]}),
                             iamg.build_iamg("tiny_text"))
@@ -140,6 +144,15 @@ def test_mgig_items_and_stage2_masks(data, tmp_path):
     assert set(no_layout.unique().tolist()) <= {-1.0, 0.0} and torch.equal(no_layout < 0, item["hint"][3] < 0)
     assert not train_data.MGIGTrainData(data, size=128, id_dropout=1.0)[3]["reference"].any()
 
+    # "figure": where the human ∪ object lies in the target crop (for ★ figure_loss_weight).
+    # The validation item's layout channel is the target box, which holds the whole figure.
+    val = train_data.MGIGTrainData(data, size=512).item(1)
+    figure, box = val["figure"][0], val["hint"][3] == 1
+    assert val["figure"].shape == (1, 512, 512) and 0.0 <= figure.min() and figure.max() <= 1.0
+    inside = figure > 0.5
+    assert inside.any() and not (inside & ~box).any()
+    assert 0.2 < inside.sum() / box.sum() < 0.95  # the box is the union's bbox ×1.1
+
     # Stage 2: the generated mask replaces the union mask for box, crop and layout.
     sample = ds.choi[0]
     h, w = sample.target.shape[:2]
@@ -159,6 +172,23 @@ def test_mgig_items_and_stage2_masks(data, tmp_path):
     np.testing.assert_array_equal(got["target"].permute(1, 2, 0).numpy(), expected.target)
     with pytest.raises(FileNotFoundError, match="train masks"):
         stage2.item(1)
+    # The crop follows the generated mask; the loss weights the true figure inside it.
+    true_figure = got["figure"][0] > 0.5
+    assert true_figure.any() and not torch.equal(true_figure, torch.from_numpy(expected.hint[:, :, 3] == 1))
+
+
+def test_figure_weighted_mse():
+    # An error of 1 on the figure only: plain MSE gives the covered fraction f; weight w
+    # gives w·f / (1 + (w - 1)·f); an error off the figure is diluted accordingly.
+    figure = torch.zeros(2, 1, 64, 64)
+    figure[:, :, :16, :32] = 1.0  # f = 1/8 of every latent pixel grid it is pooled to
+    target = torch.zeros(2, 4, 8, 8)
+    on = torch.zeros_like(target)
+    on[:, :, :2, :4] = 1.0
+    f, w = 1 / 8, 4.0
+    assert train.figure_weighted_mse(on, target, figure, 1.0).item() == pytest.approx(f)
+    assert train.figure_weighted_mse(on, target, figure, w).item() == pytest.approx(w * f / (1 + (w - 1) * f))
+    assert train.figure_weighted_mse(1 - on, target, figure, w).item() == pytest.approx((1 - f) / (1 + (w - 1) * f))
 
 
 # --- training runs -----------------------------------------------------------------------
