@@ -33,7 +33,8 @@ What trains (``trainable``, defaults in brackets; everything else is frozen):
   weights; the samplers still receive ε, `samplers.eps_from_v`; IAMG likewise). ★ Stage 1 on
   ground-truth masks, stage 2 (``stage: 2``) on IAMG-generated masks
   (``generated_masks``, made by ``train masks``); background / box / ID dropout
-  (`train_data.MGIGTrainData`).
+  (`train_data.MGIGTrainData`). ★ ``figure_loss_weight`` counts the loss on the
+  figure's latent pixels N times (`figure_weighted_mse`): the identity is learnt there.
 
 Output folder (``output_dir``)::
 
