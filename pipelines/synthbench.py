@@ -1,7 +1,7 @@
 """The synthetic CHOI benchmark: generate a held-out synthetic split end to end and score it.
 
     python -m interact_custom synthbench --out DIR [--data DIR | --count 64 --seed 1000]
-        [--iamg FILE] [--mgig FILE] [--mask iamg|truth] [--steps 20] [--sampler dpmpp_2m]
+        [--iamg FILE] [--mgig FILE] [--mask iamg|truth] [--refs own|swapped] [--steps 20] [--sampler dpmpp_2m]
         [--iamg-steps 20] [--iamg-sampler dpmpp_2m] [--dtype fp32|bf16] [--overwrite]
 
 What it does, per sample of the dataset (``--data``, else a fresh `pipelines.synth` set
@@ -14,7 +14,11 @@ objects the models never saw):
    score MGIG alone); written to ``DIR/masks/<id>.png``;
 2. the image: MGIG (``--mgig``) from the sample's human and object *references* (another
    pose / placement of the same identities), the mask and the background; written to
-   ``DIR/generated/<id>.png``;
+   ``DIR/generated/<id>.png``. ``--refs swapped`` is the identity control: every sample
+   gets the references of sample (i + n/2) mod n instead (in a synthetic set, identity
+   pairs come in consecutive runs, so that is another pair), while its colours are still
+   scored against its own ground truth. The gap between the two runs' ΔE is what the
+   references contribute; a model that ignores them scores the same in both;
 3. `evaluate.evaluate` on both (synthetic measures: mask in box, mask shape reads as the
    verb, colour preservation, confinement; plus mask IoU / KL against the ground truth)
    → ``DIR/report/metrics.json`` / ``metrics.md``; ``DIR/samples.png`` shows the first
@@ -42,6 +46,7 @@ DEFAULT_COUNT = 64
 DEFAULT_SEED = 1000          # the shipped default trains on seed 1: another seed = unseen identities
 SHEET_ROWS = 6
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+REFS = ("own", "swapped")
 
 
 def _box_drawn(background: np.ndarray, box) -> np.ndarray:
@@ -69,7 +74,7 @@ def sample_sheet(rows: list[list[np.ndarray]], side: int = 128) -> np.ndarray:
 
 def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int = DEFAULT_COUNT,
                   seed: int = DEFAULT_SEED, size: int = 256, iamg_source: str | None = None,
-                  mgig_source: str | None = None, mask: str = "iamg", steps: int = 20,
+                  mgig_source: str | None = None, mask: str = "iamg", refs: str = "own", steps: int = 20,
                   sampler: str = "dpmpp_2m", iamg_steps: int = 20, iamg_sampler: str = "dpmpp_2m",
                   guidance: float = choi.DEFAULT_GUIDANCE, iamg_guidance: float | None = None,
                   batched_guidance: bool = True, dtype: str = "fp32", limit: int | None = None,
@@ -81,6 +86,8 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
 
     if mask not in ("iamg", "truth"):
         raise ValueError(f"mask: expected 'iamg' or 'truth', got {mask!r}")
+    if refs not in REFS:
+        raise ValueError(f"refs: expected one of {', '.join(REFS)}, got {refs!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out)
@@ -94,6 +101,8 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
             synth.generate(data, count, seed=seed, size=size, val_fraction=0.0)
     dataset = ChoiDataset(data)
     indices = list(range(len(dataset)))[:limit]
+    if refs == "swapped" and len(dataset) < 2:
+        raise ValueError("refs 'swapped' needs a dataset of at least 2 samples (another pair's references)")
     for folder in ("masks", "generated"):
         (out / folder).mkdir(parents=True, exist_ok=True)
 
@@ -119,7 +128,8 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
             empty.append(s.id)
             continue
         t0 = time.perf_counter()
-        features = choi.id_features(mgig, s.human_ref, s.human_ref_mask, s.object_ref, s.object_ref_mask)
+        r = s if refs == "own" else dataset[swapped_index(i, len(dataset))]
+        features = choi.id_features(mgig, r.human_ref, r.human_ref_mask, r.object_ref, r.object_ref_mask)
         detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
         background = s.background if s.background is not None else choi.blank_background(union.shape)
         gen = choi.generate(mgig, features, detail, union, background, steps=steps, sampler=sampler,
@@ -128,7 +138,7 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
         image = gen.images[0]
         Image.fromarray(image).save(out / "generated" / f"{s.id}.png")
         if len(rows) < SHEET_ROWS:
-            rows.append([s.human_ref, s.object_ref, _box_drawn(background, s.box), union, image, s.target])
+            rows.append([r.human_ref, r.object_ref, _box_drawn(background, s.box), union, image, s.target])
         log(f"synthbench: {n}/{len(indices)} {s.caption!r}")
 
     if len(empty) == len(indices):
@@ -137,7 +147,7 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
                                synthetic=True)
     report["synthbench"] = {
         "iamg": None if mask != "iamg" else str(iamg_source or EMBEDDED),
-        "mgig": str(mgig_source or EMBEDDED), "mask": mask, "dtype": dtype,
+        "mgig": str(mgig_source or EMBEDDED), "mask": mask, "refs": refs, "dtype": dtype,
         "mgig_sampling": {"sampler": sampler, "steps": steps, "guidance": guidance, "batched_guidance": batched_guidance},
         "iamg_sampling": None if mask != "iamg" else {"sampler": iamg_sampler, "steps": iamg_steps,
                                                       "guidance": iamg_guidance or iamg.DEFAULT_GUIDANCE},
@@ -150,6 +160,11 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
     if rows:
         Image.fromarray(sample_sheet(rows)).save(out / "samples.png")
     return report
+
+
+def swapped_index(i: int, n: int) -> int:
+    """The sample whose references ``--refs swapped`` gives sample ``i`` of ``n``."""
+    return (i + n // 2) % n
 
 
 def summary_line(report: dict) -> str:
@@ -173,6 +188,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mgig", default=None, help="MGIG weights (default: embedded)")
     parser.add_argument("--mask", choices=["iamg", "truth"], default="iamg",
                         help="interaction masks from IAMG (default) or the ground truth (scores MGIG alone)")
+    parser.add_argument("--refs", choices=list(REFS), default="own",
+                        help="the sample's own references (default) or another pair's (identity control)")
     parser.add_argument("--steps", type=int, default=20, help="MGIG sampling steps (default 20)")
     parser.add_argument("--sampler", default="dpmpp_2m", choices=samplers.SAMPLER_NAMES, help="MGIG sampler")
     parser.add_argument("--guidance", type=float, default=choi.DEFAULT_GUIDANCE, help="MGIG CFG scale")
@@ -189,7 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         report = run_benchmark(args.out, data=args.data, count=args.count, seed=args.seed, size=args.size,
-                               iamg_source=args.iamg, mgig_source=args.mgig, mask=args.mask, steps=args.steps,
+                               iamg_source=args.iamg, mgig_source=args.mgig, mask=args.mask, refs=args.refs, steps=args.steps,
                                sampler=args.sampler, iamg_steps=args.iamg_steps, iamg_sampler=args.iamg_sampler,
                                guidance=args.guidance, iamg_guidance=args.iamg_guidance,
                                batched_guidance=not args.separate_guidance, dtype=args.dtype, limit=args.limit,

@@ -61,3 +61,26 @@ def test_cli_with_iamg_masks_inside_the_box(models, tmp_path, capsys):
     if "mask_in_box" in report["metrics"]:
         assert report["metrics"]["mask_in_box"]["mean"] == pytest.approx(1.0)
     assert "empty masks" in capsys.readouterr().out
+
+
+def test_swapped_references_are_the_identity_control(models, tmp_path):
+    # Same masks, seeds and backgrounds; only the references change, to those of sample
+    # (i + n/2) mod n, while the colours are still scored against the sample's own truth.
+    mgig = str(models / "mgig.safetensors")
+    data = tmp_path / "own" / "data"
+    own = synthbench.run_benchmark(tmp_path / "own", count=4, seed=7, size=64, mgig_source=mgig, mask="truth",
+                                   steps=2, log=lambda *a: None)
+    swapped = synthbench.run_benchmark(tmp_path / "swapped", data=data, mgig_source=mgig, mask="truth",
+                                       refs="swapped", steps=2, log=lambda *a: None)
+    assert (own["synthbench"]["refs"], swapped["synthbench"]["refs"]) == ("own", "swapped")
+    assert [synthbench.swapped_index(i, 4) for i in range(4)] == [2, 3, 0, 1]
+    for sid in ("000000", "000003"):
+        a = np.asarray(Image.open(tmp_path / "own" / "generated" / f"{sid}.png"), dtype=float)
+        b = np.asarray(Image.open(tmp_path / "swapped" / "generated" / f"{sid}.png"), dtype=float)
+        assert np.abs(a - b).max() > 0  # the references reach the model
+    assert swapped["metrics"]["mask_iou"]["mean"] == pytest.approx(1.0)  # the layout is the sample's own
+    with pytest.raises(ValueError, match="refs: expected one of own, swapped"):
+        synthbench.run_benchmark(tmp_path / "x", data=data, mgig_source=mgig, mask="truth", refs="other")
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        synthbench.run_benchmark(tmp_path / "y", count=1, seed=7, size=64, mgig_source=mgig, mask="truth",
+                                 refs="swapped")
