@@ -64,6 +64,11 @@ Metrics (per sample, then mean / population std / count over the samples that ha
     RGB levels (each channel within 4 levels of its bin centre) to keep it fast. Perfect
     generation does not give exactly 0: a target shows shading / parts the reference may
     not (e.g. a racket's strings seen from another side), most of all at low resolution.
+  - ``colour_mean_human`` / ``colour_mean_object``: is the part the right colour overall?
+    ΔE76 between the mean CIELAB colour of the generated image and of the ground-truth
+    target under the same (eroded) ground-truth mask. The chamfer measure above forgives
+    a region of many colours that happens to contain the reference's; this one does not
+    (an output in the dataset's average colour scores badly whatever its spread).
   - ``mask_verb``: does the generated mask's *shape* express the requested interaction?
     Every mask is reduced to its shape (`mask_shape`: its bounding box resized to
     ``SHAPE_SIDE``², so position and size do not count) and classified by the
@@ -141,6 +146,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("mask_in_box", True, "share of the generated mask inside the box"),
     Metric("colour_human", False, "ΔE76 nearest-colour distance, human reference vs generated human region"),
     Metric("colour_object", False, "ΔE76 nearest-colour distance, object reference vs generated object region"),
+    Metric("colour_mean_human", False, "ΔE76 between mean CIELAB colours, generated vs GT human region"),
+    Metric("colour_mean_object", False, "ΔE76 between mean CIELAB colours, generated vs GT object region"),
     Metric("confinement_box", True, "share of changed pixels (vs background) inside the box"),
     Metric("confinement_mask", True, "share of changed pixels (vs background) inside the mask"),
     Metric("mask_verb", True, f"the generated mask's shape reads as the requested verb ({SHAPE_K}-NN over the "
@@ -151,7 +158,8 @@ GROUPS = {
     "clip": ("clip_score",),
     "dino": ("dino_human", "dino_object", "dino_pair"),
     "mask": ("mask_kl", "mask_iou"),
-    "synthetic": ("mask_in_box", "mask_verb", "colour_human", "colour_object", "confinement_box",
+    "synthetic": ("mask_in_box", "mask_verb", "colour_human", "colour_object", "colour_mean_human",
+                  "colour_mean_object", "confinement_box",
                   "confinement_mask"),
 }
 
@@ -358,6 +366,15 @@ def colour_distance(reference_pixels: np.ndarray, generated_pixels: np.ndarray) 
         return None
     r, g = _colour_bins(ref), _colour_bins(gen)
     return 0.5 * (_mean_nearest(g, r) + _mean_nearest(r, g))
+
+
+def mean_colour_distance(truth_pixels: np.ndarray, generated_pixels: np.ndarray) -> float | None:
+    """ΔE76 between the mean CIELAB colours of two sets of RGB pixels (N×3); None if
+    either is empty."""
+    truth, gen = np.asarray(truth_pixels).reshape(-1, 3), np.asarray(generated_pixels).reshape(-1, 3)
+    if len(truth) == 0 or len(gen) == 0:
+        return None
+    return float(np.linalg.norm(rgb_to_lab(truth).mean(0) - rgb_to_lab(gen).mean(0)))
 
 
 def region_pixels(image: np.ndarray, mask: np.ndarray, erode_px: int = COLOUR_ERODE) -> np.ndarray:
@@ -716,6 +733,8 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
                                                   region_pixels(gen, hm))
             row["colour_object"] = colour_distance(region_pixels(s.object_ref, s.object_ref_mask > 0),
                                                    region_pixels(gen, om))
+            row["colour_mean_human"] = mean_colour_distance(region_pixels(s.target, hm), region_pixels(gen, hm))
+            row["colour_mean_object"] = mean_colour_distance(region_pixels(s.target, om), region_pixels(gen, om))
             if s.background is not None:
                 changed = changed_pixels(gen, s.background)
                 if s.box is not None:

@@ -239,6 +239,21 @@ def test_lab_and_colour_distance():
     assert ev.colour_distance(red, red[:0]) is None
 
 
+def test_mean_colour_distance_does_not_forgive_a_spread_of_colours():
+    red, blue = np.array([[252, 4, 4]] * 4, np.uint8), np.array([[4, 4, 252]] * 4, np.uint8)
+    grey = np.array([[128, 128, 128]] * 4, np.uint8)
+    lab = lambda px: ev.rgb_to_lab(px).mean(0)  # noqa: E731
+    assert ev.mean_colour_distance(red, red) == 0.0
+    assert ev.mean_colour_distance(red, blue) == pytest.approx(float(np.linalg.norm(lab(red) - lab(blue))))
+    # A red truth against a region of red, blue and grey pixels: the chamfer distance
+    # counts the red pixels as perfect and is half-forgiven from the truth's side (red is
+    # there); the mean colour (the mean of the Lab values) is far off.
+    spread = np.concatenate([red, blue, grey])
+    assert ev.mean_colour_distance(red, spread) == pytest.approx(float(np.linalg.norm(lab(red) - lab(spread))))
+    assert ev.mean_colour_distance(red, spread) > 1.5 * ev.colour_distance(red, spread)
+    assert ev.mean_colour_distance(red[:0], red) is None
+
+
 # ----------------------------------------------------------------------------- evaluate / CLI
 
 
@@ -275,6 +290,7 @@ def test_cli_writes_json_and_markdown_with_perfect_scores(bench, clip_dir, dino_
     assert ref["chance"] == pytest.approx(1 / len({s["caption"].split()[3] for s in report["samples"]}))
     assert m["mask_kl"]["mean"] == pytest.approx(0.0, abs=1e-12)
     assert m["colour_human"]["mean"] < 3.0 and m["colour_object"]["mean"] < 3.0
+    assert m["colour_mean_human"]["mean"] == 0.0 and m["colour_mean_object"]["mean"] == 0.0
     assert set(report["skipped"]) == {"interaction"}
     assert "HOI judge" in report["interaction_accuracy"]
     assert [s["id"] for s in report["samples"]] == ["000000", "000001", "000002", "000003"]
