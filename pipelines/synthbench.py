@@ -207,7 +207,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         report = run_benchmark(args.out, data=args.data, count=args.count, seed=args.seed, size=args.size,
-                               iamg_source=args.iamg, mgig_source=args.mgig, mask=args.mask, refs=args.refs, steps=args.steps,
+                               iamg_source=args.iamg, mgig_source=args.mgig, mask=args.mask, refs=args.refs,
+                               steps=args.steps,
                                sampler=args.sampler, iamg_steps=args.iamg_steps, iamg_sampler=args.iamg_sampler,
                                guidance=args.guidance, iamg_guidance=args.iamg_guidance,
                                batched_guidance=not args.separate_guidance, dtype=args.dtype, limit=args.limit,
