@@ -100,8 +100,10 @@ class IAMGGenerateMask:
                                                       "The official iamg.pth ignores text; the text-conditioned "
                                                       "variant follows it."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official 50)."}),
-                "sampler": (SAMPLER_NAMES, {"default": "plms", "tooltip": "plms = the official sampler; "
-                                            "dpmpp_2m/unipc reach similar quality in fewer steps."}),
+                "sampler": (SAMPLER_NAMES, {"default": "plms", "tooltip": "plms = the official sampler (50 "
+                                            "steps); dpmpp_2m/unipc reach similar quality in fewer steps with the "
+                                            "official checkpoint. The embedded default samples best with euler_a, "
+                                            "20 steps (the shipped workflows' settings)."}),
                 "guidance": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 30.0, "step": 0.1,
                                        "tooltip": "Classifier-free guidance on the text (no effect, and no extra "
                                                   "cost, for models that ignore text)."}),

@@ -1078,7 +1078,7 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
 
         seeds = [int(seed) + i for i in range(batch)]
         x_T = torch.cat([samplers.initial_noise((1, *cond.shape[1:]), s, device=model.device) for s in seeds])
-        generator = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+        generator = samplers.step_generator(seed)
         latent = sample_mask_latent(model, cond, steps=steps, sampler=sampler, x_T=x_T, context=context,
                                     uncond_context=uncond, guidance=guidance, callback=callback,
                                     generator=generator)

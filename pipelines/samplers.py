@@ -299,6 +299,14 @@ def sample(eps_fn: EpsFn, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps
         return sample_with_scheduler(eps_fn, x_T, alphas_cumprod, steps, sampler, callback, generator)
 
 
+def step_generator(seed: int) -> torch.Generator:
+    """The CPU generator the stochastic samplers (euler_a) draw their per-step noise from:
+    seeded from ``seed`` through a different stream than :func:`initial_noise`, so the
+    first step's fresh noise is not a copy of x_T."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, 1]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state))
+
+
 def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """x_T drawn on the CPU from ``torch.Generator(seed)`` so a seed gives the same image on

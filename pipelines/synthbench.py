@@ -1,8 +1,8 @@
 """The synthetic CHOI benchmark: generate a held-out synthetic split end to end and score it.
 
     python -m interact_custom synthbench --out DIR [--data DIR | --count 64 --seed 1000]
-        [--iamg FILE] [--mgig FILE] [--mask iamg|truth] [--refs own|swapped] [--steps 20] [--sampler dpmpp_2m]
-        [--iamg-steps 20] [--iamg-sampler dpmpp_2m] [--dtype fp32|bf16] [--overwrite]
+        [--iamg FILE] [--mgig FILE] [--mask iamg|truth] [--refs own|swapped] [--steps 20] [--sampler euler_a]
+        [--guidance 3] [--iamg-steps 20] [--iamg-sampler euler_a] [--dtype fp32|bf16] [--overwrite]
 
 What it does, per sample of the dataset (``--data``, else a fresh `pipelines.synth` set
 written to ``DIR/data`` with ``--seed``: synthetic identities are random colours and
@@ -74,9 +74,10 @@ def sample_sheet(rows: list[list[np.ndarray]], side: int = 128) -> np.ndarray:
 
 def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int = DEFAULT_COUNT,
                   seed: int = DEFAULT_SEED, size: int = 256, iamg_source: str | None = None,
-                  mgig_source: str | None = None, mask: str = "iamg", refs: str = "own", steps: int = 20,
-                  sampler: str = "dpmpp_2m", iamg_steps: int = 20, iamg_sampler: str = "dpmpp_2m",
-                  guidance: float = choi.DEFAULT_GUIDANCE, iamg_guidance: float | None = None,
+                  mgig_source: str | None = None, mask: str = "iamg", refs: str = "own",
+                  steps: int = choi.RECOMMENDED_STEPS, sampler: str = choi.RECOMMENDED_SAMPLER,
+                  iamg_steps: int = choi.RECOMMENDED_STEPS, iamg_sampler: str = choi.RECOMMENDED_SAMPLER,
+                  guidance: float = choi.RECOMMENDED_GUIDANCE, iamg_guidance: float | None = None,
                   batched_guidance: bool = True, dtype: str = "fp32", limit: int | None = None,
                   overwrite: bool = False, log=print) -> dict:
     """Generate and score (see the module docstring); returns the evaluation report with
@@ -191,13 +192,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interaction masks from IAMG (default) or the ground truth (scores MGIG alone)")
     parser.add_argument("--refs", choices=list(REFS), default="own",
                         help="the sample's own references (default) or another pair's (identity control)")
-    parser.add_argument("--steps", type=int, default=20, help="MGIG sampling steps (default 20)")
-    parser.add_argument("--sampler", default="dpmpp_2m", choices=samplers.SAMPLER_NAMES, help="MGIG sampler")
-    parser.add_argument("--guidance", type=float, default=choi.DEFAULT_GUIDANCE, help="MGIG CFG scale")
+    parser.add_argument("--steps", type=int, default=choi.RECOMMENDED_STEPS,
+                        help=f"MGIG sampling steps (default {choi.RECOMMENDED_STEPS})")
+    parser.add_argument("--sampler", default=choi.RECOMMENDED_SAMPLER, choices=samplers.SAMPLER_NAMES,
+                        help=f"MGIG sampler (default {choi.RECOMMENDED_SAMPLER})")
+    parser.add_argument("--guidance", type=float, default=choi.RECOMMENDED_GUIDANCE,
+                        help=f"MGIG CFG scale (default {choi.RECOMMENDED_GUIDANCE})")
     parser.add_argument("--separate-guidance", action="store_true",
                         help="cond and uncond as two forwards (the official procedure)")
-    parser.add_argument("--iamg-steps", type=int, default=20, help="IAMG sampling steps (default 20)")
-    parser.add_argument("--iamg-sampler", default="dpmpp_2m", choices=samplers.SAMPLER_NAMES, help="IAMG sampler")
+    parser.add_argument("--iamg-steps", type=int, default=choi.RECOMMENDED_STEPS,
+                        help=f"IAMG sampling steps (default {choi.RECOMMENDED_STEPS})")
+    parser.add_argument("--iamg-sampler", default=choi.RECOMMENDED_SAMPLER, choices=samplers.SAMPLER_NAMES,
+                        help=f"IAMG sampler (default {choi.RECOMMENDED_SAMPLER})")
     parser.add_argument("--iamg-guidance", type=float, default=None, help="IAMG CFG scale (default: IAMG's)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model dtype (default fp32)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")

@@ -135,6 +135,22 @@ def test_sampler_seed(mgig, identity, inputs, generated):
     assert torch.equal(other[2], generated[2])  # same mask, same pasted region
 
 
+def test_sampler_seed_ancestral(mgig, identity, inputs):
+    """euler_a (the embedded default's sampler) draws fresh noise every step: the seed fixes
+    it too, whatever torch's global RNG has done in between."""
+    features, _, _, detail = identity
+
+    def run(seed, global_seed):
+        torch.manual_seed(global_seed)
+        return node("MaskGuidedSampler").sample(mgig, features, detail, inputs["interaction_mask"],
+                                                **sampler_args(sampler="euler_a", steps=3, seed=seed),
+                                                background=inputs["background"], box=BOX)[1]
+
+    first = run(5, 0)
+    assert torch.equal(run(5, 123), first)
+    assert not torch.equal(run(6, 0), first)
+
+
 # ------------------------------------------------------------------------------ IAMG
 
 def test_iamg_mask_in_background(iamg, inputs):

@@ -124,6 +124,14 @@ def test_initial_noise_is_seeded():
     assert S.initial_noise((1, 1, 2, 2), seed=2**64 - 1).shape == (1, 1, 2, 2)
 
 
+def test_step_generator_is_seeded_and_not_the_initial_noise():
+    a = torch.randn(64, generator=S.step_generator(3))
+    assert torch.equal(a, torch.randn(64, generator=S.step_generator(3)))
+    assert not torch.allclose(a, torch.randn(64, generator=S.step_generator(4)))
+    # The first ancestral step's noise must not repeat x_T.
+    assert not torch.allclose(a, S.initial_noise((64,), 3))
+
+
 def test_unknown_sampler_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
         S.sample(lambda x, t: x, torch.zeros(1, 4, 2, 2), S.ldm_alphas_cumprod(), 2, sampler="nope")
