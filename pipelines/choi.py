@@ -22,8 +22,8 @@ from .mgig import MGIGModel, resize_hint, resize_square
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 5.0
 
-# What the shipped small defaults sample best with on the held-out split (README,
-# "Measured"): ancestral Euler, 20 steps, for IAMG and MGIG; CFG 3 for MGIG. With the
+# What the shipped small defaults sample best with on the held-out split (README, "The
+# embedded default"): ancestral Euler, 20 steps, for IAMG and MGIG; CFG 3 for MGIG. With the
 # deterministic samplers (DDIM, DPM-Solver++) these undertrained models leave doubled,
 # smeared figures and fragmented masks; the fresh noise of every ancestral step lets them
 # correct it. The official checkpoints keep their own settings (PLMS / DDIM 50, CFG 5).

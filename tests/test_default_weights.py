@@ -84,7 +84,7 @@ def test_iamg_default_mask_overlaps_the_true_figure(models, held_out):
     """The shipped IAMG (a v-prediction model, README step 2b) draws its mask where the true
     human ∪ object is, not just somewhere in the box. Measured on these six (unclipped):
     IoU with the true figure 0.18-0.59, mean 0.36; the ε model shipped before it 0-0.28,
-    mean 0.13, with one empty mask; on the 48-sample held-out split 0.17 → 0.38 (README)."""
+    mean 0.13, with one empty mask; on the 48-sample held-out split 0.19 → 0.38 (README)."""
     ious = []
     for i, s in enumerate(held_out):
         result = iamg.generate_mask(models[0], prompt=s["caption"], background=s["background"], box=s["box"],
