@@ -16,6 +16,11 @@ from ..pipelines.paths import EXAMPLES_DIR
 
 log = logging.getLogger("interact_custom")
 
+
+def warn(message: str) -> None:
+    """A warning the user sees in ComfyUI's console (its log level shows warnings)."""
+    log.warning("Interact-Custom: %s", message)
+
 try:  # inside ComfyUI
     import comfy.model_management as _mm
     import comfy.model_patcher as _patcher
@@ -152,11 +157,16 @@ def model_file_path(name: str) -> str:
 
 
 def torch_device(choice: str = "auto") -> torch.device:
-    """'auto' → ComfyUI's device (or CUDA if available standalone); 'cpu'; 'gpu'."""
+    """'auto' → ComfyUI's device (or CUDA if available standalone); 'cpu'; 'gpu' (ComfyUI's
+    device too, with a warning when that is the CPU; standalone an error without CUDA)."""
     if choice == "cpu":
         return torch.device("cpu")
     if IN_COMFYUI:
-        return _mm.get_torch_device()
+        device = _mm.get_torch_device()
+        if choice == "gpu" and device.type == "cpu":
+            warn("device 'gpu' was requested but this ComfyUI runs on the CPU (no GPU found, or started with "
+                 "--cpu): using the CPU")
+        return device
     if choice == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("device 'gpu' was requested but no CUDA device is available; choose 'cpu' or 'auto'")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

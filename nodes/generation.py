@@ -7,6 +7,7 @@ from . import comfy_bridge as bridge
 from . import tensors
 from .loaders import CATEGORY
 from .masks import check_box
+from .sampling import resolve_sampling, sampling_inputs
 
 
 def _references(image, mask, name: str) -> tuple[list, list]:
@@ -93,7 +94,6 @@ class CHOIMaskGuidedSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipelines.samplers import SAMPLER_NAMES
 
         return {
             "required": {
@@ -102,13 +102,7 @@ class CHOIMaskGuidedSampler:
                 "detail_map": ("IMAGE", {"tooltip": "From CHOI Detail Map (or your edited version)."}),
                 "interaction_mask": ("MASK", {"tooltip": "Human ∪ object silhouette in background pixels: from "
                                               "IAMG, IAMG-R + Fit Mask To Box, or painted by hand."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official 50)."}),
-                "sampler": (SAMPLER_NAMES, {"default": "ddim", "tooltip": "ddim = official (50 steps); "
-                                            "dpmpp_2m/unipc reach similar quality in ~20-25 steps with the official "
-                                            "checkpoints. The embedded default samples best with euler_a, 20 steps, "
-                                            "guidance 3 (the shipped workflows' settings)."}),
-                "guidance": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 30.0, "step": 0.1,
-                                       "tooltip": "Classifier-free guidance on the identity (official 5.0)."}),
+                **sampling_inputs("mgig"),
                 "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                                "tooltip": "Scale of the ControlNet residuals (official 1.0)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
@@ -147,9 +141,11 @@ class CHOIMaskGuidedSampler:
         features, details = tensors.pair_batches("id_features", list(id_features), "detail_map", details)
         pairs, masks = tensors.pair_batches("id_features", list(zip(features, details)), "interaction_mask", masks)
 
-        progress = bridge.Progress(steps * len(pairs))
         images, crops, pasted = [], [], []
         with mgig_model as model:
+            run = resolve_sampling("mgig", model, sampler, steps, guidance)
+            steps, sampler, guidance = run.steps, run.sampler, run.guidance
+            progress = bridge.Progress(steps * len(pairs))
             for k, ((feat, detail), mask) in enumerate(zip(pairs, masks)):
                 def callback(i, total, x, x0, k=k):
                     progress.update(k * steps + i + 1, tensors.latent_preview(x0))

@@ -10,6 +10,7 @@ from . import comfy_bridge as bridge
 from . import tensors
 from ..pipelines.paths import BANK_DIR
 from .loaders import CATEGORY
+from .sampling import resolve_sampling, sampling_inputs
 
 MAX_RES = 8192
 SHIPPED_BANK = "(shipped) example bank"
@@ -90,7 +91,6 @@ class IAMGGenerateMask:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipelines.samplers import SAMPLER_NAMES
 
         return {
             "required": {
@@ -99,14 +99,7 @@ class IAMGGenerateMask:
                                            "tooltip": "The interaction, e.g. 'a person is kicking the ball'. "
                                                       "The official iamg.pth ignores text; the text-conditioned "
                                                       "variant follows it."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official 50)."}),
-                "sampler": (SAMPLER_NAMES, {"default": "plms", "tooltip": "plms = the official sampler (50 "
-                                            "steps); dpmpp_2m/unipc reach similar quality in fewer steps with the "
-                                            "official checkpoint. The embedded default samples best with euler_a, "
-                                            "20 steps (the shipped workflows' settings)."}),
-                "guidance": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 30.0, "step": 0.1,
-                                       "tooltip": "Classifier-free guidance on the text (no effect, and no extra "
-                                                  "cost, for models that ignore text)."}),
+                **sampling_inputs("iamg"),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Same seed, same mask."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Masks to generate."}),
@@ -136,8 +129,10 @@ class IAMGGenerateMask:
         size_hw = bg.shape[:2] if bg is not None else (height, width)
         if box is not None:
             box = check_box(box, size_hw)
-        progress = bridge.Progress(steps)
         with iamg_model as model:
+            run = resolve_sampling("iamg", model, sampler, steps, guidance)
+            steps, sampler, guidance = run.steps, run.sampler, run.guidance
+            progress = bridge.Progress(steps)
             result = iamg.generate_mask(
                 model, prompt=interaction, background=bg, box=box, size_hw=size_hw, steps=steps,
                 sampler=sampler, guidance=guidance, seed=seed, batch=batch_size, threshold=threshold,

@@ -18,18 +18,14 @@ import torch
 
 from . import preprocess, samplers
 from .mgig import MGIGModel, resize_hint, resize_square
+from .sampling_settings import OFFICIAL, RECOMMENDED
 
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 5.0
-
-# What the shipped small defaults sample best with on the held-out split (README, "The
-# embedded default"): ancestral Euler, 20 steps, for IAMG and MGIG; CFG 3 for MGIG. With the
-# deterministic samplers (DDIM, DPM-Solver++) these undertrained models leave doubled,
-# smeared figures and fragmented masks; the fresh noise of every ancestral step lets them
-# correct it. The official checkpoints keep their own settings (PLMS / DDIM 50, CFG 5).
-RECOMMENDED_SAMPLER = "euler_a"
-RECOMMENDED_STEPS = 20
-RECOMMENDED_GUIDANCE = 3.0
+# Official and recommended sampling: one source, `sampling_settings` (which also says why).
+DEFAULT_STEPS = OFFICIAL["mgig"].steps
+DEFAULT_GUIDANCE = OFFICIAL["mgig"].guidance
+RECOMMENDED_SAMPLER = RECOMMENDED["mgig"].sampler
+RECOMMENDED_STEPS = RECOMMENDED["mgig"].steps
+RECOMMENDED_GUIDANCE = RECOMMENDED["mgig"].guidance
 
 
 @dataclass
@@ -95,6 +91,7 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
       samplers (euler_a) draw their per-step noise from `samplers.step_generator` (seed).
     callback(i, total, x, pred_x0) after every step; raise from it to cancel.
     """
+    samplers.check_settings(sampler, steps, guidance, control_scale)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     union = preprocess.as_mask(interaction_mask, "interaction_mask")

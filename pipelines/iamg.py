@@ -46,15 +46,17 @@ from torch import nn
 
 from . import preprocess, samplers
 from .paths import WORDS_TOKENIZER_FILE
+from .sampling_settings import OFFICIAL
 
 # Square side of the IAMG image space (condition and mask); the latent is 1/8 of it.
 IMAGE_SIZE = 256
 # The SD kl-f8 latent scale used by the official IAMG autoencoder config.
 VAE_SCALE_FACTOR = 0.18215
 # Official sampling settings (test_demo.py: PLMS, 50 steps, guidance 5 with an empty
-# prompt as the unconditional input — an exact no-op for the released network).
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 5.0
+# prompt as the unconditional input — an exact no-op for the released network); one
+# source with the recommended ones: `sampling_settings`.
+DEFAULT_STEPS = OFFICIAL["iamg"].steps
+DEFAULT_GUIDANCE = OFFICIAL["iamg"].guidance
 # Foreground = soft mask above this (DESIGN §1: decoded → clamp → [0,1] → > 0.5).
 DEFAULT_THRESHOLD = 0.5
 # What the official two-stage script effectively uses instead: torchvision's save_image
@@ -1035,8 +1037,7 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
       seed + i). ``sampler``: "plms" (official), "ddim" or a diffusers name
       (`samplers.SAMPLER_NAMES`). ``callback(i, total, x, pred_x0)`` after every step.
     """
-    if sampler not in samplers.SAMPLER_NAMES:
-        raise ValueError(f"sampler: unknown {sampler!r}; choose from {', '.join(samplers.SAMPLER_NAMES)}")
+    samplers.check_settings(sampler, steps, guidance)
     if int(batch) < 1 or int(batch) != batch:
         raise ValueError(f"batch: expected a positive integer, got {batch!r}")
     if not 0.0 <= float(threshold) <= 1.0:

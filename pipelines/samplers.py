@@ -14,6 +14,7 @@ Conventions
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Mapping
 
@@ -286,11 +287,41 @@ def flush_denormals(enabled: bool):
             torch.set_flush_denormal(False)
 
 
+# Most steps a sampler takes on the 1000-step training schedule. DDIM / PLMS use the
+# official table (`ddim_timesteps`, any count up to T). diffusers' schedulers index their
+# tables past the end near T steps (IndexError / AssertionError at 999-1000): half the
+# schedule keeps every timestep distinct, far beyond any useful count.
+MAX_STEPS = {"ddim": NUM_TRAIN_TIMESTEPS, "plms": NUM_TRAIN_TIMESTEPS}
+MAX_SCHEDULER_STEPS = NUM_TRAIN_TIMESTEPS // 2
+
+
+def max_steps(sampler: str) -> int:
+    return MAX_STEPS.get(sampler, MAX_SCHEDULER_STEPS)
+
+
+def check_settings(sampler: str, steps, guidance=None, control_scale=None) -> None:
+    """The one check of sampling settings (nodes, CLI and pipelines all end here): a known
+    sampler, a whole number of steps in 1..`max_steps`, a finite guidance >= 0 and a finite
+    control strength >= 0. Raises ValueError naming the input and what was expected."""
+    if sampler not in SAMPLER_NAMES:
+        raise ValueError(f"sampler: unknown {sampler!r}; choose from {', '.join(SAMPLER_NAMES)}")
+    top = max_steps(sampler)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= top:
+        raise ValueError(f"steps: expected a whole number from 1 to {top} for the {sampler} sampler, got {steps!r}")
+    for name, value in (("guidance", guidance), ("control strength", control_scale)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+
+
 def sample(eps_fn: EpsFn, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int,
            sampler: str = "ddim", callback: Callback | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Run the named sampler ("ddim" and "plms" are the official ones). On the CPU,
     denormals are flushed while sampling (see :func:`flush_denormals`)."""
+    check_settings(sampler, steps)
     with flush_denormals(x_T.device.type == "cpu"):
         if sampler == "ddim":
             return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, callback)

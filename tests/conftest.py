@@ -1,12 +1,16 @@
 """Shared fixtures. Test vectors are found via $INTERACT_CUSTOM_TESTVECTORS or the
 `shared/testvectors` folder beside the checkout; tests that need them skip visibly
-when neither exists."""
+when neither exists (and fail under CI, like the real-server tests: comfy_harness.unavailable)."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_harness import unavailable  # noqa: E402  (tests/ is not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,5 +31,5 @@ def vectors():
 
     d = find_vectors_dir()
     if d is None:
-        pytest.skip("test vectors not found: set INTERACT_CUSTOM_TESTVECTORS to a folder with manifest.json")
+        unavailable("test vectors not found: set INTERACT_CUSTOM_TESTVECTORS to a folder with manifest.json")
     return VectorFolder(d)

@@ -5,11 +5,14 @@
 #
 #   tests/setup_comfyui.sh [SOURCE] [--dest DIR] [--with-browser]
 #
-# SOURCE   a ComfyUI git directory (e.g. a snapshot without a work tree) to export, or an
-#          existing ComfyUI checkout (a folder with main.py) to use in place.
-#          Default: the checkout already at DIR.
+# SOURCE   a ComfyUI source tarball (.tar.gz / .tgz / .tar, one top-level folder, e.g.
+#          shared/comfyui/ComfyUI-a125cd84.tar.gz), a ComfyUI git directory (e.g. a snapshot
+#          without a work tree) to export, or an existing ComfyUI checkout (a folder with
+#          main.py) to use in place. Default: the checkout already at DIR.
 # --dest   where to export a git directory (default: $COMFYUI_DIR, else ~/ComfyUI).
 # --with-browser  also apt-get install Debian's chromium + chromium-driver (needs root).
+# --torchaudio MODE  broken (default): install a torchaudio built for another torch, as
+#          many users have, so the tests prove the pack works beside it; none: remove it.
 #
 # Environment: COMFYUI_CPU_TOOLS = folder with constraints-cpu.txt and the torchvision
 # shim (default: shared/tools/comfyui-cpu beside this repository).
@@ -20,11 +23,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 dest="${COMFYUI_DIR:-$HOME/ComfyUI}"
 source_dir=""
 with_browser=0
+torchaudio_mode=broken
 while [ $# -gt 0 ]; do
   case "$1" in
     --dest) dest="$2"; shift 2 ;;
     --with-browser) with_browser=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --torchaudio) torchaudio_mode="$2"; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) source_dir="$1"; shift ;;
   esac
 done
@@ -37,8 +42,30 @@ case "$(cd "$(dirname "$dest")" 2>/dev/null && pwd)/$(basename "$dest")/" in
   "$repo"/*) echo "--dest $dest is inside this repository: ComfyUI's code must stay outside it" >&2; exit 2 ;;
 esac
 
+case "$torchaudio_mode" in broken|none) ;; *) echo "--torchaudio must be broken or none, not $torchaudio_mode" >&2; exit 2 ;; esac
+
 # 1. The ComfyUI source.
-if [ -n "$source_dir" ] && [ -f "$source_dir/main.py" ]; then
+if [ -n "$source_dir" ] && [ -f "$source_dir" ]; then
+  case "$source_dir" in
+    *.tar.gz|*.tgz|*.tar) ;;
+    *) echo "SOURCE $source_dir is a file but not a .tar.gz/.tgz/.tar ComfyUI source tarball" >&2; exit 2 ;;
+  esac
+  comfy="$dest"
+  stamp="$(basename "$source_dir") $(cksum < "$source_dir" | cut -d' ' -f1)"
+  if [ -f "$comfy/main.py" ] && [ "$(cat "$comfy/.exported_from" 2>/dev/null)" = "$stamp" ]; then
+    say "checkout already extracted from $(basename "$source_dir") at $comfy"
+  elif [ -f "$comfy/main.py" ]; then
+    echo "$comfy already holds a ComfyUI checkout that was not extracted from $source_dir: pass --dest" \
+         "another folder (or remove it)" >&2; exit 2
+  else
+    mkdir -p "$comfy"
+    # One top-level folder (ComfyUI/) in the tarball: strip it.
+    tar -xf "$source_dir" -C "$comfy" --strip-components=1
+    [ -f "$comfy/main.py" ] || { echo "SOURCE $source_dir has no ComfyUI main.py under its top folder" >&2; exit 2; }
+    echo "$stamp" > "$comfy/.exported_from"
+    say "extracted $(basename "$source_dir") to $comfy"
+  fi
+elif [ -n "$source_dir" ] && [ -f "$source_dir/main.py" ]; then
   comfy=$(cd "$source_dir" && pwd)
   say "using existing checkout $comfy"
 elif [ -n "$source_dir" ]; then
@@ -76,8 +103,9 @@ else
   "${pip[@]}" -r "$comfy/requirements.txt"
 fi
 "${pip[@]}" requests
-# Our package's runtime requirements (it declares no torch), editable so the venv follows the repo.
-"${pip[@]}" -e "$repo"
+# Our package's runtime requirements (no torch), as ComfyUI Manager installs them; ComfyUI
+# itself imports the package from its custom_nodes folder (the tests: extra_model_paths).
+"${pip[@]}" -r "$repo/requirements.txt"
 
 # 3. PyPI's torchvision is a CUDA build that cannot import on CPU torch; the shim declares
 # the two op schemas it needs so its pure-Python part imports (ComfyUI needs that to start).
@@ -90,10 +118,21 @@ if "$py" -c 'import torch, sys; sys.exit(0 if torch.version.cuda is None else 1)
   fi
 fi
 "$py" -c 'import torch, torchvision; print("[setup_comfyui] torch", torch.__version__, "torchvision", torchvision.__version__)'
-# PyPI's torchaudio is likewise a CUDA build that fails to import on CPU torch; transformers
-# and diffusers probe for it on import, so a broken copy breaks every model loader. Only
-# ComfyUI's audio nodes need it (they fail to import either way on a CPU-only torch).
-if ! "$py" -c 'import torchaudio' >/dev/null 2>&1; then
+# A torchaudio that does not match torch is common in users' ComfyUI set-ups (ComfyUI lists
+# it; an update of torch alone leaves it behind). transformers' model imports can pull it in,
+# so the tests run beside such a broken copy (--torchaudio broken), proving our nodes never
+# need it. Only ComfyUI's own audio nodes fail to import then (expected).
+BROKEN_TORCHAUDIO=2.9.1   # built for torch 2.9.1: its _torchaudio.so cannot load beside 2.13
+if [ "$torchaudio_mode" = broken ]; then
+  if ! "$py" -m pip show -q torchaudio >/dev/null 2>&1; then
+    "${pip[@]}" --no-deps "torchaudio==$BROKEN_TORCHAUDIO"
+  fi
+  if "$py" -c 'import torchaudio' >/dev/null 2>&1; then
+    say "WARNING: torchaudio imports here; the broken-torchaudio case is not exercised"
+  else
+    say "torchaudio installed and broken (as in many users' set-ups)"
+  fi
+else
   "$py" -m pip uninstall -q -y torchaudio >/dev/null 2>&1 || true
 fi
 

@@ -9,6 +9,7 @@ proves the harness.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 import uuid
@@ -133,7 +134,7 @@ def test_core_workflow_runs(server):
 
 @pytest.mark.server
 @pytest.mark.parametrize("path", WORKFLOWS or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no workflows/*.json or example_workflows/*.json yet"))], ids=[p.name for p in WORKFLOWS] or ["none"])
+    reason="no example_workflows/*.json yet"))], ids=[p.name for p in WORKFLOWS] or ["none"])
 def test_shipped_workflow_runs(server, path):
     wf, expect = ch.prepare_shipped_workflow(path, server)
     result = server.run_workflow(wf, timeout=expect.get("timeout_s", 600))
@@ -141,11 +142,42 @@ def test_shipped_workflow_runs(server, path):
 
 
 @pytest.mark.server
+def test_template_browser_lists_the_workflows_with_thumbnails(server):
+    # What Workflow -> Browse Templates asks for: the list, then <name>.jpg per workflow.
+    listing = server.get_json("/api/workflow_templates")
+    ours = [k for k, names in listing.items() if {p.stem for p in WORKFLOWS} <= set(names)]
+    assert ours, f"our workflows are not listed: {listing}"
+    for path in WORKFLOWS:
+        with server._request("GET", f"/api/workflow_templates/{ours[0]}/{path.stem}.jpg") as r:
+            assert r.status == 200 and r.read(3) == b"\xff\xd8\xff", f"{path.stem}.jpg not served as a JPEG"
+        with server._request("GET", f"/api/workflow_templates/{ours[0]}/{path.name}") as r:
+            assert json.load(r)["nodes"], f"{path.name} not served"
+
+
+@pytest.mark.server
+def test_the_server_runs_beside_a_broken_torchaudio(server):
+    # What many users have (and what tests/setup_comfyui.sh installs): a torchaudio built for
+    # another torch. The shipped-workflow tests above then prove the pack does not need it;
+    # the log says the pack treated it as absent.
+    py = ch.find_comfyui_python(ch.find_comfyui())
+    probe = subprocess.run([py, "-c", "import torchaudio"], capture_output=True, text=True, timeout=120)
+    if probe.returncode == 0:
+        ch.unavailable("ComfyUI's python has a working torchaudio: the broken-torchaudio case is not exercised "
+                       "(tests/setup_comfyui.sh --torchaudio broken sets it up)")
+    assert "_torchaudio" in probe.stderr or "torchaudio" in probe.stderr
+    if not WORKFLOWS:
+        return
+    wf, expect = ch.prepare_shipped_workflow(WORKFLOWS[0], server)
+    server.run_workflow(wf, timeout=expect.get("timeout_s", 600)).raise_for_error()
+    assert "installed torchaudio cannot be imported" in server.log_text()
+
+
+@pytest.mark.server
 def test_workflows_ship_once_nodes_exist(server):
     types = server.package_node_types()
     if not types:
         pytest.skip("the package registers no nodes yet (NODE_CLASS_MAPPINGS is empty)")
-    assert WORKFLOWS, f"the package has nodes {types} but ships no workflows/*.json to test them"
+    assert WORKFLOWS, f"the package has nodes {types} but ships no example_workflows/*.json to test them"
     used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
     assert used & set(types), f"no shipped workflow uses any of the package's nodes {types}"
 

@@ -5,7 +5,7 @@ tooltip on every input and sane defaults, RETURN_TYPES / RETURN_NAMES / OUTPUT_T
 one length, FUNCTION accepting exactly the declared inputs, CATEGORY, DESCRIPTION), and our
 link types never reuse a core type name.
 
-Workflows (workflows/*.json, the UI format the front end saves): every node type exists
+Workflows (example_workflows/*.json, the UI format the front end saves): every node type exists
 (ours, or a core node whose interface is copied below from ComfyUI's nodes.py /
 comfy_extras/nodes_mask.py, 0.3.6x), links[] agrees with the nodes' inputs/outputs and
 producer/consumer types match, widgets_values have the count the front end writes (hidden
@@ -25,7 +25,7 @@ from interact_custom.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPING
 from interact_custom.pipelines import choi
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 EXAMPLE = json.loads((REPO / "pipelines" / "assets" / "examples" / "example.json").read_text())
 
 # Data types ComfyUI defines and our nodes exchange with core nodes.
@@ -215,8 +215,23 @@ def test_own_types_never_core_names():
 
 def test_workflows_shipped():
     assert {p.stem for p in WORKFLOWS} >= {"choi_background", "choi_basic", "choi_retrieval", "choi_manual_mask"}
-    # ComfyUI lists a package's example_workflows/ and workflows/ folders alike; one copy only.
-    assert not (REPO / "example_workflows").exists() or not WORKFLOWS
+    # ComfyUI lists a package's example_workflows/ (its preferred name) and workflows/ folders
+    # alike and serves both under one URL prefix: one folder only.
+    assert not (REPO / "workflows").exists()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_every_workflow_has_a_thumbnail(path):
+    # The template browser asks for <name>.jpg beside <name>.json (a 404 without one);
+    # tests/render_thumbnails.py renders them from real runs.
+    from PIL import Image
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} missing: run python tests/render_thumbnails.py"
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.height >= 128 and im.width >= im.height
+        lo, hi = im.convert("L").getextrema()
+        assert hi - lo > 32, f"{thumb.name} is (nearly) blank"
 
 
 def load_workflow(path: Path) -> dict:
@@ -377,7 +392,7 @@ def _widget(workflow, node, name):
 
 
 def test_choi_background_settings():
-    wf = load_workflow(REPO / "workflows" / "choi_background.json")
+    wf = load_workflow(REPO / "example_workflows" / "choi_background.json")
     (box,) = _nodes_of(wf, "InteractCustomBox")
     assert box["widgets_values"] == EXAMPLE["box"]
     (iamg,) = _nodes_of(wf, "InteractCustomIAMGGenerateMask")
@@ -393,7 +408,7 @@ def test_choi_background_settings():
 
 
 def test_choi_basic_has_no_background():
-    wf = load_workflow(REPO / "workflows" / "choi_basic.json")
+    wf = load_workflow(REPO / "example_workflows" / "choi_basic.json")
     assert not _nodes_of(wf, "InteractCustomBox")
     (iamg,) = _nodes_of(wf, "InteractCustomIAMGGenerateMask")
     assert (_widget(wf, iamg, "width"), _widget(wf, iamg, "height")) == (512, 512)
@@ -404,7 +419,7 @@ def test_choi_basic_has_no_background():
 
 
 def test_choi_retrieval_chain():
-    wf = load_workflow(REPO / "workflows" / "choi_retrieval.json")
+    wf = load_workflow(REPO / "example_workflows" / "choi_retrieval.json")
     (ret,) = _nodes_of(wf, "InteractCustomIAMGRRetrieveMask")
     (fit,) = _nodes_of(wf, "InteractCustomFitMaskToBox")
     (sampler,) = _nodes_of(wf, "InteractCustomMaskGuidedSampler")
@@ -417,7 +432,7 @@ def test_choi_retrieval_chain():
 
 
 def test_choi_manual_mask_chain():
-    wf = load_workflow(REPO / "workflows" / "choi_manual_mask.json")
+    wf = load_workflow(REPO / "example_workflows" / "choi_manual_mask.json")
     (load,) = _nodes_of(wf, "LoadImageMask")
     # interaction_mask.png is a grayscale (L) PNG: LoadImageMask converts it to RGBA, so
     # red = the gray value, while alpha would be 255 everywhere (an empty mask after 1 - a).

@@ -133,8 +133,36 @@ def test_step_generator_is_seeded_and_not_the_initial_noise():
 
 
 def test_unknown_sampler_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown sampler 'nope'"):
+    with pytest.raises(ValueError, match="sampler: unknown 'nope'"):
         S.sample(lambda x, t: x, torch.zeros(1, 4, 2, 2), S.ldm_alphas_cumprod(), 2, sampler="nope")
+
+
+@pytest.mark.parametrize("name", S.SAMPLER_NAMES)
+def test_every_sampler_runs_its_maximum_steps_and_refuses_more(name):
+    # The widget maximum (1000) used to crash the diffusers samplers with IndexError /
+    # AssertionError; now each sampler runs its own maximum and says so beyond it.
+    ac = S.ldm_alphas_cumprod()
+    top = S.max_steps(name)
+    out = S.sample(lambda x, t: torch.zeros_like(x), torch.ones(1, 1, 2, 2), ac, top, sampler=name,
+                   generator=S.step_generator(0))
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=f"steps: expected a whole number from 1 to {top} for the {name} sampler"):
+        S.sample(lambda x, t: torch.zeros_like(x), torch.ones(1, 1, 2, 2), ac, top + 1, sampler=name)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True])
+def test_bad_step_counts_are_refused(steps):
+    with pytest.raises(ValueError, match="steps: expected a whole number"):
+        S.check_settings("euler_a", steps)
+
+
+@pytest.mark.parametrize("name,value", [("guidance", float("nan")), ("guidance", -1.0), ("guidance", float("inf")),
+                                        ("control strength", float("nan")), ("control strength", -0.5)])
+def test_bad_guidance_and_control_strength_are_refused(name, value):
+    kwargs = {"guidance": 3.0, "control_scale": 1.0}
+    kwargs["guidance" if name == "guidance" else "control_scale"] = value
+    with pytest.raises(ValueError, match=f"{name}: expected a finite number >= 0"):
+        S.check_settings("ddim", 20, **kwargs)
 
 
 @pytest.mark.parametrize("name", ["ddim", "dpmpp_2m"])
