@@ -8,6 +8,7 @@ from . import tensors
 from .loaders import CATEGORY
 from .masks import check_box
 from .sampling import resolve_sampling, sampling_inputs
+from ..pipelines.composite import DEFAULT_PASTE, PASTE_FEATHER, PASTE_GROW, PASTE_MODES
 
 
 def _references(image, mask, name: str) -> tuple[list, list]:
@@ -86,15 +87,15 @@ class CHOIMaskGuidedSampler:
                    "background, or on a white canvas), then pastes the result back.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
-    RETURN_NAMES = ("image", "generated_crop", "pasted_region")
+    RETURN_NAMES = ("image", "generated_crop", "alpha")
     OUTPUT_TOOLTIPS = ("The background with the generated pair pasted in.",
                        "The generated square crop (512x512) before pasting.",
-                       "Where pixels were replaced (1) in the background.")
+                       "The alpha the generation was pasted with (1 = generated, 0 = your background kept, "
+                       "between = blended): the feathered figure for paste = mask, the crop for paste = crop.")
     FUNCTION = "sample"
 
     @classmethod
     def INPUT_TYPES(cls):
-
         return {
             "required": {
                 "mgig_model": ("MGIG_MODEL", {"tooltip": "From Load MGIG."}),
@@ -114,6 +115,10 @@ class CHOIMaskGuidedSampler:
                 "crop_ratio": ("FLOAT", {"default": 1.3, "min": 1.0, "max": 3.0, "step": 0.05,
                                          "tooltip": "Context around the pair: crop = target box x this "
                                                     "(official draws 1.3..2.9 at random; 1.3 = tightest)."}),
+                "paste": (list(PASTE_MODES), {"default": DEFAULT_PASTE, "tooltip": (
+                    "How the generation goes back into the background. mask = only the generated figure (the "
+                    f"interaction mask grown by {PASTE_GROW} px, feathered over {PASTE_FEATHER} px); the rest of "
+                    "your scene stays exactly as it was. crop = the whole square crop is replaced (official).")}),
             },
             "optional": {
                 "background": ("IMAGE", {"tooltip": "Scene to generate into (white canvas when absent)."}),
@@ -122,7 +127,7 @@ class CHOIMaskGuidedSampler:
         }
 
     def sample(self, mgig_model, id_features, detail_map, interaction_mask, steps, sampler, guidance,
-               control_strength, seed, batch_size, mask_channel, crop_ratio, background=None, box=None):
+               control_strength, seed, batch_size, mask_channel, crop_ratio, paste, background=None, box=None):
         from ..pipelines import choi
 
         bg = tensors.image_batch(background, "background")[0] if background is not None else None
@@ -153,7 +158,7 @@ class CHOIMaskGuidedSampler:
                 result = choi.generate(model, feat, detail, mask, bg, steps=steps, sampler=sampler,
                                        guidance=guidance, control_scale=control_strength, seed=seed,
                                        batch=batch_size, crop_ratio=crop_ratio, mask_channel=mask_channel,
-                                       callback=callback)
+                                       paste=paste, callback=callback)
                 images += result.images
                 crops += result.crops
                 pasted += [result.pasted_mask] * len(result.images)

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import preprocess, samplers
+from . import composite, preprocess, samplers
 from .mgig import MGIGModel, resize_hint, resize_square
 from .sampling_settings import OFFICIAL, RECOMMENDED
 
@@ -41,8 +41,9 @@ class IDFeatures:
 @dataclass
 class ChoiResult:
     """``images``: the background with the generation pasted in, one per batch item;
-    ``crops``: the generated square crops (512², before pasting); ``pasted_mask``: 1 where
-    pixels were replaced; ``hint``: the MGIG hint that was used."""
+    ``crops``: the generated square crops (512², before pasting); ``pasted_mask``: the
+    alpha the generation was pasted with (1 = generated pixel, 0 = the background kept,
+    between = blended; `composite`); ``hint``: the MGIG hint that was used."""
 
     images: list[np.ndarray]
     crops: list[np.ndarray]
@@ -76,13 +77,17 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
              steps: int = DEFAULT_STEPS, sampler: str = "ddim", guidance: float = DEFAULT_GUIDANCE,
              control_scale: float = 1.0, seed: int = 0, batch: int = 1,
              crop_ratio: float = preprocess.CROP_RATIO, box_ratio: float = preprocess.TARGET_BOX_RATIO,
-             mask_channel: str = "mask", batched_guidance: bool = True,
+             mask_channel: str = "mask", batched_guidance: bool = True, paste: str = composite.DEFAULT_PASTE,
+             paste_grow: int = composite.PASTE_GROW, paste_feather: int = composite.PASTE_FEATHER,
              callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> ChoiResult:
     """Paint the identities into ``interaction_mask`` (background coordinates).
 
     mask_channel: "mask" feeds the interaction mask as the hint's 4th channel (what MGIG
       was trained on, and what makes the shape follow IAMG's mask); "box" feeds the box
       (the official inference path).
+    paste: "mask" (default) pastes only the generated figure (the mask grown by
+      ``paste_grow`` px, feathered over ``paste_feather``) and keeps the background elsewhere;
+      "crop" replaces the whole crop, as the official code (`composite`).
     guidance: classifier-free guidance scale (official 5.0); the unconditional context is
       the encoder on an all-zero image. ``batched_guidance`` runs cond and uncond as one
       forward (same maths as the official two calls).
@@ -92,6 +97,7 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
     callback(i, total, x, pred_x0) after every step; raise from it to cancel.
     """
     samplers.check_settings(sampler, steps, guidance, control_scale)
+    composite.check_paste(paste, paste_grow, paste_feather)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     union = preprocess.as_mask(interaction_mask, "interaction_mask")
@@ -126,13 +132,16 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
     decoded = model.decode_latent(z).float().cpu()
     decoded = resize_square(decoded, hint.hint.shape[0], "bilinear").permute(0, 2, 3, 1).numpy()
 
+    region = pasted_region(background.shape[:2], hint)
+    alpha = region if paste == "crop" else composite.figure_alpha(union, region, grow=paste_grow,
+                                                                  feather=paste_feather)
     images, crops = [], []
     for item in decoded:
         pred = preprocess.decoded_to_prediction(item)
         crops.append(np.clip(item * 127.5 + 127.5, 0, 255).astype(np.uint8))
-        images.append(preprocess.crop_back(pred, background, hint.extra_sizes, hint.crop_box))
-    return ChoiResult(images=images, crops=crops, pasted_mask=pasted_region(background.shape[:2], hint),
-                      hint=hint)
+        pasted = preprocess.crop_back(pred, background, hint.extra_sizes, hint.crop_box)
+        images.append(pasted if paste == "crop" else composite.blend(pasted, background, alpha))
+    return ChoiResult(images=images, crops=crops, pasted_mask=alpha, hint=hint)
 
 
 def pasted_region(shape_hw: tuple[int, int], hint: preprocess.MGIGHint,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import choi, preprocess, samplers
+from . import choi, composite, preprocess, samplers
 from .paths import BANK_DIR, EXAMPLES_DIR
 
 EXAMPLES = EXAMPLES_DIR
@@ -96,6 +96,9 @@ def add_arguments(parser):
     parser.add_argument("--mask", choices=["auto", "iamg", "retrieval", "example"], default="auto",
                         help="interaction mask source: IAMG, IAMG-R retrieval from the shipped bank, or the shipped "
                              "example mask (auto = IAMG, falling back to retrieval if its mask is empty)")
+    parser.add_argument("--paste", choices=list(composite.PASTE_MODES), default=composite.DEFAULT_PASTE,
+                        help="mask (default): paste only the generated figure and keep the scene elsewhere; crop: "
+                             "replace the whole square crop (official)")
     parser.add_argument("--iamg", default=None, help="IAMG weights (official iamg.pth or ours); default: embedded")
     parser.add_argument("--mgig", default=None, help="MGIG weights (official mgig.ckpt or ours); default: embedded")
     parser.add_argument("--steps", type=int, default=choi.RECOMMENDED_STEPS,
@@ -150,7 +153,8 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     result = choi.generate(model, features, detail, mask, ex["background"], steps=args.steps,
-                           sampler=args.sampler, guidance=args.guidance, seed=args.seed, callback=progress)
+                           sampler=args.sampler, guidance=args.guidance, seed=args.seed, paste=args.paste,
+                           callback=progress)
     print(f"\nsampled {args.steps} steps ({args.sampler}, guidance {args.guidance}) in "
           f"{time.perf_counter() - t0:.1f} s")
 

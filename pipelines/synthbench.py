@@ -79,9 +79,11 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
                   iamg_steps: int = choi.RECOMMENDED_STEPS, iamg_sampler: str = choi.RECOMMENDED_SAMPLER,
                   guidance: float = choi.RECOMMENDED_GUIDANCE, iamg_guidance: float | None = None,
                   batched_guidance: bool = True, dtype: str = "fp32", limit: int | None = None,
-                  overwrite: bool = False, log=print) -> dict:
+                  paste: str = "crop", overwrite: bool = False, log=print) -> dict:
     """Generate and score (see the module docstring); returns the evaluation report with
-    the benchmark's settings and timings added under ``"synthbench"``."""
+    the benchmark's settings and timings added under ``"synthbench"``. ``paste`` defaults to
+    "crop" (the official crop-back) so that the "changes" columns measure what the model
+    painted; "mask" scores the product's default compositing (`composite`)."""
     from ..weights_manager.loader import EMBEDDED, load_iamg_model, load_mgig_model
     from . import iamg
 
@@ -134,7 +136,7 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
         detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
         background = s.background if s.background is not None else choi.blank_background(union.shape)
         gen = choi.generate(mgig, features, detail, union, background, steps=steps, sampler=sampler,
-                            guidance=guidance, seed=i, batched_guidance=batched_guidance)
+                            guidance=guidance, seed=i, batched_guidance=batched_guidance, paste=paste)
         timing["mgig_s"].append(time.perf_counter() - t0)
         image = gen.images[0]
         Image.fromarray(image).save(out / "generated" / f"{s.id}.png")
@@ -148,7 +150,7 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
                                synthetic=True)
     report["synthbench"] = {
         "iamg": None if mask != "iamg" else str(iamg_source or EMBEDDED),
-        "mgig": str(mgig_source or EMBEDDED), "mask": mask, "refs": refs, "dtype": dtype,
+        "mgig": str(mgig_source or EMBEDDED), "mask": mask, "refs": refs, "paste": paste, "dtype": dtype,
         "mgig_sampling": {"sampler": sampler, "steps": steps, "guidance": guidance, "batched_guidance": batched_guidance},
         "iamg_sampling": None if mask != "iamg" else {"sampler": iamg_sampler, "steps": iamg_steps,
                                                       "guidance": iamg_guidance or iamg.DEFAULT_GUIDANCE},
@@ -207,6 +209,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iamg-guidance", type=float, default=None, help="IAMG CFG scale (default: IAMG's)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model dtype (default fp32)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    parser.add_argument("--paste", choices=["crop", "mask"], default="crop",
+                        help="crop-back (default crop: the official one, so the changes columns measure the model; "
+                             "mask: the product default that keeps the scene outside the figure)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
 
 
@@ -218,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
                                sampler=args.sampler, iamg_steps=args.iamg_steps, iamg_sampler=args.iamg_sampler,
                                guidance=args.guidance, iamg_guidance=args.iamg_guidance,
                                batched_guidance=not args.separate_guidance, dtype=args.dtype, limit=args.limit,
-                               overwrite=args.overwrite)
+                               paste=args.paste, overwrite=args.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"synthbench: {e}", file=sys.stderr)
         return 2

@@ -47,7 +47,7 @@ def node(key: str):
 
 def sampler_args(**overrides) -> dict:
     args = dict(steps=STEPS, sampler="dpmpp_2m", guidance=5.0, control_strength=1.0, seed=42, batch_size=1,
-                mask_channel="mask", crop_ratio=1.3)
+                mask_channel="mask", crop_ratio=1.3, paste="crop")
     args.update(overrides)
     return args
 
@@ -122,6 +122,26 @@ def test_sampler_output_sizes_and_paste(generated, inputs):
     x, y, w, h = BOX
     ys, xs = torch.nonzero(pasted[0], as_tuple=True)
     assert int(xs.min()) <= x and int(xs.max()) >= x + w - 1 and int(ys.min()) <= y and int(ys.max()) >= y + h - 1
+
+
+def test_sampler_paste_mask_keeps_the_scene_and_outputs_its_alpha(mgig, identity, inputs, generated):
+    # The node's default compositing: only the (grown, feathered) figure replaces the scene.
+    features, _, _, detail = identity
+    spec = NODES["InteractCustomMaskGuidedSampler"].INPUT_TYPES()["required"]["paste"]
+    assert spec[1]["default"] == "mask"
+    image, _, alpha = node("MaskGuidedSampler").sample(mgig, features, detail, inputs["interaction_mask"],
+                                                       **sampler_args(paste="mask"),
+                                                       background=inputs["background"], box=BOX)
+    background = inputs["background"]
+    kept = alpha[0] == 0
+    assert torch.equal(image[0][kept], background[0][kept])
+    assert ((alpha > 0) & (alpha < 1)).any()  # feathered edge
+    figure = inputs["interaction_mask"][0] > 0.5
+    assert bool((alpha[0][figure] == 1).all())
+    crop_region = generated[2][0] > 0
+    assert kept[crop_region].float().mean() > 0.2  # much of the crop is the user's scene again
+    # Where alpha is 1, the same generation as paste = crop.
+    assert torch.equal(image[0][alpha[0] == 1], generated[0][0][alpha[0] == 1])
 
 
 def test_sampler_seed(mgig, identity, inputs, generated):
