@@ -1,0 +1,35 @@
+"""The loaders say so when a choice will silently be slow or not what was asked."""
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import torch
+
+from interact_custom.nodes import comfy_bridge, loaders
+from interact_custom.weights_manager.loader import EMBEDDED
+
+
+def test_fp16_on_the_cpu_is_warned(caplog):
+    with caplog.at_level(logging.WARNING, logger="interact_custom"):
+        _, device, dtype = loaders._resolve(EMBEDDED, "fp16", "cpu")
+    assert device.type == "cpu" and dtype == torch.float16
+    assert "fp16 on the CPU" in caplog.text and "slower" in caplog.text
+
+
+def test_fp32_on_the_cpu_is_not_warned(caplog):
+    with caplog.at_level(logging.WARNING, logger="interact_custom"):
+        loaders._resolve(EMBEDDED, "fp32", "cpu")
+    assert "fp16" not in caplog.text
+
+
+def test_gpu_on_a_cpu_only_comfyui_is_warned(monkeypatch, caplog):
+    monkeypatch.setattr(comfy_bridge, "IN_COMFYUI", True)
+    monkeypatch.setattr(comfy_bridge, "_mm", SimpleNamespace(get_torch_device=lambda: torch.device("cpu")))
+    with caplog.at_level(logging.WARNING, logger="interact_custom"):
+        assert comfy_bridge.torch_device("gpu").type == "cpu"
+    assert "device 'gpu' was requested" in caplog.text and "using the CPU" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="interact_custom"):
+        comfy_bridge.torch_device("auto")
+    assert "gpu" not in caplog.text  # auto on a CPU server is not a surprise
