@@ -53,11 +53,12 @@ def _inputs(kind: str) -> dict:
         "model_name": (model_choices(), {
             "tooltip": f"{kind} weights: the embedded default, or a file in models/interact_custom/ (official "
                        "checkpoints and our .safetensors alike; the architecture is detected from the file)."}),
-        "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": "Compute precision. auto = bf16 where the device "
-                                  "runs it fast (recent GPUs, CPUs with AMX/AVX512-bf16), else fp16 on GPU, else fp32. fp16 on a "
-                                  "CPU is many times slower than fp32 (warned in the log)."}),
-        "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "auto = ComfyUI's device; cpu forces the CPU; gpu = ComfyUI's "
-                                    "GPU (on a CPU-only ComfyUI this runs on the CPU, with a warning in the log)."}),
+        "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": (
+            "Compute precision. auto = bf16 where the device runs it fast (recent GPUs, CPUs with AMX/AVX512-bf16), "
+            "else fp16 on GPU, else fp32. fp16 on a CPU is many times slower than fp32 (warned in the log).")}),
+        "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": (
+            "auto = ComfyUI's device; cpu forces the CPU; gpu = ComfyUI's GPU (on a CPU-only ComfyUI this runs on "
+            "the CPU, with a warning in the log).")}),
         "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the weights on the device between "
                                           "runs (faster); off = offload after each use to free memory."}),
     }}

@@ -39,6 +39,5 @@ def resolve_sampling(kind: str, model, sampler: str, steps: int, guidance: float
     """The settings to run with (auto ones filled in from the model), logged when any was auto."""
     settings, line = resolve(kind, model, sampler, steps, guidance)
     if line:
-        log.info("Interact-Custom %s", line)
-        print(f"[Interact-Custom] {line}")  # ComfyUI's console shows prints; its logging level may hide info
+        log.info("Interact-Custom %s", line)  # ComfyUI's console shows INFO by default
     return settings

@@ -1,6 +1,7 @@
 """The `auto` sampling settings: one source (pipelines.sampling_settings), read off the model."""
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -44,12 +45,13 @@ def test_fresh_nodes_default_to_auto(kind):
     assert "auto" in spec["sampler"][1]["tooltip"]
 
 
-def test_auto_fills_only_what_is_left_on_auto(capsys):
+def test_auto_fills_only_what_is_left_on_auto(caplog):
     v_model = SimpleNamespace(prediction_type="v_prediction")
     eps_model = SimpleNamespace(config=SimpleNamespace(prediction_type="epsilon"))
-    run = resolve_sampling("mgig", v_model, AUTO, 0, 0.0)
+    with caplog.at_level(logging.INFO, logger="interact_custom"):
+        run = resolve_sampling("mgig", v_model, AUTO, 0, 0.0)
     assert (run.sampler, run.steps, run.guidance) == ("euler_a", 20, 3.0)
-    assert "MGIG sampling: euler_a, 20 steps, guidance 3" in capsys.readouterr().out
+    assert "MGIG sampling: euler_a, 20 steps, guidance 3" in caplog.text
     run, line = resolve("mgig", eps_model, AUTO, 30, 0.0)
     assert (run.sampler, run.steps, run.guidance) == ("ddim", 30, 5.0)
     assert "sampler, guidance auto" in line and "official" in line
