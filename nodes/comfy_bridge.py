@@ -36,6 +36,16 @@ MODEL_FOLDER = "interact_custom"
 WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".ckpt", ".pth", ".pt", ".bin"}
 
 
+def clip_tokenizer_dir() -> Path | None:
+    """ComfyUI's bundled SD1 (CLIP ViT-L/14) tokenizer folder, ``comfy/sd1_tokenizer``,
+    for CLIP-vocabulary IAMG text models whose file carries no tokenizer; None outside
+    ComfyUI or when the folder is missing."""
+    if _mm is None:
+        return None
+    folder = Path(_mm.__file__).resolve().parent / "sd1_tokenizer"
+    return folder if (folder / "vocab.json").is_file() else None
+
+
 def register_model_folder() -> None:
     """Register `models/interact_custom/` (extension-filtered). Paths a user added for the
     same name in extra_model_paths.yaml (loaded before custom nodes) are kept."""

@@ -40,7 +40,7 @@ class CHOIIDFeatures:
         }}
 
     def extract(self, mgig_model, human_image, human_mask, object_image, object_mask):
-        from ..pipelines import choi
+        from ..pipelines.mgig import pipeline as choi
 
         humans = list(zip(*_references(human_image, human_mask, "human")))
         objects = list(zip(*_references(object_image, object_mask, "object")))
@@ -74,7 +74,7 @@ class CHOIDetailMap:
         }}
 
     def compute(self, reference_canvas, canvas_mask, threshold):
-        from ..pipelines.preprocess import detail_map
+        from ..pipelines.mgig.inputs import detail_map
 
         images = tensors.image_batch(reference_canvas, "reference_canvas")
         masks = tensors.mask_batch(canvas_mask, "canvas_mask", size_hw=images[0].shape[:2])
@@ -128,16 +128,15 @@ class CHOIMaskGuidedSampler:
 
     def sample(self, mgig_model, id_features, detail_map, interaction_mask, steps, sampler, guidance,
                control_strength, seed, batch_size, mask_channel, crop_ratio, paste, background=None, box=None):
-        from ..pipelines import choi
+        from ..pipelines.mgig import pipeline as choi
 
         bg = tensors.image_batch(background, "background")[0] if background is not None else None
         masks = tensors.mask_batch(interaction_mask, "interaction_mask",
                                    size_hw=bg.shape[:2] if bg is not None else None, threshold=0.5)
         if box is not None:
-            x, y, w, h = check_box(box, masks[0].shape)
+            inside_box = check_box(box, masks[0].shape).mask(*masks[0].shape, dtype=masks[0].dtype)
             for m in masks:
-                inside = np.zeros_like(m)
-                inside[y:y + h, x:x + w] = m[y:y + h, x:x + w]
+                inside = m * inside_box
                 if not inside.any():
                     raise ValueError(f"interaction_mask has no pixels inside the box {tuple(box)}; move the box "
                                      "or use Fit Mask To Box to place the mask in it")

@@ -114,4 +114,4 @@ class LoadIAMG(_ModelLoader):
     def _load_module(path, dtype):
         from ..weights_manager.loader import load_iamg_model
 
-        return load_iamg_model(path, device="cpu", dtype=dtype)
+        return load_iamg_model(path, device="cpu", dtype=dtype, clip_fallback_dir=bridge.clip_tokenizer_dir())

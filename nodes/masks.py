@@ -8,6 +8,7 @@ import numpy as np
 
 from . import comfy_bridge as bridge
 from . import tensors
+from ..pipelines.geometry import Box, check_xywh, mask_box
 from ..pipelines.paths import BANK_DIR
 from .loaders import CATEGORY
 from .sampling import resolve_sampling, sampling_inputs
@@ -17,16 +18,9 @@ SHIPPED_BANK = "(shipped) example bank"
 SHIPPED_BANK_DIR = BANK_DIR
 
 
-def check_box(box, size_hw: tuple[int, int], what: str = "box") -> tuple[int, int, int, int]:
-    """A CHOI_BOX (x, y, width, height) that lies inside an image of ``size_hw``."""
-    x, y, w, h = (int(v) for v in box)
-    H, W = size_hw
-    if w <= 0 or h <= 0:
-        raise ValueError(f"{what} has no area (width {w}, height {h}); give a positive width and height")
-    if x < 0 or y < 0 or x + w > W or y + h > H:
-        raise ValueError(f"{what} (x={x}, y={y}, width={w}, height={h}) lies outside the {W}x{H} background; "
-                         f"it must satisfy x+width <= {W} and y+height <= {H}")
-    return x, y, w, h
+def check_box(box, size_hw: tuple[int, int]) -> Box:
+    """A CHOI_BOX (x, y, width, height) that lies inside a background of ``size_hw``."""
+    return check_xywh(box, *size_hw)
 
 
 class CHOIBox:
@@ -71,11 +65,12 @@ class CHOIBoxFromMask:
 
     def make(self, mask, padding):
         m = tensors.mask_batch(mask, "mask", threshold=0.5)[0]
-        ys, xs = np.nonzero(m)
-        H, W = m.shape
-        x1, y1 = max(0, int(xs.min()) - padding), max(0, int(ys.min()) - padding)
-        x2, y2 = min(W, int(xs.max()) + 1 + padding), min(H, int(ys.max()) + 1 + padding)
-        return ((x1, y1, x2 - x1, y2 - y1),)
+        box = mask_box(m)
+        if box is None:
+            raise ValueError("mask is empty (no pixel >= 0.5): paint the region in the mask editor, or invert "
+                             "a Load Image alpha mask with InvertMask")
+        p = int(padding)
+        return (Box(box.x0 - p, box.y0 - p, box.x1 + p, box.y1 + p).clipped(*m.shape).xywh,)
 
 
 class IAMGGenerateMask:
@@ -128,7 +123,7 @@ class IAMGGenerateMask:
                              "connect the background image too (or remove the box)")
         size_hw = bg.shape[:2] if bg is not None else (height, width)
         if box is not None:
-            box = check_box(box, size_hw)
+            box = check_box(box, size_hw).xywh
         with iamg_model as model:
             run = resolve_sampling("iamg", model, sampler, steps, guidance)
             steps, sampler, guidance = run.steps, run.sampler, run.guidance
@@ -214,6 +209,6 @@ class FitMaskToBox:
         from ..pipelines.retrieval import fit_mask_to_box
 
         size_hw = tuple(image.shape[1:3]) if image is not None else (height, width)
-        box = check_box(box, size_hw)
+        box = check_box(box, size_hw).xywh
         masks = tensors.mask_batch(mask, "mask")
         return (tensors.to_mask([fit_mask_to_box(m, box, size_hw, mode=mode) for m in masks]),)

@@ -29,6 +29,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# ImageNet statistics: the normalisation before every DINOv2 ViT (MGIG's ID encoder, and
+# the DINO scores of evaluation).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 __all__ = [
     "resize_linear", "resize_nearest", "erode", "dilate", "structuring_element",
     "sobel", "convert_scale_abs", "add_weighted", "largest_component",

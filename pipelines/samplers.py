@@ -14,6 +14,7 @@ Conventions
 """
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 from typing import Callable, Mapping
@@ -62,6 +63,13 @@ def v_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> 
     """The v-prediction training target √ᾱ·ε − √(1−ᾱ)·x₀ (`alpha_bar` per row [B])."""
     a = _expand(torch.as_tensor(alpha_bar), x0)
     return a.sqrt() * noise - (1.0 - a).sqrt() * x0
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The forward (noising) process x_t = √ᾱ·x₀ + √(1−ᾱ)·ε that the training objectives
+    invert (`alpha_bar`: ᾱ per row, [B] or [B, 1, 1, 1])."""
+    a = _expand(torch.as_tensor(alpha_bar), x0)
+    return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
 
 
 def check_prediction_type(value: str) -> str:
@@ -251,11 +259,14 @@ def sample_with_scheduler(eps_fn: EpsFn, x_T: torch.Tensor, alphas_cumprod: torc
     scheduler.set_timesteps(steps, device=x_T.device)
     x = x_T * scheduler.init_noise_sigma
     total = len(scheduler.timesteps)
+    # The stochastic schedulers (euler_a) take the per-step noise generator; the others
+    # do not accept the argument.
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generator} if takes_generator else {}
     for i, t in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, t)
         eps = eps_fn(x_in, _t(int(t), x))
-        kwargs = {"generator": generator} if "generator" in scheduler.step.__code__.co_varnames else {}
-        out = scheduler.step(eps, t, x, **kwargs)
+        out = scheduler.step(eps, t, x, **step_kwargs)
         x = out.prev_sample
         if callback is not None:
             pred_x0 = getattr(out, "pred_original_sample", None)

@@ -17,7 +17,7 @@ Main pieces:
     "Queue" (ComfyUI's server has none), driven by `/object_info`.
   * `WorkflowBuilder`: write small UI-format workflows in tests, laid out as the front
     end saves them; `core_nodes_workflow` is one built from ComfyUI's core nodes only,
-    which proves the harness while this package has no nodes of its own.
+    which tests the harness itself, independently of this package's nodes.
   * `load_expectations` / `check_outputs`: what each shipped workflow must produce
     (tests/comfy_workflows.json) and the checks on the saved images.
 """

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interact_custom.pipelines import benchmark as B
+from interact_custom.cli import benchmark as cli_benchmark
+from interact_custom.pipelines.evaluation import benchmark as B
+from interact_custom.weights_manager import official_export
 
 
 def test_count_flops_matches_hand_computed_values():
@@ -31,7 +33,7 @@ def test_official_writers_reproduce_the_reduced_official_files(vectors):
     from interact_custom.weights_manager.official_mgig import load_mgig, read_state_dict
 
     ref, _ = read_state_dict(vectors.checkpoint("mgig"))
-    back = B.mgig_official_state_dict(load_mgig(ref))
+    back = official_export.mgig_official_state_dict(load_mgig(ref))
     assert set(back) == set(ref)
     unused = "control_model.input_blocks.0.0."  # held by the file, never used: random in ours
     for k, v in ref.items():
@@ -42,7 +44,7 @@ def test_official_writers_reproduce_the_reduced_official_files(vectors):
     ckpt = read_official_iamg(vectors.checkpoint("iamg"))
     with pytest.warns(UserWarning):  # reduced text width: head count guessed (unused by the network)
         model = load_official_iamg(ckpt)
-    back = B.iamg_official_checkpoint(model)
+    back = official_export.iamg_official_checkpoint(model)
     for entry in ("model", "autoencoder", "text_encoder", "diffusion"):
         assert set(back[entry]) == set(ckpt[entry]), entry
         for k, v in ckpt[entry].items():
@@ -54,7 +56,7 @@ def test_random_models_round_trip_through_the_official_format():
     from interact_custom.weights_manager.official_mgig import load_mgig
 
     mgig = B.random_model("mgig", "tiny")
-    again = load_mgig(B.mgig_official_state_dict(mgig))
+    again = load_mgig(official_export.mgig_official_state_dict(mgig))
     for (k, a), (k2, b) in zip(mgig.state_dict().items(), again.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
     # every layer is random (the ControlNet zero convs too), and the seed fixes the values
@@ -63,12 +65,12 @@ def test_random_models_round_trip_through_the_official_format():
 
     iamg_model = B.random_model("iamg", "tiny_text", released=True)
     with pytest.warns(UserWarning):
-        again = load_official_iamg(B.iamg_official_checkpoint(iamg_model))
+        again = load_official_iamg(official_export.iamg_official_checkpoint(iamg_model))
     assert again.unet.config == iamg_model.unet.config
     for a, b in zip(iamg_model.unet.state_dict().values(), again.unet.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="cross-attention"):
-        B.iamg_official_checkpoint(B.random_model("iamg", "tiny_text"))
+        official_export.iamg_official_checkpoint(B.random_model("iamg", "tiny_text"))
 
 
 def test_bf16_model_has_the_fp32_weights_rounded():
@@ -104,7 +106,7 @@ def test_compare_outputs():
 def test_cli_is_registered_and_refuses_to_overwrite(tmp_path, capsys):
     from interact_custom import cli
 
-    assert cli.COMMANDS["benchmark"][0] == ".pipelines.benchmark"
+    assert cli.COMMANDS["benchmark"][0] == ".cli.benchmark"
     (tmp_path / "benchmark.json").write_text("{}")
     assert cli.main(["benchmark", "--out", str(tmp_path), "--quick"]) == 2
     assert "already holds benchmark.json" in capsys.readouterr().err
@@ -112,7 +114,7 @@ def test_cli_is_registered_and_refuses_to_overwrite(tmp_path, capsys):
 
 @pytest.mark.slow  # ~30 s on a 2-core CPU: three columns × two tiny models + file round trips
 def test_tiny_benchmark_writes_a_complete_report(tmp_path):
-    report = B.run_benchmark(tmp_path, presets=["tiny"], isolate=False, steps=2, fast_steps=1, warmup=False,
+    report = cli_benchmark.run_benchmark(tmp_path, presets=["tiny"], isolate=False, steps=2, fast_steps=1, warmup=False,
                              matmul_sizes=(256,), command="test", log=lambda msg: None)
     data = json.loads((tmp_path / "benchmark.json").read_text())
     md = (tmp_path / "benchmark.md").read_text()

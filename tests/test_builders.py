@@ -1,6 +1,6 @@
-"""CHOI dataset builders (pipelines/builders.py): video clips (paper §4.2), HOI images (§4.1).
+"""CHOI dataset builders (pipelines/data/builders.py): video clips (paper §4.2), HOI images (§4.1).
 
-Clips and images are rendered with the synthetic generator (`pipelines.synth`): the same
+Clips and images are rendered with the synthetic generator (`pipelines.data.synth`): the same
 human-object pair in several poses over one backdrop (a static camera), with exact masks.
 """
 from __future__ import annotations
@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from interact_custom import cli
-from interact_custom.pipelines import builders as B
-from interact_custom.pipelines import synth
-from interact_custom.pipelines.dataset import ChoiDataset
+from interact_custom.pipelines.data import builders as B
+from interact_custom.pipelines.data import synth
+from interact_custom.pipelines.data.dataset import ChoiDataset
+from interact_custom.pipelines.vocabulary import INTERACTIONS
 
 SIZE = 96
 MIN_AREA = 0.001  # 10 px at 96²
@@ -482,10 +483,10 @@ def test_captions_and_geometry():
     assert B.default_caption("lie_on", "bed") == "a person is lying on the bed"
     assert [B.verb_phrase(v) for v in ("hop_on", "ride", "greet", "open", "riding", "swing")] == [
         "hopping on", "riding", "greeting", "opening", "riding", "swinging"]
-    for verb in synth.INTERACTIONS:  # one vocabulary with the synthetic data
+    for verb in INTERACTIONS:  # one vocabulary with the synthetic data
         assert B.default_caption(verb, "box") == synth.caption(verb, "box")
-    assert B.expand_box((10, 20, 30, 40), 1.0, 100, 100) == (10, 20, 30, 40)
-    assert B.expand_box((10, 20, 30, 40), 2.0, 100, 100) == (0, 0, 55, 80)
+    assert B.scale_xywh((10, 20, 30, 40), 1.0, 100, 100) == (10, 20, 30, 40)
+    assert B.scale_xywh((10, 20, 30, 40), 2.0, 100, 100) == (0, 0, 55, 80)
     img = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
     mask = np.zeros((20, 30), bool)
     mask[5:9, 10:20] = True

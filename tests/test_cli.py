@@ -98,7 +98,7 @@ def test_demo_writes_a_composited_result(tmp_path, capsys):
     assert ("SEEDED RANDOM WEIGHTS" in text) == embedded_is_random("mgig")
     assert ("trained by this package" in text) != embedded_is_random("mgig")
     bg = np.array(Image.open(out.parents[0] / "demo" / "result.png"))
-    from interact_custom.pipelines.demo import load_examples
+    from interact_custom.pipelines.data.examples import load_examples
 
     ex = load_examples()
     mask = np.array(Image.open(out / "interaction_mask.png")) > 127
@@ -124,7 +124,7 @@ def test_unknown_command(capsys):
 
 
 def test_demo_default_generates_the_mask_with_iamg_inside_the_box(tmp_path, capsys):
-    from interact_custom.pipelines.demo import load_examples
+    from interact_custom.pipelines.data.examples import load_examples
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "2"]) == 0

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from interact_custom.pipelines import choi, composite, imgproc, preprocess
+from interact_custom.pipelines import composite, imgproc
+from interact_custom.pipelines.mgig import pipeline as choi
+from interact_custom.pipelines.mgig import inputs as preprocess
 from interact_custom.pipelines.mgig import MGIGModel, mgig_config
 
 

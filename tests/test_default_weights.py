@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from interact_custom.pipelines import choi, evaluate as ev, iamg, imgproc, preprocess, synth
+from interact_custom.pipelines import iamg, imgproc
+from interact_custom.pipelines.mgig import pipeline as choi
+from interact_custom.pipelines.evaluation import evaluate as ev
+from interact_custom.pipelines.mgig import inputs as preprocess
+from interact_custom.pipelines.data import synth
 from interact_custom.pipelines.mgig import MGIGModel, mgig_config
-from interact_custom.weights_manager import native_iamg
-from interact_custom.weights_manager.loader import (EMBEDDED, EMBEDDED_MGIG_FILE, embedded_is_random,
+from interact_custom.weights_manager.loader import (EMBEDDED, EMBEDDED_IAMG_FILE, EMBEDDED_MGIG_FILE, embedded_is_random,
                                                     load_iamg_model, load_mgig_model)
 
 BUDGET_BYTES = 25 * 10**6
@@ -27,7 +30,7 @@ def test_the_trained_default_ships_within_budget():
     from safetensors import safe_open
 
     assert not embedded_is_random("mgig") and not embedded_is_random("iamg")
-    files = [EMBEDDED_MGIG_FILE, native_iamg.DEFAULT_WEIGHTS]
+    files = [EMBEDDED_MGIG_FILE, EMBEDDED_IAMG_FILE]
     assert sum(f.stat().st_size for f in files) <= BUDGET_BYTES
     for f in files:
         with safe_open(str(f), "pt") as h:

@@ -1,5 +1,5 @@
-"""Evaluation metrics (pipelines/evaluate.py) and the `evaluate` command, with tiny random
-CLIP / DINOv2 models written to tmp_path (nothing downloaded)."""
+"""Evaluation metrics (pipelines/evaluation/, weights_manager/eval_models.py) and the `evaluate`
+command, with tiny random CLIP / DINOv2 models written to tmp_path (nothing downloaded)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,13 @@ import torch
 from PIL import Image
 
 from interact_custom import cli
-from interact_custom.pipelines import evaluate as ev
-from interact_custom.pipelines import synth
-from interact_custom.pipelines.dataset import ChoiDataset
+from interact_custom.pipelines import imgproc
+from interact_custom.pipelines.evaluation import encoders as enc
+from interact_custom.pipelines.evaluation import evaluate as ev
+from interact_custom.pipelines.evaluation import metrics
+from interact_custom.pipelines.data import synth
+from interact_custom.pipelines.data.dataset import ChoiDataset
+from interact_custom.weights_manager import eval_models
 
 SIZE = 64
 
@@ -49,7 +53,7 @@ def dino_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoders(clip_dir, dino_dir):
-    return ev.CLIPImageEncoder.from_path(clip_dir), ev.DINOEncoder.from_path(dino_dir)
+    return eval_models.load_clip_encoder(clip_dir), eval_models.load_dino_encoder(dino_dir)
 
 
 def _image(seed, h=40, w=52):
@@ -66,28 +70,29 @@ def test_identical_images_score_one_and_different_images_less(encoders):
     hm[5:30, 4:20] = True
     om = np.zeros((40, 52), bool)
     om[10:35, 25:50] = True
-    assert ev.clip_score(clip, a, a) == pytest.approx(1.0, abs=1e-5)
-    assert ev.clip_score(clip, a, b) < 0.999
-    same = ev.dino_scores(dino, a, a, hm, om)
+    assert enc.clip_score(clip, a, a) == pytest.approx(1.0, abs=1e-5)
+    assert enc.clip_score(clip, a, b) < 0.999
+    same = enc.dino_scores(dino, a, a, hm, om)
     assert set(same) == {"dino_human", "dino_object", "dino_pair"}
     for value in same.values():
         assert value == pytest.approx(1.0, abs=1e-5)
-    diff = ev.dino_scores(dino, a, b, hm, om)
+    diff = enc.dino_scores(dino, a, b, hm, om)
     assert all(v < 0.999 for v in diff.values())
     # Pixels outside the masks do not count: changing them keeps every score at 1.
     c = a.copy()
     c[~(hm | om)] = 0
-    assert ev.dino_scores(dino, c, a, hm, om)["dino_pair"] == pytest.approx(1.0, abs=1e-5)
+    assert enc.dino_scores(dino, c, a, hm, om)["dino_pair"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_dino_is_deterministic_and_uses_cls_after_norm(dino_dir, encoders):
     _, dino = encoders
     a = _image(3)
-    again = ev.DINOEncoder.from_path(dino_dir)
+    again = eval_models.load_dino_encoder(dino_dir)
     torch.testing.assert_close(dino.features([a]), again.features([a]), rtol=0, atol=0)
     # The feature is the final-normed CLS token (pooler_output) of the official-interpolation model.
-    x = torch.from_numpy(ev.resize_image(a, (224, 224))).permute(2, 0, 1)[None].float() / 255
-    x = (x - torch.tensor(ev.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(ev.IMAGENET_STD).view(1, 3, 1, 1)
+    x = torch.from_numpy(metrics.resize_image(a, (224, 224))).permute(2, 0, 1)[None].float() / 255
+    mean, std = torch.tensor(imgproc.IMAGENET_MEAN), torch.tensor(imgproc.IMAGENET_STD)
+    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     with torch.no_grad():
         cls_token = dino.model(pixel_values=x).last_hidden_state[:, 0]
     torch.testing.assert_close(dino.features([a]), torch.nn.functional.normalize(cls_token, dim=-1))
@@ -99,7 +104,7 @@ def test_clip_preprocess_resizes_short_side_and_centre_crops(encoders):
     wide[:, 20:40] = 255  # the centre third survives the 32×32 crop of a 32×96 resize
     x = clip.preprocess(wide)
     assert x.shape == (3, 32, 32)
-    white = (1.0 - torch.tensor(ev.CLIP_MEAN)) / torch.tensor(ev.CLIP_STD)
+    white = (1.0 - torch.tensor(enc.CLIP_MEAN)) / torch.tensor(enc.CLIP_STD)
     torch.testing.assert_close(x[:, 16, 16], white)
 
 
@@ -109,7 +114,7 @@ def test_single_file_clip_matches_folder(tmp_path, clip_dir, encoders):
 
     model = CLIPVisionModelWithProjection.from_pretrained(clip_dir)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "clip_vision.safetensors")
-    from_file = ev.CLIPImageEncoder.from_path(tmp_path / "clip_vision.safetensors")
+    from_file = eval_models.load_clip_encoder(tmp_path / "clip_vision.safetensors")
     a = _image(4)
     torch.testing.assert_close(from_file.features([a]), encoders[0].features([a]), rtol=0, atol=1e-6)
 
@@ -127,21 +132,21 @@ def test_single_file_original_dinov2_matches_folder(tmp_path, swiglu):
     # As inside an MGIG checkpoint (prefixed) and as the DINOv2 release (.pth, no prefix).
     torch.save({f"cond_stage_model.model.{k}": v for k, v in original.items()}, tmp_path / "mgig_like.pth")
     a = _image(5)
-    ref = ev.DINOEncoder.from_path(tmp_path / "hf").features([a])
-    torch.testing.assert_close(ev.DINOEncoder.from_path(tmp_path / "mgig_like.pth").features([a]), ref,
+    ref = eval_models.load_dino_encoder(tmp_path / "hf").features([a])
+    torch.testing.assert_close(eval_models.load_dino_encoder(tmp_path / "mgig_like.pth").features([a]), ref,
                                rtol=0, atol=1e-6)
 
 
 def test_missing_or_wrong_models_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
-        ev.CLIPImageEncoder.from_path(tmp_path / "nope")
+        eval_models.load_clip_encoder(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        ev.DINOEncoder.from_path(tmp_path)
+        eval_models.load_dino_encoder(tmp_path)
     torch.save({"foo": torch.zeros(2)}, tmp_path / "x.pth")
     with pytest.raises(ev.EvaluationError, match="x.pth"):
-        ev.DINOEncoder.from_path(tmp_path / "x.pth")
+        eval_models.load_dino_encoder(tmp_path / "x.pth")
     with pytest.raises(ev.EvaluationError, match="vision_model"):
-        ev.CLIPImageEncoder.from_path(tmp_path / "x.pth")
+        eval_models.load_clip_encoder(tmp_path / "x.pth")
 
 
 # ----------------------------------------------------------------------------- masks and pixels
@@ -150,8 +155,8 @@ def test_missing_or_wrong_models_name_the_path(tmp_path):
 def test_identical_masks_kl_zero_iou_one():
     m = np.zeros((50, 70), bool)
     m[10:40, 20:45] = True
-    assert ev.spatial_kl(m, m) == 0.0
-    assert ev.mask_iou(m, m) == 1.0
+    assert metrics.spatial_kl(m, m) == 0.0
+    assert metrics.mask_iou(m, m) == 1.0
 
 
 @pytest.mark.parametrize("side", [64, 128])
@@ -159,13 +164,13 @@ def test_disjoint_halves_kl_by_hand(side):
     gt = np.zeros((side, side), bool)
     gt[: side // 2] = True
     gen = ~gt
-    eps = ev.KL_EPS
+    eps = metrics.KL_EPS
     # Each half holds 2048 cells of the 64² grid: P = (1+eps)/Z on gt's half, eps/Z on the
     # other, Z = 2048 (1 + 2 eps); Q mirrored. KL = log((1+eps)/eps) / (1 + 2 eps).
     expected = math.log((1 + eps) / eps) / (1 + 2 * eps)
-    assert ev.spatial_kl(gt, gen) == pytest.approx(expected, rel=1e-9)
+    assert metrics.spatial_kl(gt, gen) == pytest.approx(expected, rel=1e-9)
     assert expected == pytest.approx(6.8950, abs=1e-4)
-    assert ev.mask_iou(gt, gen) == 0.0
+    assert metrics.mask_iou(gt, gen) == 0.0
 
 
 def test_kl_small_grid_by_hand_and_direction():
@@ -173,20 +178,20 @@ def test_kl_small_grid_by_hand_and_direction():
     gen = np.array([[1, 1], [0, 0]], bool)
     p = np.array([1.5, 0.5, 0.5, 0.5]) / 3.0
     q = np.array([1.5, 1.5, 0.5, 0.5]) / 4.0
-    assert ev.spatial_kl(gt, gen, grid=2, eps=0.5) == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-12)
-    assert ev.spatial_kl(gen, gt, grid=2, eps=0.5) == pytest.approx(float(np.sum(q * np.log(q / p))), rel=1e-12)
-    assert ev.mask_iou(gt, gen) == 0.5
+    assert metrics.spatial_kl(gt, gen, grid=2, eps=0.5) == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-12)
+    assert metrics.spatial_kl(gen, gt, grid=2, eps=0.5) == pytest.approx(float(np.sum(q * np.log(q / p))), rel=1e-12)
+    assert metrics.mask_iou(gt, gen) == 0.5
     # Area averaging: a 4×4 mask filling the top-left quarter is the 2×2 grid's one cell.
-    np.testing.assert_array_equal(ev.occupancy(np.kron(gt, np.ones((2, 2), bool)), 2), gt.astype(float))
+    np.testing.assert_array_equal(metrics.occupancy(np.kron(gt, np.ones((2, 2), bool)), 2), gt.astype(float))
 
 
 def test_mask_in_box_known_answer():
     m = np.zeros((10, 10), bool)
     m[2:6, 1:6] = True  # 20 pixels, columns 1..5
-    assert ev.mask_in_box(m, [2, 0, 10, 10]) == pytest.approx(16 / 20)  # column 1 is outside
-    assert ev.mask_in_box(m, [0, 0, 10, 10]) == 1.0
-    assert ev.mask_in_box(m, [7, 7, 3, 3]) == 0.0
-    assert ev.mask_in_box(np.zeros((10, 10), bool), [0, 0, 5, 5]) is None
+    assert metrics.mask_in_box(m, [2, 0, 10, 10]) == pytest.approx(16 / 20)  # column 1 is outside
+    assert metrics.mask_in_box(m, [0, 0, 10, 10]) == 1.0
+    assert metrics.mask_in_box(m, [7, 7, 3, 3]) == 0.0
+    assert metrics.mask_in_box(np.zeros((10, 10), bool), [0, 0, 5, 5]) is None
 
 
 def _figure(kind: str, h=60, w=80, x=10, y=5, scale=1.0, mirror=False):
@@ -200,17 +205,18 @@ def _figure(kind: str, h=60, w=80, x=10, y=5, scale=1.0, mirror=False):
 
 
 def test_mask_shape_ignores_position_and_scale_and_verbs_vote():
-    a, b = ev.mask_shape(_figure("reach")), ev.mask_shape(_figure("reach", x=30, y=12, scale=0.6))
-    assert ev.mask_iou(a, b) > 0.85
-    assert ev.shape_similarity(a, ev.mask_shape(_figure("reach", mirror=True))) == pytest.approx(1.0)
-    assert ev.mask_shape(np.zeros((5, 5), bool)) is None
-    refs = [(ev.mask_shape(_figure("stand", scale=s)), "stand") for s in (0.8, 1.0, 1.2)] + \
-           [(ev.mask_shape(_figure("reach", scale=s, mirror=m)), "reach") for s, m in ((0.7, 0), (1.0, 1), (1.2, 0))]
-    assert ev.nearest_verb(ev.mask_shape(_figure("reach", x=40, mirror=True)), refs, k=3) == "reach"
-    assert ev.nearest_verb(ev.mask_shape(_figure("stand", y=15)), refs, k=3) == "stand"
-    assert ev.nearest_verb(None, refs) is None
+    a, b = metrics.mask_shape(_figure("reach")), metrics.mask_shape(_figure("reach", x=30, y=12, scale=0.6))
+    assert metrics.mask_iou(a, b) > 0.85
+    assert metrics.shape_similarity(a, metrics.mask_shape(_figure("reach", mirror=True))) == pytest.approx(1.0)
+    assert metrics.mask_shape(np.zeros((5, 5), bool)) is None
+    refs = [(metrics.mask_shape(_figure("stand", scale=s)), "stand") for s in (0.8, 1.0, 1.2)] + \
+           [(metrics.mask_shape(_figure("reach", scale=s, mirror=m)), "reach")
+            for s, m in ((0.7, 0), (1.0, 1), (1.2, 0))]
+    assert metrics.nearest_verb(metrics.mask_shape(_figure("reach", x=40, mirror=True)), refs, k=3) == "reach"
+    assert metrics.nearest_verb(metrics.mask_shape(_figure("stand", y=15)), refs, k=3) == "stand"
+    assert metrics.nearest_verb(None, refs) is None
     # Leave-one-out on the references themselves: every one is recognised.
-    assert ev.verb_accuracy_of_ground_truth([(str(i), s, v) for i, (s, v) in enumerate(refs)], k=1) == 1.0
+    assert metrics.verb_accuracy_of_ground_truth([(str(i), s, v) for i, (s, v) in enumerate(refs)], k=1) == 1.0
 
 
 def test_confinement_known_answer():
@@ -219,39 +225,39 @@ def test_confinement_known_answer():
     image[2:4, 2:6] = (250, 20, 20)  # 8 changed pixels inside the box
     image[8, 8:10] = (20, 250, 20)  # 2 outside it
     image[0, 0] = (101, 100, 100)  # one grey level: not a visible change
-    changed = ev.changed_pixels(image, background)
+    changed = metrics.changed_pixels(image, background)
     assert changed.sum() == 10
-    box = ev.box_mask([1, 1, 6, 4], (10, 10))
-    assert ev.confinement(changed, box) == pytest.approx(0.8)
-    assert ev.confinement(np.zeros((10, 10), bool), box) == 1.0
+    box = metrics.box_mask([1, 1, 6, 4], (10, 10))
+    assert metrics.confinement(changed, box) == pytest.approx(0.8)
+    assert metrics.confinement(np.zeros((10, 10), bool), box) == 1.0
 
 
 def test_lab_and_colour_distance():
-    lab = ev.rgb_to_lab(np.array([[255, 255, 255], [0, 0, 0], [255, 0, 0]], np.uint8))
+    lab = metrics.rgb_to_lab(np.array([[255, 255, 255], [0, 0, 0], [255, 0, 0]], np.uint8))
     np.testing.assert_allclose(lab, [[100, 0, 0], [0, 0, 0], [53.2408, 80.0925, 67.2032]], atol=2e-3)
     red, blue = np.array([[252, 4, 4]] * 5, np.uint8), np.array([[4, 4, 252]] * 3, np.uint8)  # bin centres
-    expected = float(np.linalg.norm(ev.rgb_to_lab(red[0]) - ev.rgb_to_lab(blue[0])))
-    assert ev.colour_distance(red, blue) == pytest.approx(expected)
-    assert ev.colour_distance(red, red) == 0.0
+    expected = float(np.linalg.norm(metrics.rgb_to_lab(red[0]) - metrics.rgb_to_lab(blue[0])))
+    assert metrics.colour_distance(red, blue) == pytest.approx(expected)
+    assert metrics.colour_distance(red, red) == 0.0
     # Nearest colours, pixel-weighted: a 5 red + 3 blue reference against an all-red
     # region is 0 from generated to reference and 3/8 * expected back.
-    assert ev.colour_distance(np.concatenate([red, blue]), red) == pytest.approx(0.5 * 3 / 8 * expected)
-    assert ev.colour_distance(red, red[:0]) is None
+    assert metrics.colour_distance(np.concatenate([red, blue]), red) == pytest.approx(0.5 * 3 / 8 * expected)
+    assert metrics.colour_distance(red, red[:0]) is None
 
 
 def test_mean_colour_distance_does_not_forgive_a_spread_of_colours():
     red, blue = np.array([[252, 4, 4]] * 4, np.uint8), np.array([[4, 4, 252]] * 4, np.uint8)
     grey = np.array([[128, 128, 128]] * 4, np.uint8)
-    lab = lambda px: ev.rgb_to_lab(px).mean(0)  # noqa: E731
-    assert ev.mean_colour_distance(red, red) == 0.0
-    assert ev.mean_colour_distance(red, blue) == pytest.approx(float(np.linalg.norm(lab(red) - lab(blue))))
+    lab = lambda px: metrics.rgb_to_lab(px).mean(0)  # noqa: E731
+    assert metrics.mean_colour_distance(red, red) == 0.0
+    assert metrics.mean_colour_distance(red, blue) == pytest.approx(float(np.linalg.norm(lab(red) - lab(blue))))
     # A red truth against a region of red, blue and grey pixels: the chamfer distance
     # counts the red pixels as perfect and is half-forgiven from the truth's side (red is
     # there); the mean colour (the mean of the Lab values) is far off.
     spread = np.concatenate([red, blue, grey])
-    assert ev.mean_colour_distance(red, spread) == pytest.approx(float(np.linalg.norm(lab(red) - lab(spread))))
-    assert ev.mean_colour_distance(red, spread) > 1.5 * ev.colour_distance(red, spread)
-    assert ev.mean_colour_distance(red[:0], red) is None
+    assert metrics.mean_colour_distance(red, spread) == pytest.approx(float(np.linalg.norm(lab(red) - lab(spread))))
+    assert metrics.mean_colour_distance(red, spread) > 1.5 * metrics.colour_distance(red, spread)
+    assert metrics.mean_colour_distance(red[:0], red) is None
 
 
 # ----------------------------------------------------------------------------- evaluate / CLI

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from interact_custom.weights_manager.vectors_iamg import box_from_fractions, official_mask_png
+from interact_custom.pipelines.geometry import Box
 from interact_custom.pipelines import iamg, samplers
 from interact_custom.weights_manager import official_iamg as oi
-from interact_custom.weights_manager.files import WeightsError
+from interact_custom.pipelines.files import WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +137,7 @@ def test_every_iamg_array_matches(vectors):
 def test_condition_image_leaves_input_untouched(vectors):
     image = vectors.arrays("preproc")["scene_hoi_image"]
     before = image.copy()
-    cond = iamg.condition_image(image, (10, 50, 20, 80))
+    cond = iamg.condition_image(image, Box.from_yyxx(10, 50, 20, 80))
     assert np.array_equal(image, before)
     assert cond.shape == (3, 256, 256) and cond.dtype == np.float32
 
@@ -143,12 +145,12 @@ def test_condition_image_leaves_input_untouched(vectors):
 def test_box_validation():
     img = np.zeros((40, 60, 3), np.uint8)
     with pytest.raises(ValueError, match="box"):
-        iamg.condition_image(img, (10, 5, 0, 10))
+        iamg.condition_image(img, Box.from_yyxx(10, 5, 0, 10))
     with pytest.raises(ValueError, match="box"):
-        iamg.condition_image(img, (0, 41, 0, 10))
+        iamg.condition_image(img, Box.from_yyxx(0, 41, 0, 10))
     with pytest.raises(ValueError, match="fractions"):
-        iamg.box_from_fractions(40, 60, [0.5, 0.2, 0.0, 1.0])
-    assert iamg.box_from_fractions(300, 420, [0.3, 0.8, 0.3, 0.8]) == (90, 240, 126, 336)
+        box_from_fractions(40, 60, [0.5, 0.2, 0.0, 1.0])
+    assert box_from_fractions(300, 420, [0.3, 0.8, 0.3, 0.8]).yyxx == (90, 240, 126, 336)
     with pytest.raises(ValueError, match="background"):
         iamg.condition_image(img[:, :, 0], None)
 
@@ -242,6 +244,6 @@ def test_official_height_crop_is_wrong_for_portrait():
 
 def test_official_mask_png_matches_save_image_rounding():
     x = torch.tensor([-1.0, -0.2, 0.0, 0.4, 0.50196, 1.0, 1.7]).reshape(1, 1, 1, 7).expand(1, 3, 1, 7)
-    png = iamg.official_mask_png(x)
+    png = official_mask_png(x)
     assert png.shape == (1, 1, 7, 3)
     assert png[0, 0, :, 0].tolist() == [0, 0, 0, 102, 128, 255, 255]

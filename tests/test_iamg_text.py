@@ -5,17 +5,18 @@ tampering, dispatch), the training objective and the embedded default model."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
+from interact_custom.weights_manager.loader import EMBEDDED, EMBEDDED_SEED, embedded_is_random, load_iamg_model
 from interact_custom.pipelines import iamg, samplers
+from interact_custom.pipelines import text as prompt_text
+from interact_custom.pipelines.training.losses import iamg_training_loss
 from interact_custom.weights_manager import native_iamg as ni
 from interact_custom.weights_manager import official_iamg as oi
-from interact_custom.weights_manager.files import WeightsError
+from interact_custom.pipelines.files import WeightsError
 
 KICK = "a person is kicking the ball"
 HOLD = "a person is holding the ball"
@@ -53,7 +54,7 @@ def test_presets_are_self_consistent():
         if p.unet.cross_attention_dim is not None:
             assert p.unet.cross_attention_dim == p.text_encoder["hidden_size"], name
         if p.tokenizer == "words":
-            assert len(iamg.words_tokenizer()) <= p.text_encoder["vocab_size"], name
+            assert len(prompt_text.words_tokenizer()) <= p.text_encoder["vocab_size"], name
     assert iamg.MODEL_PRESETS["official"].unet == iamg.PRESETS["official"]
     assert iamg.MODEL_PRESETS["official_text"].unet == iamg.preset("official", cross_attention_dim=768)
 
@@ -66,10 +67,10 @@ def test_schedule_stays_float32_in_a_bf16_model():
 
 
 def test_words_tokenizer_pads_like_clip():
-    tok = iamg.words_tokenizer()
+    tok = prompt_text.words_tokenizer()
     ids = tok([KICK, "A Person, KICKING the zorblax!", "", " ".join(["ball"] * 100)])
     assert ids.shape == (4, 77) and ids.dtype == torch.long
-    vocab = json.loads(iamg.WORDS_TOKENIZER_FILE.read_text())["model"]["vocab"]
+    vocab = json.loads(prompt_text.WORDS_TOKENIZER_FILE.read_text())["model"]["vocab"]
     assert ids[0, :8].tolist() == [0] + [vocab[w] for w in KICK.split()] + [1]
     assert (ids[0, 8:] == 1).all()  # padded with the end token, as CLIP
     assert ids[1, 1:3].tolist() == [vocab["a"], vocab["person"]]  # lower-cased
@@ -103,9 +104,9 @@ def mini_clip_dir(tmp_path):
 
 
 def test_clip_tokenizer_files_round_trip(mini_clip_dir):
-    tok = iamg.PromptTokenizer.from_folder(mini_clip_dir)
+    tok = prompt_text.PromptTokenizer.from_folder(mini_clip_dir)
     assert tok.kind == "clip_bpe"
-    again = iamg.PromptTokenizer(tok.files)  # as stored in a weight file's metadata
+    again = prompt_text.PromptTokenizer(tok.files)  # as stored in a weight file's metadata
     ids = tok(["kick it", ""])
     assert ids.shape == (2, 77) and torch.equal(again(["kick it", ""]), ids)
     vocab = json.loads(tok.files["vocab.json"])
@@ -114,36 +115,31 @@ def test_clip_tokenizer_files_round_trip(mini_clip_dir):
     assert ids[0, 6] == end and ids[1, 0] == start and (ids[1, 1:] == end).all()
 
 
-def test_tokenizer_resolution_order(mini_clip_dir, tmp_path, monkeypatch):
+def test_tokenizer_resolution_order(mini_clip_dir, tmp_path):
     words = tmp_path / "words"
     words.mkdir()
-    (words / "tokenizer.json").write_text(iamg.WORDS_TOKENIZER_FILE.read_text())
-    embedded = iamg.words_tokenizer().files
-    monkeypatch.delitem(sys.modules, "comfy", raising=False)
-    monkeypatch.delitem(sys.modules, "folder_paths", raising=False)
+    (words / "tokenizer.json").write_text(prompt_text.WORDS_TOKENIZER_FILE.read_text())
+    embedded = prompt_text.words_tokenizer().files
     # 1. an explicit folder wins over the embedded files
-    assert iamg.resolve_prompt_tokenizer(mini_clip_dir, embedded=embedded).kind == "clip_bpe"
+    assert prompt_text.resolve_prompt_tokenizer(mini_clip_dir, embedded=embedded).kind == "clip_bpe"
     # 2. the files stored with the weights
-    assert iamg.resolve_prompt_tokenizer(embedded=embedded, vocab_size=1024).kind == "words"
+    assert prompt_text.resolve_prompt_tokenizer(embedded=embedded, vocab_size=1024).kind == "words"
     # 4. nothing: a clear error saying what to pass
     with pytest.raises(FileNotFoundError, match="tokenizer_dir"):
-        iamg.resolve_prompt_tokenizer(vocab_size=iamg.CLIP_VOCAB_SIZE)
-    # 3. inside ComfyUI (a loaded `comfy` package): its comfy/sd1_tokenizer, CLIP vocabularies only
-    comfy_pkg = tmp_path / "ComfyUI" / "comfy"
-    comfy_pkg.mkdir(parents=True)
-    mini_clip_dir.rename(comfy_pkg / "sd1_tokenizer")
-    fake = types.ModuleType("comfy")
-    fake.__path__ = [str(comfy_pkg)]
-    monkeypatch.setitem(sys.modules, "comfy", fake)
-    tok = iamg.resolve_prompt_tokenizer(vocab_size=iamg.CLIP_VOCAB_SIZE)
+        prompt_text.resolve_prompt_tokenizer(vocab_size=prompt_text.CLIP_VOCAB_SIZE)
+    # 3. a CLIP folder the host offers (the nodes pass ComfyUI's comfy/sd1_tokenizer), CLIP vocabularies only
+    comfy_tok = tmp_path / "ComfyUI" / "comfy" / "sd1_tokenizer"
+    comfy_tok.parent.mkdir(parents=True)
+    mini_clip_dir.rename(comfy_tok)
+    tok = prompt_text.resolve_prompt_tokenizer(vocab_size=prompt_text.CLIP_VOCAB_SIZE, clip_fallback_dir=comfy_tok)
     assert tok.kind == "clip_bpe" and "sd1_tokenizer" in tok.source
-    with pytest.raises(FileNotFoundError, match="tokenizer_dir"):
-        iamg.resolve_prompt_tokenizer(vocab_size=1024)  # a word-level model cannot use CLIP's
+    with pytest.raises(FileNotFoundError, match="tokenizer_dir"):  # a word-level model cannot use CLIP's
+        prompt_text.resolve_prompt_tokenizer(vocab_size=1024, clip_fallback_dir=comfy_tok)
     # a tokenizer larger than the embedding is refused
     with pytest.raises(ValueError, match="do not belong together"):
-        iamg.resolve_prompt_tokenizer(words, vocab_size=100)
+        prompt_text.resolve_prompt_tokenizer(words, vocab_size=100)
     with pytest.raises(FileNotFoundError, match="neither"):
-        iamg.PromptTokenizer.from_folder(tmp_path)
+        prompt_text.PromptTokenizer.from_folder(tmp_path)
 
 
 # --- the prompt conditions the ★ variant ----------------------------------------------------
@@ -229,11 +225,11 @@ def test_generate_mask_without_background(tiny):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(box=(-1, 0, 10, 10)), "not inside"),
+    (dict(box=(-1, 0, 10, 10)), "lies outside"),
     (dict(box=(0, 0, 0, 10)), "positive"),
     (dict(box=(0, 0, 10, -3)), "positive"),
-    (dict(box=(50, 0, 11, 10)), r"not inside the background \(width 60, height 40\)"),
-    (dict(box=(0, 35, 10, 6)), "not inside"),
+    (dict(box=(50, 0, 11, 10)), r"lies outside the 60x40 background"),
+    (dict(box=(0, 35, 10, 6)), "lies outside"),
     (dict(box=(0, 0, 10)), r"\(x, y, w, h\)"),
     (dict(box=(0, float("nan"), 10, 10)), "finite"),
     (dict(box="abcd"), r"\(x, y, w, h\)"),
@@ -255,7 +251,7 @@ def test_generate_mask_input_errors(tiny):
         iamg.generate_mask(tiny, background=np.zeros((40, 60, 3), np.float32))
     with pytest.raises(ValueError, match="size_hw"):
         iamg.generate_mask(tiny, size_hw=(0, 10))
-    with pytest.raises(ValueError, match=r"mask canvas .*width 100, height 50"):
+    with pytest.raises(ValueError, match=r"lies outside the 100x50 mask canvas"):
         iamg.generate_mask(tiny, size_hw=(50, 100), box=(90, 0, 20, 10))
 
 
@@ -368,7 +364,7 @@ def test_native_refuses_inconsistent_files(tiny, tmp_path):
         ni.load_iamg(no_tok)
     words = tmp_path / "words"
     words.mkdir()
-    (words / "tokenizer.json").write_text(iamg.WORDS_TOKENIZER_FILE.read_text())
+    (words / "tokenizer.json").write_text(prompt_text.WORDS_TOKENIZER_FILE.read_text())
     assert ni.load_iamg(no_tok, tokenizer_dir=words).tokenizer.kind == "words"
 
 
@@ -386,7 +382,7 @@ def test_training_step_gives_finite_cross_attention_grads():
     model.train().requires_grad_(False)
     model.unet.requires_grad_(True)
     model.text_encoder.requires_grad_(True)
-    loss = iamg.iamg_training_loss(model, _training_batch(model), generator=torch.Generator().manual_seed(0))
+    loss = iamg_training_loss(model, _training_batch(model), generator=torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     cross = {n: p for n, p in model.unet.named_parameters() if ".cross_attn." in n}
@@ -401,25 +397,25 @@ def test_training_dropout_is_the_empty_condition_and_prompt(tiny):
 
     def loss(b, **kw):
         with torch.no_grad():
-            return iamg.iamg_training_loss(tiny, b, generator=torch.Generator().manual_seed(5), **kw)
+            return iamg_training_loss(tiny, b, generator=torch.Generator().manual_seed(5), **kw)
     dropped = loss(batch, cond_dropout=1.0, text_dropout=1.0)
     no_cond = {k: v for k, v in batch.items() if k != "cond_latent"}
     assert torch.equal(dropped, loss(dict(no_cond, prompts=["", ""]), cond_dropout=0.0, text_dropout=0.0))
     assert not torch.equal(loss(batch, cond_dropout=0.0, text_dropout=0.0), dropped)
     with pytest.raises(ValueError, match="target"):
-        iamg.iamg_training_loss(tiny, {"prompts": [KICK]})
+        iamg_training_loss(tiny, {"prompts": [KICK]})
 
 
 # --- the embedded default ------------------------------------------------------------------
 
 def test_embedded_model():
-    model = ni.load_iamg("embedded")
-    if ni.DEFAULT_WEIGHTS.is_file():
+    model = load_iamg_model(EMBEDDED)
+    if not embedded_is_random("iamg"):
         assert model.uses_text
         return
     assert model.preset == "small_text" and model.uses_text and model.tokenizer.kind == "words"
     assert model.unet.config == iamg.MODEL_PRESETS["small_text"].unet
-    twin = iamg.build_iamg("small_text", seed=ni.EMBEDDED_SEED, zero_init_cross_attention=False)
+    twin = iamg.build_iamg("small_text", seed=EMBEDDED_SEED, zero_init_cross_attention=False)
     for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
         assert torch.equal(a, b), k
     x, cond, t = _inputs(model)
@@ -429,13 +425,3 @@ def test_embedded_model():
     assert not torch.allclose(e, f, atol=1e-4)  # the stand-in responds to the prompt
 
 
-# --- benchmark script ------------------------------------------------------------------------
-
-def test_benchmark_runs_on_a_tiny_unet():
-    from interact_custom.pipelines.benchmark_iamg import benchmark, unet_flops
-
-    r = benchmark(preset="tiny", dtype="bf16", latent=16, calls=1, steps=3, full_mask=True)
-    assert r["unet_calls_per_mask"] == 4 and not r["mask_extrapolated"]
-    assert r["call_s"] > 0 and r["mask_s"] > 0 and r["peak_rss_mib"] > 0 and "cast" in r["how"]
-    # the counter reproduces DESIGN §1's 143.5 GFLOP per call of the released UNet at 32²
-    assert abs(unet_flops(iamg.preset("official"), 32) / 1e9 - 143.5) < 0.1

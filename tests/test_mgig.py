@@ -10,10 +10,11 @@ import torch
 
 from interact_custom.pipelines import samplers
 from interact_custom.pipelines.mgig import MGIGModel, default_head_dim, mgig_config
-from interact_custom.weights_manager import files, ldm_vae
+from interact_custom.weights_manager import ldm_vae
+from interact_custom.pipelines import files
 from interact_custom.weights_manager import official_mgig as om
 from interact_custom.weights_manager import vectors_mgig
-from interact_custom.weights_manager.files import WeightsError
+from interact_custom.pipelines.files import WeightsError
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from interact_custom.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, comfy_bridge
-from interact_custom.pipelines import choi
+from interact_custom.pipelines.mgig import pipeline as choi
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
@@ -377,7 +377,7 @@ def test_workflow_pipeline(workflow):
         assert _source(workflow, ident, f"{who}_image") == (load, 0)
         assert load["widgets_values"][0] == comfy_bridge.example_input_name(f"{who}.png")
     assert save["widgets_values"][0].startswith("choi_")
-    # The embedded models' recommended settings (pipelines.choi.RECOMMENDED_*).
+    # The embedded models' recommended settings (pipelines.mgig.pipeline.RECOMMENDED_*).
     assert _widget(workflow, sampler, "steps") == choi.RECOMMENDED_STEPS
     assert _widget(workflow, sampler, "sampler") == choi.RECOMMENDED_SAMPLER
     assert _widget(workflow, sampler, "guidance") == choi.RECOMMENDED_GUIDANCE

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from interact_custom.pipelines import imgproc as ip
-from interact_custom.pipelines import preprocess as pp
+from interact_custom.pipelines.geometry import Box, official_mask_box
+from interact_custom.pipelines.mgig import inputs as pp
 from interact_custom.weights_manager import vectors_preproc
+
+B = Box.from_yyxx  # the official (y1, y2, x1, x2) order the cases below are written in
 
 
 # --- parity with the official reference arrays ------------------------------------------
@@ -142,30 +145,30 @@ def test_largest_component_is_8_connected():
 def test_bbox_has_inclusive_ends_and_official_tiny_fallback():
     m = np.zeros((40, 56), np.uint8)
     m[5:17, 9:30] = 1
-    assert pp.bbox_from_mask(m) == (5, 16, 9, 29)
+    assert official_mask_box(m).yyxx == (5, 16, 9, 29)
     tiny = np.zeros((40, 56), np.uint8)
     tiny[3, 4] = tiny[3, 5] = 1
-    assert pp.bbox_from_mask(tiny) == (0, 40, 0, 56)     # official: whole image
-    assert pp.mask_bbox(tiny, "object_mask") == (3, 3, 4, 5)
+    assert official_mask_box(tiny).yyxx == (0, 40, 0, 56)     # official: whole image
+    assert pp.official_box(tiny, "object_mask").yyxx == (3, 3, 4, 5)
     with pytest.raises(ValueError, match="human_mask is empty"):
-        pp.mask_bbox(np.zeros((4, 4)), "human_mask")
+        pp.official_box(np.zeros((4, 4)), "human_mask")
 
 
 def test_expand_box_clips_at_the_border_and_never_collapses():
-    assert pp.expand_box((100, 180, 150, 260), 1.1, (300, 420)) == (95, 184, 143, 266)
-    assert pp.expand_box((5, 290, 3, 80), 1.5, (300, 420, 3)) == (0, 300, 0, 100)
-    assert pp.expand_box((100, 110, 200, 205), 1.3, (300, 420), min_crop=40) == (85, 125, 182, 222)
+    assert pp.expand_box(B(100, 180, 150, 260), 1.1, (300, 420)).yyxx == (95, 184, 143, 266)
+    assert pp.expand_box(B(5, 290, 3, 80), 1.5, (300, 420, 3)).yyxx == (0, 300, 0, 100)
+    assert pp.expand_box(B(100, 110, 200, 205), 1.3, (300, 420), min_crop=40).yyxx == (85, 125, 182, 222)
     # A 1-pixel mask in the top-left corner: the official arithmetic gives an empty box.
-    assert pp.expand_box((0, 0, 0, 0), 1.0, (10, 10)) == (0, 1, 0, 1)
+    assert pp.expand_box(B(0, 0, 0, 0), 1.0, (10, 10)).yyxx == (0, 1, 0, 1)
     with pytest.raises(ValueError, match="ratio"):
-        pp.expand_box((0, 5, 0, 5), 0, (10, 10))
+        pp.expand_box(B(0, 5, 0, 5), 0, (10, 10))
 
 
 def test_box_to_square_portrait_landscape_and_border():
-    assert pp.box_to_square((50, 150, 100, 160), (300, 420)) == (50, 150, 80, 180)
-    assert pp.box_to_square((50, 90, 10, 200), (300, 420)) == (0, 165, 10, 200)
-    assert pp.box_to_square((0, 120, 380, 420), (300, 420)) == (0, 120, 340, 420)
-    assert pp.box_in_box((10, 50, 20, 70), (5, 100, 15, 110)) == (5, 45, 5, 55)
+    assert pp.box_to_square(B(50, 150, 100, 160), (300, 420)).yyxx == (50, 150, 80, 180)
+    assert pp.box_to_square(B(50, 90, 10, 200), (300, 420)).yyxx == (0, 165, 10, 200)
+    assert pp.box_to_square(B(0, 120, 380, 420), (300, 420)).yyxx == (0, 120, 340, 420)
+    assert B(10, 50, 20, 70).relative_to(B(5, 100, 15, 110)).yyxx == (5, 45, 5, 55)
 
 
 def test_pad_to_square_centres_with_the_smaller_half_first():
@@ -204,10 +207,10 @@ def _prepare(bg, human, obj, **kw):
 
 def _check_geometry(inputs, shape):
     h1, w1, h2, w2 = inputs.extra_sizes
-    y1, y2, x1, x2 = inputs.crop_box
+    y1, y2, x1, x2 = inputs.crop_box.yyxx
     assert 0 <= y1 < y2 <= shape[0] and 0 <= x1 < x2 <= shape[1]
     assert (y2 - y1, x2 - x1) == (h1, w1) and h2 == w2 == max(h1, w1)
-    ty1, ty2, tx1, tx2 = inputs.target_box
+    ty1, ty2, tx1, tx2 = inputs.target_box.yyxx
     # (the official squaring may shave one pixel off the crop, not more)
     assert y1 - 1 <= ty1 < ty2 <= y2 + 1 and x1 - 1 <= tx1 < tx2 <= x2 + 1
     assert inputs.hint.shape == (512, 512, 4) and inputs.hint.dtype == np.float32
@@ -239,7 +242,7 @@ def test_prepare_mgig_inputs_geometry(shape, human_box, object_box):
     ys, xs = np.nonzero(mask_channel == 1)
     scale = 512 / h2
     pad_y, pad_x = (h2 - h1) // 2, (h2 - w1) // 2
-    ty1, ty2, tx1, tx2 = pp.box_in_box(inputs.target_box, inputs.crop_box)
+    ty1, ty2, tx1, tx2 = inputs.target_box.relative_to(inputs.crop_box).yyxx
     assert abs(ys.min() - (ty1 + pad_y) * scale) <= scale + 1 and abs(ys.max() + 1 - (ty2 + pad_y) * scale) <= scale + 1
     assert abs(xs.min() - (tx1 + pad_x) * scale) <= scale + 1 and abs(xs.max() + 1 - (tx2 + pad_x) * scale) <= scale + 1
 
@@ -266,7 +269,7 @@ def test_single_pixel_union_in_the_corner():
     bg, human, obj = _scene(90, 130, (0, 1, 0, 1), (0, 1, 0, 1))
     inputs = _prepare(bg, human, obj)
     _check_geometry(inputs, bg.shape)
-    assert inputs.crop_box == (0, 1, 0, 1) and inputs.extra_sizes == (1, 1, 1, 1)
+    assert inputs.crop_box.yyxx == (0, 1, 0, 1) and inputs.extra_sizes == (1, 1, 1, 1)
     assert (inputs.hint[..., 3] == 1).all()
 
 
@@ -295,7 +298,7 @@ def test_mask_channel_mask_uses_the_interaction_mask():
     box = pp.build_hint(bg, union, detail, mask_channel="box")
     msk = pp.build_hint(bg, union, detail, mask_channel="mask")
     np.testing.assert_array_equal(msk.hint[..., :3], box.hint[..., :3])
-    y1, y2, x1, x2 = msk.crop_box
+    y1, y2, x1, x2 = msk.crop_box.yyxx
     ours = msk.hint[..., 3]
     expected = ip.resize_nearest(pp.pad_to_square(union[y1:y2, x1:x2], 2), (512, 512)).astype(np.float32)
     expected[expected == 2] = -1
@@ -329,7 +332,7 @@ def test_crop_back_places_the_prediction_in_the_crop_only(shape, human_box, obje
     pred = np.full((511, 512, 3), 200.7, np.float32)
     out = pp.crop_back(pred, bg, inputs.extra_sizes, inputs.crop_box)
     np.testing.assert_array_equal(bg, before)              # background untouched
-    y1, y2, x1, x2 = inputs.crop_box
+    y1, y2, x1, x2 = inputs.crop_box.yyxx
     m = pp.CROP_MARGIN
     assert (out[y1 + m:y2 - m, x1 + m:x2 - m] == 200).all()  # truncation, like the official
     outside = np.ones(shape, bool)
@@ -348,7 +351,7 @@ def test_crop_back_round_trip_is_aligned(shape, human_box, object_box):
     inputs = _prepare(bg, human, obj)
     pred = (inputs.target + 1) * 127.5
     out = pp.crop_back(pred, bg, inputs.extra_sizes, inputs.crop_box, margin=0)
-    y1, y2, x1, x2 = inputs.crop_box
+    y1, y2, x1, x2 = inputs.crop_box.yyxx
     err = np.abs(out[y1:y2, x1:x2].astype(int) - bg[y1:y2, x1:x2])
     assert err.mean() < 3.0, err.mean()
     # A one-pixel misplacement would cost about one gradient step (~1-2 levels / px) plus
@@ -369,9 +372,9 @@ def test_decoded_to_prediction_drops_the_first_row():
 def test_crop_back_rejects_mismatched_geometry():
     bg = np.zeros((100, 120, 3), np.uint8)
     with pytest.raises(ValueError, match="extra_sizes"):
-        pp.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), (0, 40, 0, 50))
+        pp.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), B(0, 40, 0, 50))
     with pytest.raises(ValueError, match="outside the background"):
-        pp.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), (80, 130, 0, 50))
+        pp.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), B(80, 130, 0, 50))
 
 
 # --- input validation -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from interact_custom.pipelines import retrieval as R
+from interact_custom.pipelines.geometry import mask_box
 
 # (id, caption, verb, object, human box, object box) on a 64x64 canvas; boxes y0,y1,x0,x1.
 SAMPLES = [
@@ -57,15 +58,15 @@ def test_build_bank_crops_union_to_its_bbox(bank):
     assert "sit on chair" in bank.categories and "ride bicycle" in bank.categories
     for (sid, _, _, _, hb, ob), entry in zip(SAMPLES, bank.entries):
         union = np.maximum(_rect(hb), _rect(ob)) > 0
-        y0, y1, x0, x1 = R.mask_bbox(union)
-        np.testing.assert_array_equal(bank.load_mask(entry) > 0.5, union[y0:y1, x0:x1])
+        box = mask_box(union)
+        np.testing.assert_array_equal(bank.load_mask(entry) > 0.5, union[box.slices])
         # parts are cropped with the union's box, so they stay aligned with it
         human = bank.load_mask(entry, "human_mask") > 0.5
-        np.testing.assert_array_equal(human, (_rect(hb) > 0)[y0:y1, x0:x1])
+        np.testing.assert_array_equal(human, (_rect(hb) > 0)[box.slices])
 
 
 def test_build_bank_from_choi_dataset(tmp_path):
-    dataset = pytest.importorskip("interact_custom.pipelines.dataset")
+    dataset = pytest.importorskip("interact_custom.pipelines.data.dataset")
     rgb = np.full((64, 64, 3), 128, np.uint8)
     with dataset.ChoiWriter(tmp_path / "ds") as w:
         for sid, cap, verb, obj, hb, ob in SAMPLES[:3]:

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from interact_custom.nodes.sampling import resolve_sampling, sampling_inputs
-from interact_custom.pipelines import choi, iamg
+from interact_custom.pipelines import iamg
+from interact_custom.pipelines.mgig import pipeline as choi
 from interact_custom.pipelines.sampling_settings import AUTO, OFFICIAL, RECOMMENDED, resolve, settings_for
 from interact_custom.weights_manager.loader import load_iamg_model, load_mgig_model
 

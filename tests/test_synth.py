@@ -1,4 +1,4 @@
-"""Synthetic CHOI generator (pipelines/synth.py) and the dataset format (pipelines/dataset.py)."""
+"""Synthetic CHOI generator (pipelines/data/synth.py) and the dataset format (pipelines/data/dataset.py)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from interact_custom import cli
-from interact_custom.pipelines import dataset as ds
-from interact_custom.pipelines import synth
+from interact_custom.pipelines.data import dataset as ds
+from interact_custom.pipelines.data import synth
+from interact_custom.pipelines.vocabulary import INTERACTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -87,12 +88,12 @@ def test_reference_shows_another_pose(samples):
 
 
 def test_all_categories_and_interactions(samples):
-    assert len(synth.CATEGORIES) >= 6 and len(synth.INTERACTIONS) >= 8
+    assert len(synth.CATEGORIES) >= 6 and len(INTERACTIONS) >= 8
     assert {s["object_category"] for s in samples} == set(synth.CATEGORIES)
-    assert {s["verb"] for s in samples} == set(synth.INTERACTIONS)
+    assert {s["verb"] for s in samples} == set(INTERACTIONS)
     for s in samples:
         assert s["verb"] in synth.COMPATIBLE[s["object_category"]]
-        assert s["caption"] == f"a person is {synth.INTERACTIONS[s['verb']]} the {s['object_category']}"
+        assert s["caption"] == f"a person is {INTERACTIONS[s['verb']]} the {s['object_category']}"
     assert synth.caption("sit_on", "chair") == "a person is sitting on the chair"
     # Validation identities are held out: whole pairs, the last ones.
     val_pairs = {s["extra"]["synth"]["pair"] for s in samples if s["split"] == "val"}

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from interact_custom import cli
-from interact_custom.pipelines import iamg, synthbench
+from interact_custom.cli import synthbench as synthbench_cli
+from interact_custom.pipelines import iamg
+from interact_custom.pipelines.evaluation import synthbench
 from interact_custom.pipelines.mgig import MGIGModel, mgig_config
 from interact_custom.weights_manager.native_iamg import save_iamg
 from interact_custom.weights_manager.official_mgig import save_mgig
@@ -31,7 +33,7 @@ def models(tmp_path_factory):
 
 def test_ground_truth_masks_score_perfect_layout(models, tmp_path):
     out = tmp_path / "gt"
-    report = synthbench.run_benchmark(out, count=3, seed=5, size=64, mgig_source=str(models / "mgig.safetensors"),
+    report = synthbench_cli.run_benchmark(out, count=3, seed=5, size=64, mgig_source=str(models / "mgig.safetensors"),
                                       mask="truth", steps=2, log=lambda *a: None)
     m = report["metrics"]
     assert m["mask_iou"]["mean"] == pytest.approx(1.0) and m["mask_in_box"]["mean"] == pytest.approx(1.0)
@@ -44,7 +46,7 @@ def test_ground_truth_masks_score_perfect_layout(models, tmp_path):
     assert sheet.shape == (3 * 128, 6 * 128, 3)
     # The report is kept unless asked.
     with pytest.raises(FileExistsError, match="--overwrite"):
-        synthbench.run_benchmark(out, mgig_source=str(models / "mgig.safetensors"), mask="truth", steps=1)
+        synthbench_cli.run_benchmark(out, mgig_source=str(models / "mgig.safetensors"), mask="truth", steps=1)
 
 
 def test_cli_with_iamg_masks_inside_the_box(models, tmp_path, capsys):
@@ -68,9 +70,9 @@ def test_swapped_references_are_the_identity_control(models, tmp_path):
     # (i + n/2) mod n, while the colours are still scored against the sample's own truth.
     mgig = str(models / "mgig.safetensors")
     data = tmp_path / "own" / "data"
-    own = synthbench.run_benchmark(tmp_path / "own", count=4, seed=7, size=64, mgig_source=mgig, mask="truth",
+    own = synthbench_cli.run_benchmark(tmp_path / "own", count=4, seed=7, size=64, mgig_source=mgig, mask="truth",
                                    steps=2, log=lambda *a: None)
-    swapped = synthbench.run_benchmark(tmp_path / "swapped", data=data, mgig_source=mgig, mask="truth",
+    swapped = synthbench_cli.run_benchmark(tmp_path / "swapped", data=data, mgig_source=mgig, mask="truth",
                                        refs="swapped", steps=2, log=lambda *a: None)
     assert (own["synthbench"]["refs"], swapped["synthbench"]["refs"]) == ("own", "swapped")
     assert [synthbench.swapped_index(i, 4) for i in range(4)] == [2, 3, 0, 1]
@@ -80,7 +82,7 @@ def test_swapped_references_are_the_identity_control(models, tmp_path):
         assert np.abs(a - b).max() > 0  # the references reach the model
     assert swapped["metrics"]["mask_iou"]["mean"] == pytest.approx(1.0)  # the layout is the sample's own
     with pytest.raises(ValueError, match="refs: expected one of own, swapped"):
-        synthbench.run_benchmark(tmp_path / "x", data=data, mgig_source=mgig, mask="truth", refs="other")
+        synthbench_cli.run_benchmark(tmp_path / "x", data=data, mgig_source=mgig, mask="truth", refs="other")
     with pytest.raises(ValueError, match="at least 2 samples"):
-        synthbench.run_benchmark(tmp_path / "y", count=1, seed=7, size=64, mgig_source=mgig, mask="truth",
+        synthbench_cli.run_benchmark(tmp_path / "y", count=1, seed=7, size=64, mgig_source=mgig, mask="truth",
                                  refs="swapped")

@@ -1,4 +1,4 @@
-"""Training (`pipelines/train.py`, `pipelines/train_data.py`): configs, training items,
+"""Training (`pipelines/training/`, `cli/train.py`): configs, training items,
 loss going down on a tiny synthetic set, bitwise-identical resume after an interruption,
 atomic checkpoints, and final files that load in the inference pipelines.
 
@@ -14,17 +14,26 @@ import torch
 from safetensors.torch import load_file
 
 from interact_custom import cli
-from interact_custom.pipelines import choi, iamg, preprocess, samplers, synth, train, train_data
+from interact_custom.pipelines import iamg, samplers
+from interact_custom.pipelines import text as prompt_text
+from interact_custom.pipelines.mgig import pipeline as choi
+from interact_custom.pipelines.mgig import inputs as preprocess
+from interact_custom.pipelines.data import synth
+from interact_custom.cli import train as train_cli
+from interact_custom.pipelines.training import config as train_config
+from interact_custom.pipelines.training import data as train_data
+from interact_custom.pipelines.training import loop, losses, models
+from interact_custom.pipelines.training import runs as train_runs
 from interact_custom.pipelines.mgig import mgig_config
 from interact_custom.weights_manager.native_iamg import load_iamg
 from interact_custom.weights_manager.official_mgig import load_mgig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "train_configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "training" / "configs"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _cpu_settings():
-    # Denormals flushed as `train.train` does on the CPU (the tests' own forward passes
+    # Denormals flushed as `loop.train` does on the CPU (the tests' own forward passes
     # are otherwise slowed ~10x by denormal activations), and one thread: these tiny
     # models gain nothing from two, and on a shared machine the threads wait on each
     # other (measured 4x slower under load).
@@ -44,18 +53,18 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def config(name: str, data: Path, out: Path, **overrides) -> train.TrainConfig:
+def config(name: str, data: Path, out: Path, **overrides) -> train_config.TrainConfig:
     """A shipped config with the test's data and output folders."""
     raw = json.loads((CONFIGS / name).read_text(encoding="utf-8"))
     raw.pop("_comment", None)
     raw.update(data_root=str(data), output_dir=str(out), **overrides)
-    return train.make_config(raw)
+    return train_config.make_config(raw)
 
 
-def fixed_batch_loss(cfg: train.TrainConfig, model, data_items: list[dict], seeds=range(4)) -> float:
+def fixed_batch_loss(cfg: train_config.TrainConfig, model, data_items: list[dict], seeds=range(4)) -> float:
     """The loss on fixed items with fixed t / noise draws, no dropout."""
-    quiet = train.make_config({**cfg.to_dict(), "box_dropout": 0.0, "text_dropout": 0.0})
-    module = train.LOSSES[cfg.model](model, quiet).eval()
+    quiet = train_config.make_config({**cfg.to_dict(), "box_dropout": 0.0, "text_dropout": 0.0})
+    module = losses.LOSSES[cfg.model](model, quiet).eval()
     batch = torch.utils.data.default_collate(data_items)
     with torch.no_grad():
         return float(np.mean([module(batch, 1000 + s).item() for s in seeds]))
@@ -69,37 +78,37 @@ def shipped_configs_are_valid():
 
 @pytest.mark.parametrize("path", shipped_configs_are_valid(), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
-    cfg = train.load_config(path)
-    assert cfg.model in train.MODEL_KINDS
+    cfg = train_config.load_config(path)
+    assert cfg.model in train_config.MODEL_KINDS
 
 
 def test_config_errors_name_the_key(data, tmp_path):
     base = {"model": "iamg", "preset": "tiny_text", "data_root": str(data), "output_dir": str(tmp_path)}
-    with pytest.raises(train.ConfigError, match="unknown config key.*learning_rate"):
-        train.make_config({**base, "learning_rate": 1e-4})
-    with pytest.raises(train.ConfigError, match="box_dropout: expected a probability"):
-        train.make_config({**base, "box_dropout": 1.5})
-    with pytest.raises(train.ConfigError, match="stage 2 trains MGIG on IAMG-generated masks"):
-        train.make_config({**base, "model": "mgig", "preset": "tiny", "stage": 2})
-    with pytest.raises(train.ConfigError, match="config is for 'iamg' but the command trains 'mgig'"):
-        train.make_config(base, model="mgig")
-    with pytest.raises(train.ConfigError, match="set `preset`"):
-        train.make_config({**base, "preset": None})
-    with pytest.raises(train.ConfigError, match="figure_loss_weight: expected a number >= 1"):
-        train.make_config({**base, "model": "mgig", "preset": "tiny", "figure_loss_weight": 0.5})
-    with pytest.raises(train.ConfigError, match="figure_loss_weight: expected 1 except for mgig"):
-        train.make_config({**base, "figure_loss_weight": 2})
-    with pytest.raises(train.ConfigError, match="trainable: unknown part"):
-        train.set_trainable(train.make_config({**base, "trainable": ["controlnet"]}),
+    with pytest.raises(train_config.ConfigError, match="unknown config key.*learning_rate"):
+        train_config.make_config({**base, "learning_rate": 1e-4})
+    with pytest.raises(train_config.ConfigError, match="box_dropout: expected a probability"):
+        train_config.make_config({**base, "box_dropout": 1.5})
+    with pytest.raises(train_config.ConfigError, match="stage 2 trains MGIG on IAMG-generated masks"):
+        train_config.make_config({**base, "model": "mgig", "preset": "tiny", "stage": 2})
+    with pytest.raises(train_config.ConfigError, match="config is for 'iamg' but the command trains 'mgig'"):
+        train_config.make_config(base, model="mgig")
+    with pytest.raises(train_config.ConfigError, match="set `preset`"):
+        train_config.make_config({**base, "preset": None})
+    with pytest.raises(train_config.ConfigError, match="figure_loss_weight: expected a number >= 1"):
+        train_config.make_config({**base, "model": "mgig", "preset": "tiny", "figure_loss_weight": 0.5})
+    with pytest.raises(train_config.ConfigError, match="figure_loss_weight: expected 1 except for mgig"):
+        train_config.make_config({**base, "figure_loss_weight": 2})
+    with pytest.raises(train_config.ConfigError, match="trainable: unknown part"):
+        models.set_trainable(train_config.make_config({**base, "trainable": ["controlnet"]}),
                             iamg.build_iamg("tiny_text"))
-    assert train.parse_override("lr=3e-4") == ("lr", 3e-4)
-    assert train.parse_override("trainable=[\"unet\"]") == ("trainable", ["unet"])
-    assert train.parse_override("init=models/a b.pth") == ("init", "models/a b.pth")
+    assert train_config.parse_override("lr=3e-4") == ("lr", 3e-4)
+    assert train_config.parse_override("trainable=[\"unet\"]") == ("trainable", ["unet"])
+    assert train_config.parse_override("init=models/a b.pth") == ("init", "models/a b.pth")
     path = tmp_path / "c.json"
     path.write_text(json.dumps(base))
-    cfg = train.load_config(path, ["steps=7", "seed=3"], model="iamg")
+    cfg = train_config.load_config(path, ["steps=7", "seed=3"], model="iamg")
     assert (cfg.steps, cfg.seed, cfg.model) == (7, 3, "iamg")
-    assert "box_dropout" in train.describe_keys()
+    assert "box_dropout" in train_config.describe_keys()
 
 
 # --- training items ----------------------------------------------------------------------
@@ -113,7 +122,7 @@ def test_positions_split_processes_and_resume():
 
 
 def test_iamg_items(data):
-    ds = train_data.IAMGTrainData(data, size=64, background_dropout=0.0, tokenize=iamg.words_tokenizer())
+    ds = train_data.IAMGTrainData(data, size=64, background_dropout=0.0, tokenize=prompt_text.words_tokenizer())
     a, b = ds[5], ds[5]
     assert all(torch.equal(a[k], b[k]) for k in ("condition", "target", "input_ids"))  # position-determined
     assert a["condition"].shape == a["target"].shape == (3, 64, 64) and a["input_ids"].shape == (77,)
@@ -121,13 +130,13 @@ def test_iamg_items(data):
     assert a["caption"] == sample.caption
     # Target: the union mask drawn white on black; condition: background with the box black.
     np.testing.assert_array_equal(a["target"].numpy(), iamg.target_image(sample.interaction_mask, 64))
-    y1, y2, x1, x2 = iamg.union_box(sample.interaction_mask > 0)
+    box = iamg.union_box(sample.interaction_mask > 0)
     np.testing.assert_array_equal(a["condition"].numpy(),
-                                  iamg.condition_image(sample.background, (y1, y2, x1, x2), 64))
+                                  iamg.condition_image(sample.background, box, 64))
     # Background dropout: a white canvas with only the box blanked.
     white = train_data.IAMGTrainData(data, size=64, background_dropout=1.0)[5]["condition"]
     np.testing.assert_array_equal(white.numpy(), iamg.condition_image(np.full_like(sample.background, 255),
-                                                                      (y1, y2, x1, x2), 64))
+                                                                      box, 64))
     # The validation item (no rng) never drops anything.
     assert torch.equal(train_data.IAMGTrainData(data, size=64, background_dropout=1.0).item(0)["condition"],
                        ds.item(0)["condition"])
@@ -190,9 +199,9 @@ def test_figure_weighted_mse():
     on = torch.zeros_like(target)
     on[:, :, :2, :4] = 1.0
     f, w = 1 / 8, 4.0
-    assert train.figure_weighted_mse(on, target, figure, 1.0).item() == pytest.approx(f)
-    assert train.figure_weighted_mse(on, target, figure, w).item() == pytest.approx(w * f / (1 + (w - 1) * f))
-    assert train.figure_weighted_mse(1 - on, target, figure, w).item() == pytest.approx((1 - f) / (1 + (w - 1) * f))
+    assert losses.figure_weighted_mse(on, target, figure, 1.0).item() == pytest.approx(f)
+    assert losses.figure_weighted_mse(on, target, figure, w).item() == pytest.approx(w * f / (1 + (w - 1) * f))
+    assert losses.figure_weighted_mse(1 - on, target, figure, w).item() == pytest.approx((1 - f) / (1 + (w - 1) * f))
 
 
 # --- training runs -----------------------------------------------------------------------
@@ -208,16 +217,16 @@ def iamg_run(data, tmp_path_factory):
 
 
 def test_iamg_loss_drops_and_final_loads(iamg_run, data):
-    cfg = train.load_config(iamg_run / "config.json")
-    ds = train_data.IAMGTrainData(data, size=64, limit=2, tokenize=iamg.words_tokenizer())
+    cfg = train_config.load_config(iamg_run / "config.json")
+    ds = train_data.IAMGTrainData(data, size=64, limit=2, tokenize=prompt_text.words_tokenizer())
     items = [ds.item(0), ds.item(1)]
     trained = load_iamg(iamg_run / "final.safetensors")
-    before = fixed_batch_loss(cfg, train.build_model(cfg), items)
+    before = fixed_batch_loss(cfg, train_cli.build_model(cfg), items)
     after = fixed_batch_loss(cfg, trained, items)
     assert after < 0.8 * before, (before, after)
 
     # The final file (EMA weights; raw ones beside it) runs in the inference pipeline.
-    assert trained.uses_text and (iamg_run / train.FINAL_NOEMA_FILE).is_file()
+    assert trained.uses_text and (iamg_run / train_runs.FINAL_NOEMA_FILE).is_file()
     # It works at the size it was trained at (64 px: an 8² latent), whatever the canvas.
     assert trained.image_size == 64 and trained.latent_shape == (4, 8, 8)
     sample = ds.choi[0]
@@ -237,10 +246,10 @@ def test_mgig_trains_official_parts_from_an_official_file(vectors, data, tmp_pat
     # Starting from an official-format checkpoint: the official trainable set only.
     cfg = config("tiny_mgig.json", data, tmp_path / "mgig", init=str(vectors.checkpoint("mgig")), preset=None,
                  steps=8, data_limit=1, validate_every=0, checkpoint_every=8, lr=1e-3, id_dropout=0.0)
-    start = train.build_model(cfg)
+    start = train_cli.build_model(cfg)
     items = [train_data.MGIGTrainData(data, size=128, limit=1).item(0)]
     before = fixed_batch_loss(cfg, start, items)
-    result = train.train(cfg, progress=False)
+    result = train_cli.train(cfg, progress=False)
     trained = load_mgig(result.final)
     after = fixed_batch_loss(cfg, trained, items)
     assert after < before, (before, after)
@@ -270,13 +279,13 @@ def test_mgig_from_scratch_stage2_on_generated_masks(iamg_run, data, tmp_path):
     cfg = config("tiny_mgig.json", data, tmp_path / "mgig2", stage=2, generated_masks=str(masks), data_limit=2,
                  steps=2, checkpoint_every=2, validate_every=2, validation_samples=1, perturb_prob=0.0,
                  latent_scale="auto")
-    result = train.train(cfg, progress=False)
+    result = train_cli.train(cfg, progress=False)
     model = load_mgig(result.final)
     # latent_scale "auto": 1/std of the training targets' latents, logged and saved with the model.
     log = [json.loads(line) for line in (tmp_path / "mgig2" / "log.jsonl").read_text().splitlines()]
     scale = next(r["latent_scale"] for r in log if "latent_scale" in r)
-    built = train.build_model(cfg)
-    ds = train.build_dataset(cfg, built)
+    built = train_cli.build_model(cfg)
+    ds = loop.build_dataset(cfg, built)
     with torch.no_grad():
         z = torch.cat([built.vae.encode(ds.item(i)["target"][None]).latent_dist.mean for i in range(len(ds))])
     assert scale == pytest.approx(1 / float(z.std()), rel=1e-3) and scale != pytest.approx(0.18215, rel=0.05)
@@ -306,11 +315,11 @@ def test_mgig_v_prediction_trains_and_samples(data, tmp_path):
     # the pipeline samples it (its ε comes from `samplers.eps_from_v`).
     cfg = config("tiny_mgig.json", data, tmp_path / "v", prediction_type="v_prediction", steps=8, data_limit=1,
                  validate_every=0, checkpoint_every=8, lr=1e-3, id_dropout=0.0, background_dropout=0.0)
-    start = train.build_model(cfg)
+    start = train_cli.build_model(cfg)
     assert start.config.prediction_type == "v_prediction"
     items = [train_data.MGIGTrainData(data, size=128, limit=1).item(0)]
     before = fixed_batch_loss(cfg, start, items)
-    trained = load_mgig(train.train(cfg, progress=False).final)
+    trained = load_mgig(train_cli.train(cfg, progress=False).final)
     assert trained.config.prediction_type == "v_prediction"
     assert fixed_batch_loss(cfg, trained, items) < before
     # The model's ε is the conversion of its UNet output.
@@ -327,21 +336,21 @@ def test_mgig_v_prediction_trains_and_samples(data, tmp_path):
     detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
     out = choi.generate(trained, features, detail, sample.interaction_mask, sample.background, steps=2)
     assert out.images[0].shape == sample.background.shape and np.isfinite(out.images[0]).all()
-    with pytest.raises(train.ConfigError, match="prediction_type"):
+    with pytest.raises(train_config.ConfigError, match="prediction_type"):
         config("tiny_vae.json", data, tmp_path / "x", prediction_type="v_prediction")
-    with pytest.raises(train.ConfigError, match="prediction_type"):
+    with pytest.raises(train_config.ConfigError, match="prediction_type"):
         config("tiny_mgig.json", data, tmp_path / "x", prediction_type="x0")
 
 
 def test_iamg_v_prediction_trains_and_generates(data, tmp_path):
     cfg = config("tiny_iamg.json", data, tmp_path / "iv", prediction_type="v_prediction", steps=12, data_limit=2,
                  validate_every=0, checkpoint_every=12, box_dropout=0.0, text_dropout=0.0)
-    ds = train_data.IAMGTrainData(data, size=64, limit=2, tokenize=iamg.words_tokenizer())
+    ds = train_data.IAMGTrainData(data, size=64, limit=2, tokenize=prompt_text.words_tokenizer())
     items = [ds.item(0), ds.item(1)]
-    start = train.build_model(cfg)
+    start = train_cli.build_model(cfg)
     assert start.prediction_type == "v_prediction"
     before = fixed_batch_loss(cfg, start, items)
-    trained = load_iamg(train.train(cfg, progress=False).final)
+    trained = load_iamg(train_cli.train(cfg, progress=False).final)
     assert trained.prediction_type == "v_prediction"
     assert fixed_batch_loss(cfg, trained, items) < before
     x = torch.randn(1, *trained.latent_shape)
@@ -359,48 +368,48 @@ def test_iamg_v_prediction_trains_and_generates(data, tmp_path):
 def test_vae_trains_and_initialises_iamg(data, tmp_path):
     cfg = config("tiny_vae.json", data, tmp_path / "vae", data_limit=2, validate_every=0)
     items = [train_data.VAETrainData(data, size=64, limit=2).item(i) for i in range(2)]
-    before = fixed_batch_loss(cfg, train.build_model(cfg), items)
-    result = train.train(cfg, progress=False)
-    vae = train.load_vae_file(result.final)
+    before = fixed_batch_loss(cfg, train_cli.build_model(cfg), items)
+    result = train_cli.train(cfg, progress=False)
+    vae = train_cli.load_vae_file(result.final)
     assert fixed_batch_loss(cfg, vae, items) < 0.8 * before
-    model = train.build_model(config("tiny_iamg.json", data, tmp_path / "x", init_vae=str(result.final)))
+    model = train_cli.build_model(config("tiny_iamg.json", data, tmp_path / "x", init_vae=str(result.final)))
     assert all(torch.equal(v, vae.state_dict()[k]) for k, v in model.vae.state_dict().items())
 
 
 def test_resume_is_identical_and_checkpoints_are_atomic(data, tmp_path, monkeypatch):
     overrides = dict(steps=4, checkpoint_every=2, validate_every=0, data_limit=2, ema_decay=0.9)
-    straight = train.train(config("tiny_iamg.json", data, tmp_path / "A", **overrides), progress=False)
+    straight = train_cli.train(config("tiny_iamg.json", data, tmp_path / "A", **overrides), progress=False)
 
     cfg_b = config("tiny_iamg.json", data, tmp_path / "B", **overrides)
-    first = train.train(train.make_config({**cfg_b.to_dict(), "max_steps_per_run": 2}), progress=False)
+    first = train_cli.train(train_config.make_config({**cfg_b.to_dict(), "max_steps_per_run": 2}), progress=False)
     assert first.step == 2 and first.final is None
     ckpts = tmp_path / "B" / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_000002"
-    with pytest.raises(train.ConfigError, match="already holds a run"):
-        train.train(cfg_b, progress=False)
+    with pytest.raises(train_config.ConfigError, match="already holds a run"):
+        train_cli.train(cfg_b, progress=False)
 
     # An interruption while saving step 4: the half-written folder stays a temp folder.
-    publish = train.RunDir.publish
+    publish = train_runs.RunDir.publish
 
     def crash(self, tmp, name):
         if name == "step_000004":
             raise KeyboardInterrupt("simulated kill during the checkpoint")
         return publish(self, tmp, name)
 
-    monkeypatch.setattr(train.RunDir, "publish", crash)
+    monkeypatch.setattr(train_runs.RunDir, "publish", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.train(cfg_b, resume=True, progress=False)
-    monkeypatch.setattr(train.RunDir, "publish", publish)
+        train_cli.train(cfg_b, resume=True, progress=False)
+    monkeypatch.setattr(train_runs.RunDir, "publish", publish)
     assert (ckpts / ".tmp_step_000004").is_dir() and not (ckpts / "step_000004").exists()
     assert (ckpts / "latest").read_text().strip() == "step_000002"
-    (ckpts / ".tmp_step_000004" / train.TRAINABLE_FILE).write_bytes(b"half-written")  # garbage is ignored
+    (ckpts / ".tmp_step_000004" / train_runs.TRAINABLE_FILE).write_bytes(b"half-written")  # garbage is ignored
 
-    resumed = train.train(cfg_b, resume=True, progress=False)
+    resumed = train_cli.train(cfg_b, resume=True, progress=False)
     assert resumed.step == 4 and not (ckpts / ".tmp_step_000004").exists()
     assert straight.losses == first.losses + resumed.losses
 
     a, b = tmp_path / "A" / "checkpoints" / "step_000004", ckpts / "step_000004"
-    for name in (train.TRAINABLE_FILE, train.EMA_FILE):
+    for name in (train_runs.TRAINABLE_FILE, train_runs.EMA_FILE):
         ta, tb = load_file(a / name), load_file(b / name)
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
     oa = torch.load(a / "optimizer.bin", weights_only=True)
@@ -420,8 +429,8 @@ def test_grad_checkpointing_changes_nothing_but_memory(data, tmp_path):
     for on in (False, True):
         cfg = config("tiny_iamg.json", data, tmp_path / str(on), steps=2, checkpoint_every=2, validate_every=0,
                      data_limit=2, grad_checkpointing=on)
-        runs[on] = (train.train(cfg, progress=False).losses,
-                    load_file(tmp_path / str(on) / "checkpoints" / "step_000002" / train.TRAINABLE_FILE))
+        runs[on] = (train_cli.train(cfg, progress=False).losses,
+                    load_file(tmp_path / str(on) / "checkpoints" / "step_000002" / train_runs.TRAINABLE_FILE))
     assert runs[False][0] == runs[True][0]
     assert all(torch.equal(v, runs[True][1][k]) for k, v in runs[False][1].items())
 
@@ -437,11 +446,11 @@ def test_iamg_text_variant_from_a_released_model(vectors, data, tmp_path):
     init = save_iamg(released, tmp_path / "released.safetensors", dtype="fp32")
     tokenizer = tmp_path / "tokenizer"
     tokenizer.mkdir()
-    (tokenizer / "tokenizer.json").write_text(iamg.WORDS_TOKENIZER_FILE.read_text(encoding="utf-8"))
+    (tokenizer / "tokenizer.json").write_text(prompt_text.WORDS_TOKENIZER_FILE.read_text(encoding="utf-8"))
     cfg = config("tiny_iamg.json", data, tmp_path / "run", preset=None, init=str(init), text=True,
                  tokenizer_dir=str(tokenizer), trainable=["unet_cross_attention"], steps=2, checkpoint_every=2,
                  validate_every=0, data_limit=2)
-    trained = load_iamg(train.train(cfg, progress=False).final)
+    trained = load_iamg(train_cli.train(cfg, progress=False).final)
     assert trained.uses_text and trained.tokenizer is not None
     initial = released.unet.state_dict()
     changed = {k for k, v in trained.unet.state_dict().items() if k not in initial or not torch.equal(v, initial[k])}
@@ -452,15 +461,15 @@ def test_iamg_text_variant_from_a_released_model(vectors, data, tmp_path):
 def test_iamg_latent_shift_and_scale_centre_the_training_latents(data, tmp_path):
     cfg = config("tiny_iamg.json", data, tmp_path / "shift", steps=2, checkpoint_every=2, validate_every=0,
                  data_limit=4, latent_shift="auto", latent_scale="auto")
-    trained = load_iamg(train.train(cfg, progress=False).final)
+    trained = load_iamg(train_cli.train(cfg, progress=False).final)
     log = [json.loads(line) for line in (tmp_path / "shift" / "log.jsonl").read_text().splitlines()]
     first = log[0]
     assert first["step"] == 0 and trained.latent_shift == first["latent_shift"]
     assert trained.scale_factor == first["latent_scale"]
     # The diffusion latents of the training targets are centred and of unit spread.
-    ds = train_data.IAMGTrainData(data, size=64, limit=4, tokenize=iamg.words_tokenizer())
+    ds = train_data.IAMGTrainData(data, size=64, limit=4, tokenize=prompt_text.words_tokenizer())
     with torch.no_grad():
         z = trained.encode_condition(torch.stack([ds.item(i)["target"] for i in range(4)]))
     assert z.mean((0, 2, 3)).abs().max() < 0.02 and float(z.std()) == pytest.approx(1.0, abs=0.05)
-    with pytest.raises(train.ConfigError, match="latent_shift"):
+    with pytest.raises(train_config.ConfigError, match="latent_shift"):
         config("tiny_mgig.json", data, tmp_path / "x", latent_shift="auto")

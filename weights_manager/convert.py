@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .files import DTYPES, WeightsError, read_weights
+from ..pipelines.files import DTYPES, WeightsError, read_weights
 
 
 def detect_kind(path: str | Path) -> str:

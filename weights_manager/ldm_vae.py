@@ -14,8 +14,8 @@ API (state dicts without any outer prefix, i.e. keys start with `encoder.`, `dec
 - ``convert_ldm_vae(ldm_sd) -> dict``: LDM names -> diffusers names (1x1-conv attention
   weights become Linear weights).
 - ``convert_diffusers_vae_to_ldm(diffusers_sd) -> dict``: the inverse.
-- ``build_vae(config) -> AutoencoderKL`` and ``load_ldm_vae(ldm_sd) -> AutoencoderKL``
-  (detect, build, strict load via `files.load_strict`, which names missing/unexpected keys).
+- ``load_ldm_vae(ldm_sd) -> AutoencoderKL``: detect, build (`pipelines.vae.build_vae`),
+  strict load via `files.load_strict`, which names missing/unexpected keys.
 
 `VAEKeyError` is both a `KeyError` and a `files.WeightsError`.
 
@@ -44,10 +44,9 @@ from typing import Mapping
 
 import torch
 
-from .files import WeightsError, load_strict
+from ..pipelines.files import WeightsError, load_strict
+from ..pipelines.vae import SD_VAE_SCALE, build_vae
 
-# SD kl-f8 latent scale (LDM `scale_factor`); both official models use it.
-SD_VAE_SCALE = 0.18215
 # LDM `Normalize` is GroupNorm(32 groups, eps 1e-6), the same as diffusers' VAE default.
 _NORM_GROUPS = 32
 
@@ -237,16 +236,6 @@ def convert_diffusers_vae_to_ldm(diffusers_sd: Mapping[str, torch.Tensor]) -> di
         rest = re.sub(r"^conv_norm_out\.", "norm_out.", rest)
         out[f"{part}.{rest}"] = value[:, :, None, None] if is_attn_weight else value
     return out
-
-
-def build_vae(config: Mapping) -> "AutoencoderKL":  # noqa: F821 - diffusers imported lazily
-    """A randomly initialised diffusers `AutoencoderKL` from a detected/preset config."""
-    from diffusers import AutoencoderKL
-
-    cfg = dict(config)
-    for k in ("down_block_types", "up_block_types", "block_out_channels"):
-        cfg[k] = tuple(cfg[k])
-    return AutoencoderKL(**cfg)
 
 
 def load_ldm_vae(ldm_sd: Mapping[str, torch.Tensor], *, scaling_factor: float = SD_VAE_SCALE,

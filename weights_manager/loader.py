@@ -1,32 +1,46 @@
 """One entry point per model for "a name a user picked": the embedded default or a file
-(official or ours).
+(official or ours). The one place that knows what "embedded" means.
 
-The embedded default is the trained small model shipped in `weights_manager/default_weights/` when present;
-until it ships, the `small` preset with seeded random weights (stated wherever it is used).
+The embedded default is the trained small model shipped in
+`weights_manager/default_weights/`; should a file be missing (a stripped install), a
+stand-in of the same architecture with seeded random weights is used, and said so.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from ..pipelines.paths import DEFAULT_WEIGHTS_DIR
-
 import torch
 
+from ..pipelines.paths import DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger("interact_custom")
 
+# The name the nodes list first and the CLI's default; "embedded" is accepted too.
 EMBEDDED = "(embedded) default"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS_DIR = DEFAULT_WEIGHTS_DIR
-EMBEDDED_MGIG_FILE = WEIGHTS_DIR / "mgig_default.safetensors"
+EMBEDDED_FILES = {"mgig": DEFAULT_WEIGHTS_DIR / "mgig_default.safetensors",
+                  "iamg": DEFAULT_WEIGHTS_DIR / "iamg_default.safetensors"}
+EMBEDDED_MGIG_FILE = EMBEDDED_FILES["mgig"]
+EMBEDDED_IAMG_FILE = EMBEDDED_FILES["iamg"]
+# The stand-in for a missing file: preset and weight seed.
+EMBEDDED_PRESETS = {"mgig": "small", "iamg": "small_text"}
 EMBEDDED_SEED = 0
-EMBEDDED_PRESET = "small"
+
+
+def is_embedded(source) -> bool:
+    """True for the embedded default's names (`EMBEDDED`, or "embedded")."""
+    return str(source) in (EMBEDDED, "embedded")
 
 
 def embedded_is_random(kind: str = "mgig") -> bool:
-    """True while no trained default of this model kind ships with the package."""
-    return not (WEIGHTS_DIR / f"{kind}_default.safetensors").is_file()
+    """True when the trained default of this model kind is missing from the package."""
+    return not EMBEDDED_FILES[kind].is_file()
+
+
+def _stand_in_warning(kind: str) -> None:
+    log.warning("%s: the trained default is missing from the package; using the '%s' preset with seeded "
+                "random weights (seed %d) — outputs are not meaningful images", kind.upper(),
+                EMBEDDED_PRESETS[kind], EMBEDDED_SEED)
 
 
 def load_mgig_model(source: str | Path = EMBEDDED, *, device: str | torch.device = "cpu",
@@ -36,24 +50,44 @@ def load_mgig_model(source: str | Path = EMBEDDED, *, device: str | torch.device
     from .official_mgig import load_mgig
 
     dtype = dtype or torch.float32
-    if str(source) != EMBEDDED:
+    if not is_embedded(source):
         return load_mgig(source, device=device, dtype=dtype)
-    if EMBEDDED_MGIG_FILE.is_file():
-        return load_mgig(EMBEDDED_MGIG_FILE, device=device, dtype=dtype)
+    if not embedded_is_random("mgig"):
+        return load_mgig(EMBEDDED_FILES["mgig"], device=device, dtype=dtype)
     from ..pipelines.mgig import MGIGModel, mgig_config
 
-    log.warning("MGIG: no trained default ships yet; using the '%s' preset with seeded random weights "
-                "(seed %d) — outputs are not meaningful images", EMBEDDED_PRESET, EMBEDDED_SEED)
+    _stand_in_warning("mgig")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(EMBEDDED_SEED)
-        model = MGIGModel(mgig_config(EMBEDDED_PRESET))
+        model = MGIGModel(mgig_config(EMBEDDED_PRESETS["mgig"]))
     return model.to(device=device, dtype=dtype).eval()
 
 
 def load_iamg_model(source: str | Path = EMBEDDED, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None):
-    """IAMG from ``EMBEDDED`` or a file path (official `iamg.pth` or our safetensors)."""
+                    dtype: torch.dtype | None = None, tokenizer_dir=None, clip_fallback_dir=None):
+    """IAMG from ``EMBEDDED`` or a file path (official `iamg.pth` or our safetensors).
+
+    tokenizer_dir: a prompt-tokenizer folder that overrides the one stored with the weights;
+    clip_fallback_dir: a CLIP BPE folder for CLIP-vocabulary text models whose file carries
+    no tokenizer (the nodes pass ComfyUI's `comfy/sd1_tokenizer`)."""
     from . import native_iamg
 
-    name = native_iamg.EMBEDDED if str(source) == EMBEDDED else source
-    return native_iamg.load_iamg(name, device=device, dtype=dtype or torch.float32)
+    dtype = dtype or torch.float32
+    if not is_embedded(source):
+        return native_iamg.load_iamg(source, device=device, dtype=dtype, tokenizer_dir=tokenizer_dir,
+                                     clip_fallback_dir=clip_fallback_dir)
+    if not embedded_is_random("iamg"):
+        return native_iamg.load_native_iamg(EMBEDDED_FILES["iamg"], device=device, dtype=dtype,
+                                            tokenizer_dir=tokenizer_dir)
+    from ..pipelines import iamg
+    from ..pipelines.text import resolve_prompt_tokenizer
+
+    _stand_in_warning("iamg")
+    preset = EMBEDDED_PRESETS["iamg"]
+    tokenizer = None
+    if tokenizer_dir is not None:
+        tokenizer = resolve_prompt_tokenizer(tokenizer_dir,
+                                             vocab_size=iamg.model_preset(preset).text_encoder["vocab_size"])
+    # Cross-attention not zeroed, so the prompt matters even untrained.
+    return iamg.build_iamg(preset, seed=EMBEDDED_SEED, device=device, dtype=dtype, tokenizer=tokenizer,
+                           zero_init_cross_attention=False).requires_grad_(False)

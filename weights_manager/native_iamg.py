@@ -11,17 +11,15 @@ architecture and the ★ text variants alike:
 - metadata: ``format``/``format_version`` (files.py), ``model`` = "iamg", ``preset``
   (`iamg.MODEL_PRESETS` name, a `iamg.PRESETS` UNet name or "custom"), ``dtype``,
   ``config`` = JSON {"unet", "vae", "text_encoder", "scale_factor"}, and ``tokenizer`` =
-  JSON {file name: text} of the prompt tokenizer (`iamg.PromptTokenizer.files`) when the
+  JSON {file name: text} of the prompt tokenizer (`text.PromptTokenizer.files`) when the
   model has one, so a text model file is self-contained.
 
 Loading detects the architecture from the tensor shapes; the metadata config supplies
 only what shapes cannot show (head counts, norm groups, the text encoder's special-token
 ids, the latent scale) and is cross-checked: any disagreement with the shapes is refused.
 
-`load_iamg` takes an official ``iamg.pth`` (`official_iamg.load_official_iamg`), one of
-our files, or ``"embedded"``: the trained default ``weights_manager/default_weights/iamg_default.safetensors``
-shipped in the package when present, else the `small_text` preset with seeded random
-weights (seed 0) as a stand-in that exercises the whole pipeline.
+`load_iamg` takes an official ``iamg.pth`` (`official_iamg.load_official_iamg`) or one of
+our files; the embedded default is `loader.load_iamg_model`'s.
 """
 from __future__ import annotations
 
@@ -35,9 +33,10 @@ import torch
 
 from ..pipelines import iamg
 from ..pipelines.iamg import IAMGModel, IAMGUNet, IAMGUNetConfig
-from ..pipelines.paths import DEFAULT_WEIGHTS_DIR
-from .files import DTYPES, WeightsError, is_native, load_strict, read_weights, save_native
-from .ldm_vae import VAEKeyError, build_vae, detect_diffusers_vae_config
+from ..pipelines.files import DTYPES, WeightsError, is_native, load_strict, read_weights, save_native
+from ..pipelines.text import resolve_prompt_tokenizer
+from ..pipelines.vae import build_vae, kl_vae_config
+from .ldm_vae import VAEKeyError, detect_diffusers_vae_config
 from .official_iamg import (OFFICIAL_NUM_HEADS, TEXT_PREFIX, _build_on_meta, _load_assign, build_text_encoder,
                             check_iamg_dict, detect_text_encoder_config, load_official_iamg,
                             text_model_prefix_of)
@@ -46,12 +45,6 @@ MODEL_NAME = "iamg"
 COMPONENTS = ("unet.", "vae.", "text_encoder.")
 # Canonical text-encoder names in our files (transformers 4 / Hub CLIPTextModel names).
 TEXT_MODEL = "text_encoder.text_model."
-# The trained default model, shipped inside the package when available.
-DEFAULT_WEIGHTS = DEFAULT_WEIGHTS_DIR / "iamg_default.safetensors"
-EMBEDDED = "embedded"
-# The stand-in for a missing default: preset and seed (documented in the module docstring).
-EMBEDDED_PRESET = "small_text"
-EMBEDDED_SEED = 0
 
 
 # --------------------------------------------------------------------------------------
@@ -61,7 +54,7 @@ EMBEDDED_SEED = 0
 def _vae_config(vae) -> dict:
     # The AutoencoderKL kwargs that define the architecture (the keys `kl_vae_config` and
     # `ldm_vae` detection use), as plain data.
-    keys = iamg.kl_vae_config((32,), 1).keys()
+    keys = kl_vae_config((32,), 1).keys()
     return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vae.config.items() if k in keys}
 
 
@@ -239,13 +232,15 @@ def _native_metadata_config(metadata: Mapping[str, str], what: str) -> dict | No
 def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                      metadata: Mapping[str, str] | None = None, what: str | None = None,
                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                     tokenizer_dir: str | os.PathLike | None = None) -> IAMGModel:
+                     tokenizer_dir: str | os.PathLike | None = None,
+                     clip_fallback_dir: str | os.PathLike | None = None) -> IAMGModel:
     """Load one of our IAMG files (a path, or its tensors + ``metadata``; ``what`` names
     it in errors) strictly.
 
-    The prompt tokenizer of a text model is resolved by `iamg.resolve_prompt_tokenizer`:
-    ``tokenizer_dir``, else the one stored in the file, else ComfyUI's (CLIP vocabulary,
-    inside ComfyUI), else a `FileNotFoundError` naming what to pass.
+    The prompt tokenizer of a text model is resolved by `text.resolve_prompt_tokenizer`:
+    ``tokenizer_dir``, else the one stored in the file, else ``clip_fallback_dir`` (CLIP
+    vocabularies only; the nodes pass ComfyUI's), else a `FileNotFoundError` naming what
+    to pass.
     """
     if isinstance(source, Mapping):
         sd, metadata, what = dict(source), dict(metadata or {}), what or "IAMG state dict"
@@ -279,9 +274,10 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
         text_encoder = text_encoder.to(dtype).eval()
         if cfg["unet"].cross_attention_dim is not None:
             embedded = json.loads(metadata["tokenizer"]) if metadata.get("tokenizer") else None
-            tokenizer = iamg.resolve_prompt_tokenizer(tokenizer_dir, embedded=embedded,
-                                                      vocab_size=cfg["text_encoder"]["vocab_size"],
-                                                      what=f"{what}: IAMG text encoder")
+            tokenizer = resolve_prompt_tokenizer(tokenizer_dir, embedded=embedded,
+                                                 vocab_size=cfg["text_encoder"]["vocab_size"],
+                                                 clip_fallback_dir=clip_fallback_dir,
+                                                 what=f"{what}: IAMG text encoder")
     model = IAMGModel(unet.eval(), vae.eval(), text_encoder, scale_factor=cfg["scale_factor"], tokenizer=tokenizer,
                       preset=metadata.get("preset") or iamg.preset_name_of(cfg["unet"], cfg["vae"],
                                                                            cfg["text_encoder"]),
@@ -292,12 +288,10 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
 
 
 def load_iamg(source: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-              *, tokenizer_dir: str | os.PathLike | None = None, **official_kwargs) -> IAMGModel:
+              *, tokenizer_dir: str | os.PathLike | None = None,
+              clip_fallback_dir: str | os.PathLike | None = None, **official_kwargs) -> IAMGModel:
     """Load IAMG from ``source``:
 
-    - ``"embedded"``: `DEFAULT_WEIGHTS` when the package ships it, else the
-      ``small_text`` preset with seeded random weights (seed 0; cross-attention not
-      zeroed, so the prompt matters) — a stand-in until a trained default exists;
     - one of our safetensors (or torch) files with ``unet.*``/``vae.*`` tensors;
     - the official ``iamg.pth`` (``model``/``autoencoder``/… entries);
       ``official_kwargs`` go to `official_iamg.load_official_iamg`.
@@ -306,19 +300,10 @@ def load_iamg(source: str | os.PathLike, device: torch.device | str = "cpu", dty
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {', '.join(DTYPES)} or a torch.dtype, got {dtype!r}")
         dtype = DTYPES[dtype]
-    if str(source) == EMBEDDED:
-        if DEFAULT_WEIGHTS.is_file():
-            return load_native_iamg(DEFAULT_WEIGHTS, device=device, dtype=dtype, tokenizer_dir=tokenizer_dir)
-        tokenizer = None
-        if tokenizer_dir is not None:
-            tokenizer = iamg.resolve_prompt_tokenizer(
-                tokenizer_dir, vocab_size=iamg.model_preset(EMBEDDED_PRESET).text_encoder["vocab_size"])
-        return iamg.build_iamg(EMBEDDED_PRESET, seed=EMBEDDED_SEED, device=device, dtype=dtype,
-                               tokenizer=tokenizer, zero_init_cross_attention=False).requires_grad_(False)
     obj, metadata = read_weights(source)
     name = Path(source).name
     if is_native(metadata) or any(str(k).startswith("unet.") for k in obj):
         return load_native_iamg(obj, metadata=metadata, what=name, device=device, dtype=dtype,
-                                tokenizer_dir=tokenizer_dir)
+                                tokenizer_dir=tokenizer_dir, clip_fallback_dir=clip_fallback_dir)
     check_iamg_dict(obj, name)
     return load_official_iamg(obj, device=device, dtype=dtype, **official_kwargs)

@@ -10,7 +10,7 @@ CLIPTextModel), ``diffusion`` (DDPM schedule buffers) and training state we igno
 Every architecture is detected from tensor shapes; loading is strict (any missing or
 unexpected key is listed, then refused).
 
-UNet key map (official → ours, `pipelines/iamg.py`; R = res-blocks per level,
+UNet key map (official → ours, `pipelines/iamg/model.py`; R = res-blocks per level,
 L = levels, u = L-1-level counts the decoder from the deepest level):
 
 | official | ours |
@@ -41,8 +41,9 @@ from typing import Iterator, Mapping
 import torch
 
 from ..pipelines.iamg import IAMGModel, IAMGUNet, IAMGUNetConfig, VAE_SCALE_FACTOR
-from .files import WeightsError, load_strict, read_weights
-from .ldm_vae import convert_ldm_vae, detect_vae_config, build_vae
+from ..pipelines.files import WeightsError, load_strict, read_weights
+from ..pipelines.vae import build_vae
+from .ldm_vae import convert_ldm_vae, detect_vae_config
 
 REQUIRED_ENTRIES = ("model", "autoencoder")
 KNOWN_ENTRIES = ("model", "autoencoder", "text_encoder", "diffusion", "opt", "scheduler", "iters",

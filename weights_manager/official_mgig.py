@@ -72,7 +72,7 @@ from ..pipelines.mgig import (
     MGIG_PRESETS, OFFICIAL_SCHEDULE, MGIGConfig, MGIGModel, controlnet_kwargs, default_head_dim, dinov2_kwargs,
     mgig_config, schedule_alphas_cumprod, unet_kwargs,
 )
-from .files import DTYPES, WeightsError, read_weights, save_native, state_dict_mismatch
+from ..pipelines.files import DTYPES, WeightsError, read_weights, save_native, state_dict_mismatch
 from .ldm_vae import VAEKeyError, convert_ldm_vae, detect_diffusers_vae_config
 
 OFFICIAL_PREFIXES = {

@@ -8,17 +8,41 @@ mask PNG. Sizes, timesteps and the demo box are read from the folder.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..pipelines import iamg, samplers
+from ..pipelines.geometry import Box
 from .vectors import Result, VectorFolder, compare, skipped, used_as_input
 
 PART = "iamg"
 # The demo box when the manifest text does not state one (the official README example).
 _DEFAULT_POSITION = [0.3, 0.8, 0.3, 0.8]
+
+
+
+# Parity-only helpers: what the official scripts do around the model, reproduced to
+# compare with their outputs (not used by the package itself).
+
+def box_from_fractions(height: int, width: int, fractions: Sequence[float]) -> Box:
+    """The demo's ``--position [h_start, h_end, w_start, w_end]`` (fractions of the image
+    height/width) → pixel box, truncated like the official `demo_process`."""
+    if len(fractions) != 4:
+        raise ValueError(f"box fractions: expected [h_start, h_end, w_start, w_end], got {list(fractions)}")
+    hs, he, ws, we = (float(f) for f in fractions)
+    if not (0.0 <= hs <= he <= 1.0 and 0.0 <= ws <= we <= 1.0):
+        raise ValueError(f"box fractions: expected 0 <= start <= end <= 1 on both axes, got {list(fractions)}")
+    return Box(int(width * ws), int(height * hs), int(width * we), int(height * he))
+
+
+def official_mask_png(decoded: torch.Tensor) -> torch.Tensor:
+    """What the official demo saves as the mask PNG: torchvision `save_image` of the
+    clamped decode *without* mapping [-1, 1] to [0, 1], i.e. uint8(clamp(x·255 + 0.5,
+    0, 255)) — negative values become 0. [B, 3, S, S] → uint8 [B, S, S, 3]."""
+    x = decoded.float().clamp(-1.0, 1.0)
+    return (x * 255.0 + 0.5).clamp(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def _meaning(folder: VectorFolder, name: str) -> str:
@@ -56,7 +80,7 @@ def _preprocessing(folder: VectorFolder, A) -> Iterator[Result]:
     yield compare("pre_condition", iamg.condition_image(image, iamg.union_box(union)), A["pre_condition"])
     yield compare("pre_target", iamg.target_image(union), A["pre_target"])
     position = _demo_position(folder)
-    box = iamg.box_from_fractions(*image.shape[:2], position)
+    box = box_from_fractions(*image.shape[:2], position)
     yield compare("pre_demo_condition", iamg.condition_image(image, box), A["pre_demo_condition"],
                   note=f"position {position}")
 
@@ -124,7 +148,7 @@ def check(folder: VectorFolder) -> Iterator[Result]:
         yield compare("plms_final_latent", final, A["plms_final_latent"])
         decoded = model.decode(final).clamp(-1.0, 1.0)
         yield compare("plms_decoded_clamped", decoded, A["plms_decoded_clamped"])
-        yield compare("plms_mask_png", iamg.official_mask_png(decoded)[0], A["plms_mask_png"], int_levels=1,
+        yield compare("plms_mask_png", official_mask_png(decoded)[0], A["plms_mask_png"], int_levels=1,
                       note="from our decode; a value at a .5 rounding boundary may differ by 1 level")
 
     yield skipped("crop_generation",

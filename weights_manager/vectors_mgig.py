@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..pipelines import preprocess as pp
+from ..pipelines.mgig import inputs as pp
 from ..pipelines import samplers
 from ..pipelines.mgig import CONTROLNET_MEMORY_FORMAT, MGIGModel
 from .vectors import Result, VectorFolder, compare, used_as_input

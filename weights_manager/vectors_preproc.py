@@ -1,7 +1,7 @@
 """Checker for the ``preproc`` part of a test-vector folder (`verify`, tests/test_preprocess.py).
 
 Recomputes every reference array of the official MGIG preprocessing with
-:mod:`..pipelines.preprocess`: the single-function cases (``fn_*``, with their inputs
+:mod:`..pipelines.mgig.inputs`: the single-function cases (``fn_*``, with their inputs
 ``fn_*_in_*``), the full ``hico_process_pairs`` item (``pipe_*``) and its traced
 intermediates (``trace_*``) from the stored scene (``scene_*``). The random choices the
 generator pinned (box / crop expansion ratios, the perturbation draw) are read from the
@@ -14,7 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..pipelines import preprocess as pp
+from ..pipelines.geometry import Box, official_mask_box
+from ..pipelines.mgig import inputs as pp
 from .vectors import Result, VectorFolder, compare, skipped, used_as_input
 
 PART = "preproc"
@@ -22,8 +23,14 @@ PART = "preproc"
 _PERTURB_PROBABILITY = 0.7
 
 
-def _box(b) -> np.ndarray:
-    return np.asarray(b, dtype=np.int64)
+def _box(b: Box) -> np.ndarray:
+    """A box as the official code stores it: (y1, y2, x1, x2)."""
+    return np.asarray(b.yyxx, dtype=np.int64)
+
+
+def _box_in_box(small_yyxx, big_yyxx) -> tuple[int, int, int, int]:
+    # The official box_in_box: the small box relative to the big one's top-left corner.
+    return Box.from_yyxx(*small_yyxx).relative_to(Box.from_yyxx(*big_yyxx)).yyxx
 
 
 def _is_input(folder: VectorFolder, name: str) -> bool:
@@ -59,7 +66,7 @@ def _check_functions(folder: VectorFolder, A, names: list[str]) -> Iterator[Resu
             continue
         m = re.fullmatch(r"fn_bbox_out_(.+)", name)
         if m:
-            yield compare(name, _box(pp.bbox_from_mask(A[f"fn_bbox_in_{m.group(1)}"])), A[name])
+            yield compare(name, _box(official_mask_box(A[f"fn_bbox_in_{m.group(1)}"])), A[name])
             continue
         m = re.fullmatch(r"fn_pad_to_square_out_(.+)_pad(-?\d+)", name)
         if m:
@@ -67,14 +74,14 @@ def _check_functions(folder: VectorFolder, A, names: list[str]) -> Iterator[Resu
             yield compare(name, pp.pad_to_square(src, int(m.group(2))), A[name])
             continue
         if name == "fn_expand_bbox_cases":
-            rows = [list(r[:8]) + list(pp.expand_box(tuple(r[2:6]), r[6] / 10, (r[0], r[1]), min_crop=r[7]))
+            rows = [list(r[:8]) + list(pp.expand_box(Box.from_yyxx(*r[2:6]), r[6] / 10, (r[0], r[1]), min_crop=r[7]).yyxx)
                     for r in A[name].tolist()]
             yield compare(name, np.array(rows, dtype=np.int64), A[name], note="ratio*10 column used as ratio")
         elif name == "fn_box2squre_cases":
-            rows = [list(r[:6]) + list(pp.box_to_square(tuple(r[2:6]), (r[0], r[1]))) for r in A[name].tolist()]
+            rows = [list(r[:6]) + list(pp.box_to_square(Box.from_yyxx(*r[2:6]), (r[0], r[1])).yyxx) for r in A[name].tolist()]
             yield compare(name, np.array(rows, dtype=np.int64), A[name])
         elif name == "fn_box_in_box_cases":
-            rows = [list(r[:8]) + list(pp.box_in_box(tuple(r[:4]), tuple(r[4:8]))) for r in A[name].tolist()]
+            rows = [list(r[:8]) + list(_box_in_box(r[:4], r[4:8])) for r in A[name].tolist()]
             yield compare(name, np.array(rows, dtype=np.int64), A[name])
         elif name == "fn_select_max_region_out":
             from ..pipelines.imgproc import largest_component
@@ -103,8 +110,7 @@ def _check_pipeline(folder: VectorFolder, A, names: list[str]) -> Iterator[Resul
     hint = pp.build_hint(hoi, union, detail, **ratios)
     inputs = pp.prepare_mgig_inputs(human, human_mask, hoi, object_mask, hoi, union, **ratios)
     flipped = pp.prepare_mgig_inputs(human, human_mask, hoi, object_mask, hoi, union, hflip=True, **ratios)
-    y1, y2, x1, x2 = canvas.layout_box
-    masked_crop = pp.whiten_background(canvas.layout, canvas.layout_mask)[y1:y2, x1:x2]
+    masked_crop = pp.whiten_background(canvas.layout, canvas.layout_mask)[canvas.layout_box.slices]
     crop_expanded = pp.expand_box(hint.target_box, settings["crop_ratio"], hoi.shape)
 
     ours = {
@@ -120,7 +126,7 @@ def _check_pipeline(folder: VectorFolder, A, names: list[str]) -> Iterator[Resul
         "trace_canvas_mask": canvas.layout_mask,
         "trace_canvas_box": _box(canvas.layout_box),
         "trace_tar_mask": pp.as_mask(union, "union_mask"),
-        "trace_tar_box": _box(pp.mask_bbox(union, "union_mask")),
+        "trace_tar_box": _box(pp.official_box(union, "union_mask")),
         "trace_masked_canvas_crop": masked_crop,
         "trace_sobel_in_image": canvas.image,
         "trace_sobel_in_mask": canvas.mask / 255.0,
@@ -150,6 +156,6 @@ def check(folder: VectorFolder) -> Iterator[Result]:
     yield from _check_pipeline(folder, A, names)
     if "fn_crop_back_out" in names:
         ours = pp.crop_back(A["fn_crop_back_in_pred"], A["scene_hoi_image"], A["pipe_extra_sizes"],
-                            tuple(A["pipe_tar_box_yyxx_crop"]))
+                            Box.from_yyxx(*A["pipe_tar_box_yyxx_crop"].tolist()))
         yield compare("fn_crop_back_out", ours, A["fn_crop_back_out"],
                       note="reference extra_sizes / crop box as inputs")

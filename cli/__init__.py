@@ -13,22 +13,22 @@ import sys
 # name -> (module relative to this package, one-line help).
 # Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": (".pipelines.demo", "run the CHOI pipeline on the shipped example inputs"),
+    "demo": (".cli.demo", "run the CHOI pipeline on the shipped example inputs"),
     "verify": (".weights_manager.verify", "check our loaders/models against a test-vector folder"),
     "convert": (".weights_manager.convert", "convert an official checkpoint to our safetensors format"),
-    "synth": (".pipelines.synth", "generate a synthetic CHOI dataset"),
-    "build": (".pipelines.builders", "build a CHOI dataset from video clips or HOI images with masks"),
-    "bank": (".pipelines.retrieval", "build or query an IAMG-R mask bank"),
-    "evaluate": (".pipelines.evaluate", "CLIP / DINO / mask metrics over generated images"),
-    "train": (".pipelines.train", "train vae / iamg / mgig (Accelerate)"),
-    "benchmark": (".pipelines.benchmark", "speed / memory / FLOPs, official procedure vs ours"),
-    "synthbench": (".pipelines.synthbench", "generate a held-out synthetic split end to end and score it"),
+    "synth": (".cli.synth", "generate a synthetic CHOI dataset"),
+    "build": (".cli.build", "build a CHOI dataset from video clips or HOI images with masks"),
+    "bank": (".cli.bank", "build or query an IAMG-R mask bank"),
+    "evaluate": (".cli.evaluate", "CLIP / DINO / mask metrics over generated images"),
+    "train": (".cli.train", "train vae / iamg / mgig (Accelerate)"),
+    "benchmark": (".cli.benchmark", "speed / memory / FLOPs, official procedure vs ours"),
+    "synthbench": (".cli.synthbench", "generate a held-out synthetic split end to end and score it"),
 }
 
 
 def _load(name: str):
     module_name, _ = COMMANDS[name]
-    return importlib.import_module(module_name, package=__package__)
+    return importlib.import_module(module_name, package=__package__.rpartition(".")[0])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,10 @@ ratios are arguments and the flip is a flag.
 
 Conventions
 -----------
-- A *box* is ``(y1, y2, x1, x2)`` in pixels, as the official code writes it. Boxes from
-  :func:`bbox_from_mask` have inclusive ends (the official convention); every other box
-  here is sliced ``[y1:y2, x1:x2]``.
+- Boxes are `geometry.Box` (exclusive ends). Boxes of masks come from
+  `geometry.official_mask_box` (via :func:`official_box`): their far edges are the last
+  foreground row/column, the official 1-px-short crop; the official arithmetic below
+  (``size = far - near + 1``) is written for exactly those boxes.
 - Images are ``H x W x 3`` RGB ``uint8`` arrays. Float images in ``[0, 1]`` are accepted
   and converted with ``round(x * 255)``.
 - Masks are ``H x W`` (or ``H x W x 1``): ``bool``; integer ``{0, 1}`` or ``0..255``
@@ -30,18 +31,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import imgproc
+from .. import imgproc
+from ..geometry import Box, official_mask_box
 
 __all__ = [
     "Box", "REFERENCE_SIZE", "REFERENCE_TILE", "HINT_SIZE", "DETAIL_THRESHOLD",
     "TARGET_BOX_RATIO", "CROP_RATIO", "CROP_MARGIN",
-    "as_image", "as_mask", "bbox_from_mask", "mask_bbox", "expand_box", "box_to_square",
-    "box_in_box", "pad_to_square", "whiten_background", "ReferenceCanvas",
+    "as_image", "as_mask", "official_box", "expand_box", "box_to_square", "pad_to_square", "whiten_background", "ReferenceCanvas",
     "reference_canvas", "detail_map", "MGIGHint", "build_hint", "decoded_to_prediction",
     "crop_back", "MGIGInputs", "prepare_mgig_inputs", "perturb_mask",
 ]
-
-Box = tuple[int, int, int, int]  # (y1, y2, x1, x2)
 
 # Sizes and constants fixed by the released MGIG checkpoint / official code.
 REFERENCE_SIZE = 224        # ID-encoder (DINOv2) input canvas
@@ -127,40 +126,24 @@ def as_mask(mask, name: str = "mask", shape=None, *, allow_empty: bool = False) 
 
 # ------------------------------------------------------------------------------ boxes
 
-def bbox_from_mask(mask, *, min_pixels: float = 10) -> Box:
-    """Bounding box ``(y1, y2, x1, x2)`` of the non-zero pixels of ``mask``, with
-    **inclusive** ``y2``/``x2`` (the official ``get_bbox_from_mask``).
-
-    As in the official code, a mask whose *sum* is below ``min_pixels`` gives the whole
-    image ``(0, H, 0, W)``. Use :func:`mask_bbox` to reject empty masks instead.
-    """
-    mask = np.asarray(mask)
-    h, w = mask.shape[:2]
-    if float(np.sum(mask)) < min_pixels:
-        return (0, h, 0, w)
-    rows = np.flatnonzero(np.any(mask, axis=1))
-    cols = np.flatnonzero(np.any(mask, axis=0))
-    return (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
-
-
-def mask_bbox(mask, name: str = "mask") -> Box:
-    """:func:`bbox_from_mask` (inclusive ends) that raises ``ValueError`` naming ``name``
-    for an empty mask and returns the tight box of tiny (< 10 pixel) masks instead of the
-    whole image. Identical to the official box for every mask of 10 pixels or more."""
+def official_box(mask, name: str = "mask") -> Box:
+    """`geometry.official_mask_box` (far edges = last foreground row/column) that raises
+    ``ValueError`` naming ``name`` for an empty mask and returns the box of tiny
+    (< 10 pixel) masks instead of the whole image. Identical to the official box for
+    every mask of 10 pixels or more."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"{name}: expected an H x W mask, got shape {mask.shape}")
     if not np.any(mask):
         raise ValueError(f"{name} is empty: it has no foreground pixels")
-    return bbox_from_mask(mask, min_pixels=0)
+    return official_mask_box(mask, min_pixels=0)
 
 
 def _crop(array: np.ndarray, box: Box) -> np.ndarray:
-    """``array[y1:y2, x1:x2]`` as the official code slices, but never empty: a box with
-    ``y2 == y1`` (a one-row mask, whose inclusive end equals its start) keeps one row,
+    """``array[box.slices]`` as the official code slices, but never empty: an official box
+    with ``y1 == y0`` (a one-row mask, whose far edge is its last row) keeps one row,
     where the official code would hand an empty crop to cv2.resize and fail."""
-    y1, y2, x1, x2 = box
-    return array[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
+    return array[box.y0:max(box.y1, box.y0 + 1), box.x0:max(box.x1, box.x0 + 1)]
 
 
 def _shape_hw(shape) -> tuple[int, int]:
@@ -178,7 +161,7 @@ def expand_box(box: Box, ratio: float, shape, min_crop: float = 0) -> Box:
     and clip it to ``shape = (height, width, ...)`` (so ``image.shape`` works).
 
     The official ``expand_bbox`` with its ratio passed in instead of drawn at random
-    (``randint(10 * lo, 10 * hi) / 10``): the size is ``ratio * (y2 - y1 + 1)``, the new
+    (``randint(10 * lo, 10 * hi) / 10``): the size is ``ratio * (y1 - y0 + 1)``, the new
     edges are truncated towards zero with ``int()``. One addition: where that arithmetic
     yields an empty box (a one-pixel mask on the image's top or left edge), the box keeps
     one pixel instead.
@@ -186,7 +169,7 @@ def expand_box(box: Box, ratio: float, shape, min_crop: float = 0) -> Box:
     if not ratio > 0:
         raise ValueError(f"ratio: expected a positive number, got {ratio!r}")
     height, width = _shape_hw(shape)
-    y1, y2, x1, x2 = box
+    y1, y2, x1, x2 = box.yyxx
     xc, yc = 0.5 * (x1 + x2), 0.5 * (y1 + y2)
     h = max(ratio * (y2 - y1 + 1), min_crop)
     w = max(ratio * (x2 - x1 + 1), min_crop)
@@ -196,7 +179,7 @@ def expand_box(box: Box, ratio: float, shape, min_crop: float = 0) -> Box:
         y1, y2 = min(y1, height - 1), min(y1, height - 1) + 1
     if x2 <= x1:
         x1, x2 = min(x1, width - 1), min(x1, width - 1) + 1
-    return (y1, y2, x1, x2)
+    return Box.from_yyxx(y1, y2, x1, x2)
 
 
 def box_to_square(box: Box, shape) -> Box:
@@ -206,8 +189,8 @@ def box_to_square(box: Box, shape) -> Box:
     at the border leaves it non-square -- the hint pads it square afterwards. A
     one-pixel box stays one pixel (the official arithmetic would empty it)."""
     height, width = _shape_hw(shape)
-    by1, by2, bx1, bx2 = box
-    y1, y2, x1, x2 = box
+    by1, by2, bx1, bx2 = box.yyxx
+    y1, y2, x1, x2 = box.yyxx
     cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
     h, w = y2 - y1, x2 - x1
     if h >= w:
@@ -219,14 +202,7 @@ def box_to_square(box: Box, shape) -> Box:
         x1, x2 = bx1, bx2
     if y2 <= y1:
         y1, y2 = by1, by2
-    return (max(0, y1), min(height, y2), max(0, x1), min(width, x2))
-
-
-def box_in_box(small_box: Box, big_box: Box) -> Box:
-    """``small_box`` in the coordinates of ``big_box``'s top-left corner (official)."""
-    y1, y2, x1, x2 = small_box
-    oy, _, ox, _ = big_box
-    return (y1 - oy, y2 - oy, x1 - ox, x2 - ox)
+    return Box.from_yyxx(max(0, y1), min(height, y2), max(0, x1), min(width, x2))
 
 
 def pad_to_square(image: np.ndarray, pad_value) -> np.ndarray:
@@ -259,10 +235,10 @@ class ReferenceCanvas:
     mask: (224, 224) uint8, 0..255 -- its foreground (input of :func:`detail_map`).
     layout / layout_mask: the 224 x 224 collage before cropping -- human tile top-left,
         object tile bottom-right, white elsewhere -- and its {0, 1} mask.
-    layout_box: official (inclusive-end) box of ``layout_mask``; the canvas is
-        ``layout`` whitened outside the mask, cropped to it, padded square, resized.
-    human_box, object_box: inclusive-end boxes of the two masks in their own images
-        (:func:`mask_bbox`: the official box for masks of 10 pixels or more).
+    layout_box: official box of ``layout_mask`` (`geometry.official_mask_box`); the
+        canvas is ``layout`` whitened outside the mask, cropped to it, padded square, resized.
+    human_box, object_box: official boxes of the two masks in their own images
+        (:func:`official_box`: the official box for masks of 10 pixels or more).
     """
 
     image: np.ndarray
@@ -293,8 +269,8 @@ def reference_canvas(human_image, human_mask, object_image, object_mask, *,
     object_mask = as_mask(object_mask, "object_mask", object_image.shape)
 
     tile = (REFERENCE_TILE, REFERENCE_TILE)
-    human_box = mask_bbox(human_mask, "human_mask")
-    object_box = mask_bbox(object_mask, "object_mask")
+    human_box = official_box(human_mask, "human_mask")
+    object_box = official_box(object_mask, "object_mask")
     layout = np.full((REFERENCE_SIZE, REFERENCE_SIZE, 3), WHITE, dtype=np.uint8)
     layout_mask = np.zeros((REFERENCE_SIZE, REFERENCE_SIZE), dtype=np.uint8)
     layout[:REFERENCE_TILE, :REFERENCE_TILE] = imgproc.resize_linear(_crop(human_image, human_box), tile)
@@ -303,7 +279,7 @@ def reference_canvas(human_image, human_mask, object_image, object_mask, *,
     layout_mask[:REFERENCE_TILE, :REFERENCE_TILE] = imgproc.resize_linear(_crop(human_mask, human_box), tile)
     layout_mask[REFERENCE_TILE:, REFERENCE_TILE:] = imgproc.resize_linear(_crop(object_mask, object_box), tile)
 
-    layout_box = bbox_from_mask(layout_mask)
+    layout_box = official_mask_box(layout_mask)
     size = (REFERENCE_SIZE, REFERENCE_SIZE)
     image = _crop(whiten_background(layout, layout_mask), layout_box)
     image = imgproc.resize_linear(pad_to_square(image, WHITE), size)
@@ -410,17 +386,14 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
         raise ValueError(f"mask_channel: expected 'box' or 'mask', got {mask_channel!r}")
     channel_mask = union_mask if mask is None else as_mask(mask, "mask", background.shape)
 
-    target_box = expand_box(mask_bbox(union_mask, "union_mask"), box_ratio, background.shape)
+    target_box = expand_box(official_box(union_mask, "union_mask"), box_ratio, background.shape)
     crop_box = box_to_square(expand_box(target_box, crop_ratio, background.shape), background.shape)
-    cy1, cy2, cx1, cx2 = crop_box
-    crop = background[cy1:cy2, cx1:cx2]
+    crop = background[crop_box.slices]
     crop_h, crop_w = crop.shape[:2]
     # box_to_square can shave one pixel off an odd-sized square; keep the target box
     # inside the crop (the official code would fail there on a shape mismatch).
-    ty1, ty2, tx1, tx2 = box_in_box(target_box, crop_box)
-    ty1, tx1 = max(ty1, 0), max(tx1, 0)
-    ty2, tx2 = min(ty2, crop_h), min(tx2, crop_w)
-    target_box_in_crop = (ty1, ty2, tx1, tx2)
+    target_box_in_crop = target_box.relative_to(crop_box).clipped(crop_h, crop_w)
+    ty1, ty2, tx1, tx2 = target_box_in_crop.yyxx
 
     collage = crop.copy()
     collage[ty1:ty2, tx1:tx2] = imgproc.resize_linear(detail, (ty2 - ty1, tx2 - tx1))
@@ -428,7 +401,7 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
         collage_mask = np.zeros((crop_h, crop_w), dtype=np.uint8)
         collage_mask[ty1:ty2, tx1:tx2] = 1
     else:
-        collage_mask = channel_mask[cy1:cy2, cx1:cx2].copy()
+        collage_mask = channel_mask[crop_box.slices].copy()
 
     size = (HINT_SIZE, HINT_SIZE)
     target = imgproc.resize_linear(pad_to_square(crop, 0), size).astype(np.float32)
@@ -484,13 +457,12 @@ def crop_back(pred, background, extra_sizes, crop_box: Box, margin: int = CROP_M
     if pred.dtype not in (np.float32, np.float64):
         pred = pred.astype(np.float32)
     h1, w1, h2, w2 = (int(v) for v in extra_sizes)
-    y1, y2, x1, x2 = (int(v) for v in crop_box)
-    if (y2 - y1, x2 - x1) != (h1, w1) or (h2, w2) != (max(h1, w1),) * 2:
-        raise ValueError(f"extra_sizes {tuple(extra_sizes)} do not match crop_box {tuple(crop_box)}: "
+    if (crop_box.height, crop_box.width) != (h1, w1) or (h2, w2) != (max(h1, w1),) * 2:
+        raise ValueError(f"extra_sizes {tuple(extra_sizes)} do not match crop_box {crop_box}: "
                          "pass the pair returned by build_hint / prepare_mgig_inputs")
     bh, bw = background.shape[:2]
-    if y1 < 0 or x1 < 0 or y2 > bh or x2 > bw:
-        raise ValueError(f"crop_box {tuple(crop_box)} lies outside the background ({bh}x{bw}): "
+    if not crop_box.inside(bh, bw):
+        raise ValueError(f"crop_box {crop_box} lies outside the background ({bh}x{bw}): "
                          "pass the background the hint was built from")
     if margin < 0:
         raise ValueError(f"margin: expected >= 0, got {margin}")
@@ -503,8 +475,14 @@ def crop_back(pred, background, extra_sizes, crop_box: Box, margin: int = CROP_M
         pred = pred[before:before + h1]
     out = background.copy()
     inner = pred[margin:h1 - margin, margin:w1 - margin]
-    out[y1 + margin:y2 - margin, x1 + margin:x2 - margin] = np.clip(inner, 0, 255).astype(np.uint8)
+    out[pasted_box(crop_box, margin).slices] = np.clip(inner, 0, 255).astype(np.uint8)
     return out
+
+
+def pasted_box(crop_box: Box, margin: int = CROP_MARGIN) -> Box:
+    """The part of the background :func:`crop_back` replaces: the crop minus its
+    ``margin``-pixel inner band."""
+    return crop_box.inset(margin)
 
 
 # ------------------------------------------------------------------------- all inputs

@@ -11,31 +11,31 @@ interaction pose. This module makes such data without any download:
   sleeves, trousers or shorts, shoes, build and height.
 * **Objects** of nine categories (`CATEGORIES`), each with its own colour/pattern identity
   and size.
-* **Interactions** (`INTERACTIONS`, nine verbs) each define the human pose and where the
-  object sits relative to the body (in a hand, under the feet, under the pelvis, ...).
+* **Interactions** (nine verbs, `pipelines.vocabulary.INTERACTIONS`) each define the human
+  pose and where the object sits relative to the body (in a hand, under the feet, under
+  the pelvis, ...); `COMPATIBLE` says which objects take part in which.
 * **Backgrounds**: outdoor (sky/ground gradients, sun, clouds, hills, trees, houses) or
   indoor (wall/floor, window, picture).
 
 Each identity pair is rendered in `scenes_per_pair` scenes with different interactions
 (or poses); a sample's target is one scene, its human reference the human alone in the
 next scene, its object reference the object alone in the one after, so references always
-show another pose / placement. Output is the `pipelines.dataset` format; captions read
+show another pose / placement. Output is the `pipelines.data.dataset` format; captions read
 "a person is kicking the ball"; each index line also carries ``description`` (with the
 appearance: "a person in a red striped shirt ... the blue polka-dot ball") and ``synth``
 (pair, scene numbers, joint angles). Scenes are drawn in resolution-free units, so one seed
 gives the same data at any ``size``.
 
-CLI: ``python -m interact_custom synth --out DIR --count N --seed S [--size PX]
-[--val-fraction F] [--overwrite]`` and ``python -m interact_custom synth --examples DIR``
-(the demo inputs shipped in ``pipelines/assets/examples``, see `write_examples`).
+CLI (``cli/synth.py``): ``python -m interact_custom synth --out DIR --count N --seed S
+[--size PX] [--val-fraction F] [--overwrite]`` and ``python -m interact_custom synth
+--examples DIR`` (the demo inputs shipped in ``pipelines/assets/examples``, see
+`write_examples`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -44,17 +44,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .dataset import ChoiWriter, save_png
-from ..weights_manager.files import write_text_atomic
+from ..files import write_text_atomic
+from ..geometry import Box, mask_box
+from ..vocabulary import CAPTION_TEMPLATE, INTERACTIONS
 
 # ----------------------------------------------------------------------------- vocabulary
 
-# verb (HICO-DET style, stored in the index) -> phrase used in the caption.
-INTERACTIONS: dict[str, str] = {
-    "hold": "holding", "kick": "kicking", "carry": "carrying", "ride": "riding",
-    "sit_on": "sitting on", "throw": "throwing", "push": "pushing", "swing": "swinging",
-    "fly": "flying",
-}
-# object category -> the interactions it takes part in.
+# object category -> the interactions (`INTERACTIONS` verbs) it takes part in.
 COMPATIBLE: dict[str, tuple[str, ...]] = {
     "ball": ("hold", "kick", "throw"),
     "bicycle": ("ride", "push"),
@@ -196,7 +192,7 @@ def random_object(rng: np.random.Generator, category: str) -> ObjectIdentity:
 
 def caption(verb: str, category: str) -> str:
     """The interaction prompt, e.g. ``caption("sit_on", "chair")`` -> "a person is sitting on the chair"."""
-    return f"a person is {INTERACTIONS[verb]} the {category}"
+    return CAPTION_TEMPLATE.format(phrase=INTERACTIONS[verb], object=category)
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -889,17 +885,18 @@ def render(scene: Scene, height: int, parts: tuple[str, ...] = ("human", "object
 
 
 def _bbox_xywh(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    box = mask_box(mask)
+    if box is None:
+        raise ValueError("synth: a rendered mask is empty")
+    return list(box.xywh)
 
 
 def _crop_ref(image: np.ndarray, mask: np.ndarray, margin: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
     """Crop a reference to its mask box plus a margin (a fraction of the image height)."""
     x, y, w, h = _bbox_xywh(mask)
     m = max(1, round(margin * mask.shape[0]))
-    y0, y1 = max(0, y - m), min(mask.shape[0], y + h + m)
-    x0, x1 = max(0, x - m), min(mask.shape[1], x + w + m)
-    return image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy()
+    crop = Box(x - m, y - m, x + w + m, y + h + m).clipped(*mask.shape[:2])
+    return image[crop.slices].copy(), mask[crop.slices].copy()
 
 
 @dataclass
@@ -988,7 +985,7 @@ def _iter_samples(count: int, seed: int, size: int, val_fraction: float, S: int)
 
 def generate(out: str | os.PathLike, count: int, seed: int, size: int = 256, val_fraction: float = 0.1,
              overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
-    """Write a synthetic CHOI dataset (`pipelines.dataset` format) to `out`.
+    """Write a synthetic CHOI dataset (`pipelines.data.dataset` format) to `out`.
 
     Refuses a non-empty folder unless ``overwrite=True`` (which replaces the index and the
     files of the generated ids, leaving other files alone). Returns samples per split.
@@ -1049,63 +1046,10 @@ def write_examples(out: str | os.PathLike, seed: int = EXAMPLES_SEED, overwrite:
     meta = {"caption": caption(target.verb, obj.category), "verb": target.verb, "object": obj.category,
             "box": box, "background_size": [background.shape[1], background.shape[0]],
             "description": f"{human.describe()} is {INTERACTIONS[target.verb]} {obj.describe()}",
-            "generated_by": f"interact_custom.pipelines.synth.write_examples(seed={seed})"}
+            "generated_by": f"interact_custom.pipelines.data.synth.write_examples(seed={seed})"}
     save_png(paths["human.png"], cutout(pose_scene, "human", HUMAN), overwrite)
     save_png(paths["object.png"], cutout(obj_scene, "object", OBJECT), overwrite)
     save_png(paths["background.png"], Image.fromarray(background, "RGB"), overwrite)
     save_png(paths["interaction_mask.png"], Image.fromarray(union.astype(np.uint8) * 255, "L"), overwrite)
     write_text_atomic(paths["example.json"], json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m interact_custom synth``."""
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--out", type=Path, help="folder to write the dataset into (must be empty)")
-    mode.add_argument("--examples", type=Path, metavar="DIR",
-                      help="instead of a dataset, write the demo inputs (human.png, object.png, ...) to DIR")
-    parser.add_argument("--count", type=int, default=1000, help="number of samples (default 1000)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help=f"random seed; same seed, same data (default 0; {EXAMPLES_SEED} with --examples)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="share of identity pairs put in the 'val' split (default 0.1)")
-    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``python -m interact_custom synth``."""
-    if args.examples is not None:
-        try:
-            seed = EXAMPLES_SEED if args.seed is None else args.seed
-            meta = write_examples(args.examples, seed=seed, overwrite=args.overwrite)
-        except FileExistsError as exc:
-            print(f"synth: {exc}", file=sys.stderr)
-            return 2
-        print(f"wrote {', '.join(EXAMPLE_FILES)} to {args.examples} ({meta['caption']!r}, box {meta['box']})")
-        return 0
-    if args.size < 48:
-        print(f"synth: --size must be at least 48 px (thin parts vanish below), got {args.size}", file=sys.stderr)
-        return 2
-
-    tty = sys.stderr.isatty()
-
-    def progress(i: int, n: int) -> None:
-        # One rewritten line on a terminal; every 10 % on its own line in a log file.
-        if tty and (i == n or i % max(1, n // 100) == 0):
-            print(f"\rsynth: {i}/{n} samples", end="\n" if i == n else "", file=sys.stderr, flush=True)
-        elif not tty and (i == n or i % max(1, n // 10) == 0):
-            print(f"synth: {i}/{n} samples", file=sys.stderr, flush=True)
-
-    try:
-        splits = generate(args.out, args.count, 0 if args.seed is None else args.seed, args.size, args.val_fraction,
-                          overwrite=args.overwrite, progress=progress)
-    except (FileExistsError, NotADirectoryError, ValueError) as exc:
-        print(f"synth: {exc}", file=sys.stderr)
-        return 2
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(splits.items()))
-    print(f"wrote {sum(splits.values())} samples ({summary}) to {args.out}")
-    return 0

@@ -4,7 +4,7 @@
         [--iamg FILE] [--mgig FILE] [--mask iamg|truth] [--refs own|swapped] [--steps 20] [--sampler euler_a]
         [--guidance 3] [--iamg-steps 20] [--iamg-sampler euler_a] [--dtype fp32|bf16] [--overwrite]
 
-What it does, per sample of the dataset (``--data``, else a fresh `pipelines.synth` set
+What it does, per sample of the dataset (``--data``, else a fresh `pipelines.data.synth` set
 written to ``DIR/data`` with ``--seed``: synthetic identities are random colours and
 patterns drawn from the seed, so another seed than the training set's gives humans and
 objects the models never saw):
@@ -26,12 +26,14 @@ objects the models never saw):
 
 An empty IAMG mask leaves its sample ungenerated (and so unscored); the report counts
 such samples (``iamg_empty_masks``) as the failures they are. Timings are recorded.
+
+This module holds the benchmark on loaded models: `prepare` (options, the dataset, the
+output folders) then `generate_and_score` (given the MGIG model and, for IAMG masks, the
+IAMG model). `cli.synthbench` loads the models (`weights_manager.loader`) in between and
+holds the command line.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -39,14 +41,20 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from . import choi, evaluate, preprocess, samplers, synth
-from .dataset import ChoiDataset
+from .. import iamg
+from ..data import synth
+from ..data.dataset import ChoiDataset
+from ..mgig import inputs as preprocess
+from ..mgig import pipeline as choi
+from ..sampling_settings import RECOMMENDED
+from . import evaluate
 
 DEFAULT_COUNT = 64
 DEFAULT_SEED = 1000          # the shipped default trains on seed 1: another seed = unseen identities
 SHEET_ROWS = 6
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 REFS = ("own", "swapped")
+MGIG_SETTINGS, IAMG_SETTINGS = RECOMMENDED["mgig"], RECOMMENDED["iamg"]  # the defaults
 
 
 def _box_drawn(background: np.ndarray, box) -> np.ndarray:
@@ -72,21 +80,13 @@ def sample_sheet(rows: list[list[np.ndarray]], side: int = 128) -> np.ndarray:
     return np.asarray(sheet)
 
 
-def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int = DEFAULT_COUNT,
-                  seed: int = DEFAULT_SEED, size: int = 256, iamg_source: str | None = None,
-                  mgig_source: str | None = None, mask: str = "iamg", refs: str = "own",
-                  steps: int = choi.RECOMMENDED_STEPS, sampler: str = choi.RECOMMENDED_SAMPLER,
-                  iamg_steps: int = choi.RECOMMENDED_STEPS, iamg_sampler: str = choi.RECOMMENDED_SAMPLER,
-                  guidance: float = choi.RECOMMENDED_GUIDANCE, iamg_guidance: float | None = None,
-                  batched_guidance: bool = True, dtype: str = "fp32", limit: int | None = None,
-                  paste: str = "crop", overwrite: bool = False, log=print) -> dict:
-    """Generate and score (see the module docstring); returns the evaluation report with
-    the benchmark's settings and timings added under ``"synthbench"``. ``paste`` defaults to
-    "crop" (the official crop-back) so that the "changes" columns measure what the model
-    painted; "mask" scores the product's default compositing (`composite`)."""
-    from ..weights_manager.loader import EMBEDDED, load_iamg_model, load_mgig_model
-    from . import iamg
-
+def prepare(out: str | Path, *, data: str | Path | None = None, count: int = DEFAULT_COUNT,
+            seed: int = DEFAULT_SEED, size: int = 256, mask: str = "iamg", refs: str = "own",
+            dtype: str = "fp32", overwrite: bool = False, log=print) -> ChoiDataset:
+    """Everything before the models are loaded: check the options, refuse an ``out`` that
+    already holds a report (unless ``overwrite``), synthesise the held-out set into
+    ``out/data`` when no ``data`` is given (see the module docstring), create the output
+    folders. Returns the dataset."""
     if mask not in ("iamg", "truth"):
         raise ValueError(f"mask: expected 'iamg' or 'truth', got {mask!r}")
     if refs not in REFS:
@@ -103,23 +103,39 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
             log(f"synthesising {count} held-out samples (seed {seed}, {size} px) into {data}")
             synth.generate(data, count, seed=seed, size=size, val_fraction=0.0)
     dataset = ChoiDataset(data)
-    indices = list(range(len(dataset)))[:limit]
     if refs == "swapped" and len(dataset) < 2:
         raise ValueError("refs 'swapped' needs a dataset of at least 2 samples (another pair's references)")
     for folder in ("masks", "generated"):
         (out / folder).mkdir(parents=True, exist_ok=True)
+    return dataset
 
-    torch_dtype = DTYPES[dtype]
-    mgig = load_mgig_model(mgig_source or EMBEDDED, dtype=torch_dtype)
-    model_iamg = load_iamg_model(iamg_source or EMBEDDED, dtype=torch_dtype) if mask == "iamg" else None
+
+def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=None, *, refs: str = "own",
+                       steps: int = MGIG_SETTINGS.steps, sampler: str = MGIG_SETTINGS.sampler,
+                       iamg_steps: int = IAMG_SETTINGS.steps, iamg_sampler: str = IAMG_SETTINGS.sampler,
+                       guidance: float = MGIG_SETTINGS.guidance, iamg_guidance: float | None = None,
+                       batched_guidance: bool = True, limit: int | None = None, paste: str = "crop",
+                       mgig_source: str = "", iamg_source: str | None = None, dtype: str = "fp32",
+                       log=print) -> dict:
+    """Generate and score (see the module docstring) a dataset from `prepare` with the
+    loaded ``mgig`` model and, for IAMG masks, ``iamg_model`` (None: the ground-truth
+    masks, ``--mask truth``); returns the evaluation report with the benchmark's settings
+    and timings added under ``"synthbench"``. ``paste`` defaults to "crop" (the official
+    crop-back) so that the "changes" columns measure what the model painted; "mask" scores
+    the product's default compositing (`composite`). ``mgig_source`` / ``iamg_source`` /
+    ``dtype``: what the report names the models by and the dtype they were loaded in."""
+    mask = "iamg" if iamg_model is not None else "truth"
+    out = Path(out)
+    report_dir = out / "report"
+    indices = list(range(len(dataset)))[:limit]
     timing = {"iamg_s": [], "mgig_s": []}
     empty: list[str] = []
     rows = []
     for n, i in enumerate(indices, start=1):
         s = dataset[i]
-        if model_iamg is not None:
+        if iamg_model is not None:
             t0 = time.perf_counter()
-            result = iamg.generate_mask(model_iamg, prompt=s.caption, background=s.background, box=s.box,
+            result = iamg.generate_mask(iamg_model, prompt=s.caption, background=s.background, box=s.box,
                                         steps=iamg_steps, sampler=iamg_sampler, seed=i,
                                         **({} if iamg_guidance is None else {"guidance": iamg_guidance}))
             timing["iamg_s"].append(time.perf_counter() - t0)
@@ -149,8 +165,8 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
     report = evaluate.evaluate(dataset, out / "generated", masks_dir=out / "masks", mask_source="interaction",
                                synthetic=True)
     report["synthbench"] = {
-        "iamg": None if mask != "iamg" else str(iamg_source or EMBEDDED),
-        "mgig": str(mgig_source or EMBEDDED), "mask": mask, "refs": refs, "paste": paste, "dtype": dtype,
+        "iamg": None if mask != "iamg" else iamg_source,
+        "mgig": mgig_source, "mask": mask, "refs": refs, "paste": paste, "dtype": dtype,
         "mgig_sampling": {"sampler": sampler, "steps": steps, "guidance": guidance, "batched_guidance": batched_guidance},
         "iamg_sampling": None if mask != "iamg" else {"sampler": iamg_sampler, "steps": iamg_steps,
                                                       "guidance": iamg_guidance or iamg.DEFAULT_GUIDANCE},
@@ -179,55 +195,3 @@ def summary_line(report: dict) -> str:
             f"{get('colour_mean_human')} object {get('colour_mean_object')} | confinement box "
             f"{get('confinement_box')} mask {get('confinement_mask')} | empty masks {b['iamg_empty_masks']}"
             f"/{b['samples']}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder (data/, masks/, generated/, report/, samples.png)")
-    parser.add_argument("--data", default=None, help="a CHOI dataset to use instead of synthesising one")
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help=f"samples to synthesise (default {DEFAULT_COUNT})")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help=f"synthesis seed (default {DEFAULT_SEED}; the shipped default trained on seed 1)")
-    parser.add_argument("--size", type=int, default=256, help="synthesised image size (default 256)")
-    parser.add_argument("--iamg", default=None, help="IAMG weights (default: embedded)")
-    parser.add_argument("--mgig", default=None, help="MGIG weights (default: embedded)")
-    parser.add_argument("--mask", choices=["iamg", "truth"], default="iamg",
-                        help="interaction masks from IAMG (default) or the ground truth (scores MGIG alone)")
-    parser.add_argument("--refs", choices=list(REFS), default="own",
-                        help="the sample's own references (default) or another pair's (identity control)")
-    parser.add_argument("--steps", type=int, default=choi.RECOMMENDED_STEPS,
-                        help=f"MGIG sampling steps (default {choi.RECOMMENDED_STEPS})")
-    parser.add_argument("--sampler", default=choi.RECOMMENDED_SAMPLER, choices=samplers.SAMPLER_NAMES,
-                        help=f"MGIG sampler (default {choi.RECOMMENDED_SAMPLER})")
-    parser.add_argument("--guidance", type=float, default=choi.RECOMMENDED_GUIDANCE,
-                        help=f"MGIG CFG scale (default {choi.RECOMMENDED_GUIDANCE})")
-    parser.add_argument("--separate-guidance", action="store_true",
-                        help="cond and uncond as two forwards (the official procedure)")
-    parser.add_argument("--iamg-steps", type=int, default=choi.RECOMMENDED_STEPS,
-                        help=f"IAMG sampling steps (default {choi.RECOMMENDED_STEPS})")
-    parser.add_argument("--iamg-sampler", default=choi.RECOMMENDED_SAMPLER, choices=samplers.SAMPLER_NAMES,
-                        help=f"IAMG sampler (default {choi.RECOMMENDED_SAMPLER})")
-    parser.add_argument("--iamg-guidance", type=float, default=None, help="IAMG CFG scale (default: IAMG's)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model dtype (default fp32)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
-    parser.add_argument("--paste", choices=["crop", "mask"], default="crop",
-                        help="crop-back (default crop: the official one, so the changes columns measure the model; "
-                             "mask: the product default that keeps the scene outside the figure)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        report = run_benchmark(args.out, data=args.data, count=args.count, seed=args.seed, size=args.size,
-                               iamg_source=args.iamg, mgig_source=args.mgig, mask=args.mask, refs=args.refs,
-                               steps=args.steps,
-                               sampler=args.sampler, iamg_steps=args.iamg_steps, iamg_sampler=args.iamg_sampler,
-                               guidance=args.guidance, iamg_guidance=args.iamg_guidance,
-                               batched_guidance=not args.separate_guidance, dtype=args.dtype, limit=args.limit,
-                               paste=args.paste, overwrite=args.overwrite)
-    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"synthbench: {e}", file=sys.stderr)
-        return 2
-    print(evaluate.markdown_report(report))
-    print(json.dumps({k: v for k, v in report["synthbench"].items() if k != "iamg_empty_ids"}))
-    print(summary_line(report))
-    return 0

@@ -1,9 +1,9 @@
 """Build CHOI training datasets from real data: video clips (paper §4.2) and HOI images (§4.1).
 
-A CHOI sample (format: `pipelines.dataset`) needs the *same* human and object in a
+A CHOI sample (format: `pipelines.data.dataset`) needs the *same* human and object in a
 *different* pose than the target, so a model learns to separate identity from interaction
 pose. The paper gets such pairs two ways; this module implements both as builders that
-write the `pipelines.dataset` format through `ChoiWriter`.
+write the `pipelines.data.dataset` format through `ChoiWriter`.
 
 **From video clips** (§4.2, `build_video_dataset`). A clip shows one human-object pair
 without a camera change. For two frames f_r, f_t of a clip the human and object of f_r
@@ -74,16 +74,15 @@ foreground); floats (> 0.5); PIL images; leading singleton axes (1×H×W) are dr
        "id": "0001",                                # optional sample id (default: line no.)
        "meta": {...}}                               # optional, copied into the sample
 
-CLI: ``python -m interact_custom build video --clips DIR --out DIR [--min-gap N]
-[--max-iou X] [--pairs-per-clip K] [--seed S] [--segmenter mod:fn] [--captioner mod:fn]
-[--inpainter mod:fn] [--split-val F] [--overwrite]`` and ``python -m interact_custom
-build hoi --annotations FILE --out DIR [--pose-changer mod:fn] [...]``. A callable is
-named ``module:function`` (importable; the current folder is searched first) or
-``path/to/file.py:function``.
+CLI (``cli/build.py``): ``python -m interact_custom build video --clips DIR --out DIR
+[--min-gap N] [--max-iou X] [--pairs-per-clip K] [--seed S] [--segmenter mod:fn]
+[--captioner mod:fn] [--inpainter mod:fn] [--split-val F] [--overwrite]`` and
+``python -m interact_custom build hoi --annotations FILE --out DIR [--pose-changer mod:fn]
+[...]``. A callable is named ``module:function`` (importable; the current folder is
+searched first) or ``path/to/file.py:function`` (`load_callable`).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import importlib.util
@@ -102,8 +101,9 @@ import numpy as np
 from PIL import Image
 
 from .dataset import ChoiWriter, iter_json_lines
-from .synth import INTERACTIONS
-from ..weights_manager.files import write_text_atomic
+from ..files import write_text_atomic
+from ..geometry import mask_box
+from ..vocabulary import CAPTION_TEMPLATE, INTERACTIONS
 
 # An image is a uint8 H×W×3 array, a PIL image, or a path read when needed.
 ImageSource = Any
@@ -172,7 +172,7 @@ def _gerund(word: str) -> str:
 def verb_phrase(verb: str) -> str:
     """The caption phrase of a HICO-DET style verb: ``"sit_on"`` -> ``"sitting on"``,
     ``"ride"`` -> ``"riding"``. Uses the synthetic vocabulary's phrases where it has the verb
-    (`synth.INTERACTIONS`), else English spelling rules on the first word."""
+    (`vocabulary.INTERACTIONS`), else English spelling rules on the first word."""
     verb = verb.strip().lower()
     if verb in INTERACTIONS:
         return INTERACTIONS[verb]
@@ -186,7 +186,7 @@ def default_caption(verb: str, object_category: str) -> str:
     """The paper's template "A person is verbing the object" (§4.2), lower case like the
     synthetic data and the shipped word tokenizer: ``("sit_on", "dining_table")`` ->
     "a person is sitting on the dining table"."""
-    return f"a person is {verb_phrase(verb)} the {_readable(object_category)}"
+    return CAPTION_TEMPLATE.format(phrase=verb_phrase(verb), object=_readable(object_category))
 
 
 def _readable(category: str) -> str:
@@ -329,15 +329,16 @@ def _check_same_size(mask: np.ndarray, shape: tuple[int, int], what: str, src: A
     return mask
 
 
-def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """[x, y, w, h] of a non-empty mask (x/y = left/top column/row, w/h inclusive extents)."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        raise BuildError("mask_bbox: the mask is empty")
-    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+def mask_xywh(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """[x, y, w, h] of a non-empty mask (x/y = left/top column/row, w/h inclusive extents):
+    `geometry.mask_box`'s tight box, with a builder error when the mask is empty."""
+    box = mask_box(mask)
+    if box is None:
+        raise BuildError("the mask is empty")
+    return box.xywh
 
 
-def expand_box(box: Sequence[int], factor: float, width: int, height: int) -> tuple[int, int, int, int]:
+def scale_xywh(box: Sequence[int], factor: float, width: int, height: int) -> tuple[int, int, int, int]:
     """Scale an [x, y, w, h] box about its centre by `factor` (>= 1), clipped to the image."""
     x, y, w, h = box
     cx, cy = x + w / 2, y + h / 2
@@ -350,7 +351,7 @@ def crop_reference(image: np.ndarray, mask: np.ndarray, margin: float = DEFAULT_
                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """Crop a reference to its mask's box grown by ``margin`` × the box's longer side on
     each side (clipped to the image). Returns (RGB crop, bool mask crop, [x, y, w, h])."""
-    x, y, w, h = mask_bbox(mask)
+    x, y, w, h = mask_xywh(mask)
     m = round(margin * max(w, h))
     x0, y0 = max(0, x - m), max(0, y - m)
     x1, y1 = min(mask.shape[1], x + w + m), min(mask.shape[0], y + h + m)
@@ -440,7 +441,9 @@ class BuildReport:
                 "skipped": dict(self.skipped), "params": self.params, "notes": self.notes}
 
 
-def _prepare_out(out: str | os.PathLike, overwrite: bool) -> Path:
+def prepare_out(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Check that ``out`` can receive a dataset (absent or an empty folder, unless
+    ``overwrite``); the builders and the CLI (before reading any input) call it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
@@ -591,7 +594,7 @@ def build_video_dataset(clips: Iterable[VideoClip], out: str | os.PathLike, *,
     if dup:
         raise BuildError(f"clip ids must be unique; repeated: {sorted(dup)}")
     val = choose_val_groups(ids, val_fraction, seed)
-    out = _prepare_out(out, overwrite)
+    out = prepare_out(out, overwrite)
     report = BuildReport("video", str(out), params=dict(
         min_gap=min_gap, max_iou=max_iou, pairs_per_clip=pairs_per_clip, min_area=min_area, margin=margin,
         box_expand=box_expand, seed=seed, val_fraction=val_fraction, clips=len(clips),
@@ -673,7 +676,7 @@ def _video_clip_samples(writer: ChoiWriter, report: BuildReport, clip: VideoClip
             target=target, human_mask=human[t], object_mask=obj[t],
             human_ref=h_ref, human_ref_mask=h_ref_mask, object_ref=o_ref, object_ref_mask=o_ref_mask,
             background=_background(inpaint, target, union, sw),
-            box=expand_box(mask_bbox(union), box_expand, shape[1], shape[0]),
+            box=scale_xywh(mask_xywh(union), box_expand, shape[1], shape[0]),
             extra={"source": {"kind": "video", "clip": clip_id, "target_frame": names[t],
                               "reference_frame": names[r], "target_index": t, "reference_index": r,
                               "frame_gap": abs(t - r), "human_iou": round(float(iou), 4),
@@ -917,7 +920,7 @@ def build_hoi_dataset(images: Iterable[HoiImage], out: str | os.PathLike, *, see
             by_person.setdefault(str(it.person_id), []).append(i)
         if it.object_id is not None:
             by_object.setdefault(str(it.object_id), []).append(i)
-    out = _prepare_out(out, overwrite)
+    out = prepare_out(out, overwrite)
     src = _HoiSource(items, ids, segment, min_area)
     report = BuildReport("hoi", str(out), params=dict(
         seed=seed, min_area=min_area, margin=margin, box_expand=box_expand, val_fraction=val_fraction,
@@ -1007,78 +1010,7 @@ def _hoi_sample(writer, report, src: _HoiSource, i, split, by_person, by_object,
                verb=it.verb, object_category=it.object, target=image, human_mask=hm, object_mask=om,
                human_ref=human_ref[0], human_ref_mask=human_ref[1],
                object_ref=object_ref[0], object_ref_mask=object_ref[1], background=background,
-               box=expand_box(mask_bbox(union), box_expand, image.shape[1], image.shape[0]),
+               box=scale_xywh(mask_xywh(union), box_expand, image.shape[1], image.shape[0]),
                extra={"source": info})
     report.wrote(split)
     return True
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m interact_custom build {video,hoi}``."""
-    sub = parser.add_subparsers(dest="source", metavar="{video,hoi}", required=True)
-    video = sub.add_parser("video", help="samples from frame pairs of video clips (paper §4.2)")
-    video.add_argument("--clips", type=Path, required=True,
-                       help="folder of clips: <clip_id>/frames/*.png, human_masks/, object_masks/, clip.json")
-    video.add_argument("--min-gap", type=int, default=DEFAULT_MIN_GAP,
-                       help=f"minimum frame distance of target and reference (default {DEFAULT_MIN_GAP})")
-    video.add_argument("--max-iou", type=float, default=DEFAULT_MAX_IOU,
-                       help=f"maximum human-mask IoU of target and reference (default {DEFAULT_MAX_IOU})")
-    video.add_argument("--pairs-per-clip", type=int, default=DEFAULT_PAIRS_PER_CLIP,
-                       help=f"samples per clip at most (default {DEFAULT_PAIRS_PER_CLIP})")
-    hoi = sub.add_parser("hoi", help="samples from HOI images with masks and person ids (paper §4.1)")
-    hoi.add_argument("--annotations", type=Path, required=True, help="annotations.jsonl (one image per line)")
-    hoi.add_argument("--pose-changer", metavar="MOD:FN", default=None,
-                     help="pose_change(human_crop, mask) -> (image, mask) or None, for the human reference")
-    for p in (video, hoi):
-        p.add_argument("--out", type=Path, required=True, help="dataset folder to create (must be empty)")
-        p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same dataset (default 0)")
-        p.add_argument("--min-area", type=float, default=DEFAULT_MIN_AREA,
-                       help=f"skip masks under this share of the image's pixels (default {DEFAULT_MIN_AREA})")
-        p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                       help=f"reference crop margin, share of the mask box's longer side (default {DEFAULT_MARGIN})")
-        p.add_argument("--box-expand", type=float, default=DEFAULT_BOX_EXPAND,
-                       help="scale of the union-mask box written as the sample's box (default 1)")
-        p.add_argument("--segmenter", metavar="MOD:FN", default=None,
-                       help="segment(image, prompt) -> mask for absent masks (prompt 'person' / the object)")
-        p.add_argument("--captioner", metavar="MOD:FN", default=None,
-                       help="caption(image, verb, object) -> str (default: 'a person is <verb>ing the <object>')")
-        p.add_argument("--inpainter", metavar="MOD:FN", default=None,
-                       help="inpaint(image, union_mask) -> RGB background (default: no background)")
-        p.add_argument("--split-val", type=float, default=0.0, metavar="FRACTION",
-                       help="share of clips / identities put in the 'val' split (default 0)")
-        p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``python -m interact_custom build``; errors are printed, exit code 2."""
-    def progress(done: int, total: int, name: str, n: int) -> None:
-        if total <= 50 or done == total or done % max(1, total // 20) == 0:
-            print(f"build: {done}/{total} {name}: {n} sample{'s' * (n != 1)}", file=sys.stderr, flush=True)
-
-    try:
-        fns = {opt: load_callable(getattr(args, opt), "--" + opt.replace("_", "-"))
-               for opt in ("segmenter", "captioner", "inpainter", "pose_changer")
-               if getattr(args, opt, None)}
-        common = dict(seed=args.seed, min_area=args.min_area, margin=args.margin, box_expand=args.box_expand,
-                      segment=fns.get("segmenter"), captioner=fns.get("captioner"), inpaint=fns.get("inpainter"),
-                      val_fraction=args.split_val, overwrite=args.overwrite, progress=progress)
-        _prepare_out(args.out, args.overwrite)  # fail before reading any input
-        if args.source == "video":
-            folders = list_clip_folders(args.clips)
-            need = fns.get("segmenter") is None
-            clips = [read_clip_folder(f, need_masks=need) for f in folders]
-            print(f"build: {len(clips)} clips in {args.clips}", file=sys.stderr)
-            report = build_video_dataset(clips, args.out, min_gap=args.min_gap, max_iou=args.max_iou,
-                                         pairs_per_clip=args.pairs_per_clip, **common)
-        else:
-            items = read_hoi_annotations(args.annotations, need_masks=fns.get("segmenter") is None)
-            print(f"build: {len(items)} images in {args.annotations}", file=sys.stderr)
-            report = build_hoi_dataset(items, args.out, pose_change=fns.get("pose_changer"), **common)
-    except (BuildError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError) as exc:
-        print(f"build: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0

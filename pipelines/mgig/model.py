@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import samplers
+from .. import samplers
+from ..imgproc import IMAGENET_MEAN, IMAGENET_STD
+from ..vae import build_vae, kl_vae_config
 
-# ImageNet statistics used by FrozenDinoV2Encoder before the ViT.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # ControlLDM's noise schedule (anydoor.yaml): LDM "linear" = linspace(sqrt(start), sqrt(end))^2.
 OFFICIAL_SCHEDULE = {"linear_start": samplers.LINEAR_START, "linear_end": samplers.LINEAR_END,
@@ -127,25 +126,6 @@ def dinov2_kwargs(*, hidden_size: int, depth: int, num_heads: int | None = None,
     }
 
 
-def vae_kwargs(*, ch: int = 128, ch_mult=(1, 2, 4, 4), num_res_blocks: int = 2, z_channels: int = 4,
-               scaling_factor: float = 0.18215, norm_num_groups: int = 32) -> dict:
-    """`AutoencoderKL` kwargs for an LDM kl-f8 VAE (mid-block attention, no level attention)."""
-    n = len(ch_mult)
-    return {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * n,
-        "up_block_types": ["UpDecoderBlock2D"] * n,
-        "block_out_channels": [ch * m for m in ch_mult],
-        "layers_per_block": num_res_blocks,
-        "act_fn": "silu",
-        "latent_channels": z_channels,
-        "norm_num_groups": norm_num_groups,
-        "scaling_factor": scaling_factor,
-        "mid_block_add_attention": True,
-    }
-
-
 @dataclass
 class MGIGConfig:
     """Everything needed to build an `MGIGModel`, as plain (JSON-able) data."""
@@ -190,8 +170,8 @@ def _preset(*, model_channels, channel_mult, attention_levels, context_dim, dino
         id_encoder={"dinov2": dinov2_kwargs(hidden_size=dino_dim, depth=dino_depth, num_heads=dino_heads,
                                             image_size=dino_image_size),
                     "context_dim": context_dim},
-        vae=vae_kwargs(ch=vae_ch, ch_mult=vae_mult, num_res_blocks=vae_blocks, z_channels=latent_channels,
-                       norm_num_groups=vae_groups),
+        vae=kl_vae_config([vae_ch * m for m in vae_mult], vae_blocks, latent_channels=latent_channels,
+                          norm_num_groups=vae_groups),
     )
 
 
@@ -203,9 +183,9 @@ def mgig_config(preset: str = "official") -> MGIGConfig:
     - ``tiny``: for tests, the shape of the reduced test vectors (≈4 M parameters).
     - ``small``: ≈5.6 M parameters (≈11 MB in fp16), the shipped default's architecture;
       16² position grid, so the 224 reference needs no interpolation; the small VAE with
-      an 8-channel latent (`iamg.SMALL_VAE`, shared with the small IAMG). GroupNorm with
+      an 8-channel latent (`vae.SMALL_VAE`, shared with the small IAMG). GroupNorm with
       8 groups in the UNet / ControlNet (4 channels per group at the 32-wide level, not
-      instance norm), one in the VAE (see `iamg.SMALL_VAE`).
+      instance norm), one in the VAE (see `vae.SMALL_VAE`).
     """
     if preset == "official":
         return _preset(model_channels=320, channel_mult=(1, 2, 4, 4), attention_levels=(1, 1, 1, 0),
@@ -289,7 +269,7 @@ def build_controlnet(kwargs: dict):
     return controlnet
 
 
-def _official_embeddings_class():
+def official_embeddings_class():
     from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
     class OfficialPosEmbeddings(Dinov2Embeddings):
@@ -325,7 +305,7 @@ class IDEncoder(nn.Module):
 
         config = Dinov2Config(**dinov2)
         self.dinov2 = Dinov2Model(config)
-        self.dinov2.embeddings = _official_embeddings_class()(config)
+        self.dinov2.embeddings = official_embeddings_class()(config)
         self.projector = nn.Linear(config.hidden_size, context_dim)
 
     @staticmethod
@@ -353,13 +333,13 @@ class MGIGModel(nn.Module):
 
     def __init__(self, config: MGIGConfig):
         super().__init__()
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import UNet2DConditionModel
 
         self.config = config
         self.unet = UNet2DConditionModel(**_tuples(config.unet))
         self.controlnet = build_controlnet(config.controlnet)
         self.id_encoder = IDEncoder(**config.id_encoder)
-        self.vae = AutoencoderKL(**_tuples(config.vae))
+        self.vae = build_vae(config.vae)
 
     # -- schedule ------------------------------------------------------------------------
     @property

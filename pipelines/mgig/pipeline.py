@@ -2,7 +2,7 @@
 
 1. :func:`id_features` — the 224² reference canvas (human top-left, object bottom-right)
    and its DINOv2 identity context, plus the unconditional context (encoder on zeros).
-2. :func:`preprocess.detail_map` — the Sobel high-frequency map of that canvas.
+2. :func:`inputs.detail_map` — the Sobel high-frequency map of that canvas.
 3. :func:`generate` — build the hint around the interaction mask, sample with
    classifier-free guidance, decode, crop back into the background.
 
@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import composite, preprocess, samplers
-from .mgig import MGIGModel, resize_hint, resize_square
-from .sampling_settings import OFFICIAL, RECOMMENDED
+from .. import composite, samplers
+from . import inputs as preprocess
+from .model import MGIGModel, resize_hint, resize_square
+from ..sampling_settings import OFFICIAL, RECOMMENDED
 
 # Official and recommended sampling: one source, `sampling_settings` (which also says why).
 DEFAULT_STEPS = OFFICIAL["mgig"].steps
@@ -132,7 +133,7 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
     decoded = model.decode_latent(z).float().cpu()
     decoded = resize_square(decoded, hint.hint.shape[0], "bilinear").permute(0, 2, 3, 1).numpy()
 
-    region = pasted_region(background.shape[:2], hint)
+    region = preprocess.pasted_box(hint.crop_box).mask(*background.shape[:2])
     alpha = region if paste == "crop" else composite.figure_alpha(union, region, grow=paste_grow,
                                                                   feather=paste_feather)
     images, crops = [], []
@@ -142,12 +143,3 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
         pasted = preprocess.crop_back(pred, background, hint.extra_sizes, hint.crop_box)
         images.append(pasted if paste == "crop" else composite.blend(pasted, background, alpha))
     return ChoiResult(images=images, crops=crops, pasted_mask=alpha, hint=hint)
-
-
-def pasted_region(shape_hw: tuple[int, int], hint: preprocess.MGIGHint,
-                  margin: int = preprocess.CROP_MARGIN) -> np.ndarray:
-    """Float mask (1 = replaced) of what :func:`preprocess.crop_back` pastes."""
-    y1, y2, x1, x2 = hint.crop_box
-    out = np.zeros(shape_hw, np.float32)
-    out[y1 + margin:max(y2 - margin, y1 + margin), x1 + margin:max(x2 - margin, x1 + margin)] = 1.0
-    return out

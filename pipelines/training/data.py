@@ -1,11 +1,11 @@
-"""Training data: torch Datasets over a CHOI dataset folder (`pipelines.dataset` format),
-one per model that `pipelines.train` trains.
+"""Training data: torch Datasets over a CHOI dataset folder (`pipelines.data.dataset` format),
+one per model that `pipelines.training` trains.
 
 - `IAMGTrainData` — caption tokens, the condition image C_bg (the background with the
   union box blanked; with *background dropout* a white canvas with only the box blanked)
   and the target: the union mask drawn as an RGB image (`iamg.condition_image`,
   `iamg.target_image`). *Box dropout* (the empty condition, an all-zero latent) and text
-  dropout happen in the loss (`iamg.iamg_training_loss`), after VAE encoding.
+  dropout happen in the loss (`losses.iamg_training_loss`), after VAE encoding.
 - `MGIGTrainData` — the official MGIG training item (`hico_process_pairs`) built from the
   `preprocess` building blocks with the official training-time randomness: the reference
   canvas flipped (p 0.5) and brightness/contrast-jittered (p 0.5) before the detail map
@@ -45,9 +45,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from . import iamg, preprocess
-from .dataset import ChoiDataset, ChoiSample, DatasetError, save_png
-from .mgig import resize_hint, resize_square
+from .. import iamg
+from ..mgig import inputs as preprocess
+from ..data.dataset import ChoiDataset, ChoiSample, DatasetError, save_png
+from ..mgig import resize_hint, resize_square
 
 WHITE = 255
 # The official training-time draws of `hico_process_pairs` (ratios as randint(10·lo, 10·hi) / 10).
@@ -199,7 +200,7 @@ def read_generated_mask(folder: str | os.PathLike, sample_id: str, shape_hw: tup
     if not path.is_file():
         raise FileNotFoundError(f"stage 2: no generated mask for sample {sample_id!r}: {path} does not exist. "
                                 "Make the folder with `python -m interact_custom train masks` "
-                                "(see pipelines/train.py)")
+                                "(see cli/train.py)")
     with Image.open(path) as im:
         im = im.convert("L")
         if im.size != (shape_hw[1], shape_hw[0]):
@@ -263,11 +264,10 @@ class MGIGTrainData(_PositionData):
                 # The official trainer perturbs the union mask cut to the crop box, so the
                 # perturbation is drawn there (same box arithmetic as `build_hint`).
                 shape = background.shape
-                target_box = preprocess.expand_box(preprocess.mask_bbox(union, "union mask"), box_ratio, shape)
-                y1, y2, x1, x2 = preprocess.box_to_square(preprocess.expand_box(target_box, crop_ratio, shape),
-                                                          shape)
+                target_box = preprocess.expand_box(preprocess.official_box(union, "union mask"), box_ratio, shape)
+                crop_box = preprocess.box_to_square(preprocess.expand_box(target_box, crop_ratio, shape), shape)
                 layout = np.zeros_like(union)
-                layout[y1:y2, x1:x2] = preprocess.perturb_mask(union[y1:y2, x1:x2], rng)
+                layout[crop_box.slices] = preprocess.perturb_mask(union[crop_box.slices], rng)
                 hint_kwargs["mask"] = layout
         built = preprocess.build_hint(background, union, detail, **hint_kwargs)
         hint = built.hint
@@ -287,12 +287,11 @@ class MGIGTrainData(_PositionData):
             "figure": self.figure_in_crop(sample, built.crop_box),
         }
 
-    def figure_in_crop(self, sample: ChoiSample, crop_box) -> torch.Tensor:
+    def figure_in_crop(self, sample: ChoiSample, crop_box: preprocess.Box) -> torch.Tensor:
         """[1,S,S] in 0..1: where the ground-truth human ∪ object lies in the target crop
         (cut, padded and resized as the target is). Stage 2 builds the crop around the
         generated mask, but the figure the loss should weight is the true one."""
-        y1, y2, x1, x2 = crop_box
-        figure = _union(sample)[y1:y2, x1:x2].astype(np.float32)
+        figure = _union(sample)[crop_box.slices].astype(np.float32)
         figure = torch.from_numpy(preprocess.pad_to_square(figure, 0))[None]
         return resize_square(figure, self.size, "area")
 
@@ -375,7 +374,7 @@ def write_generated_masks(model: "iamg.IAMGModel", root: str | os.PathLike, out_
             continue
         sample = data[i]
         union = _union(sample)
-        y1, y2, x1, x2 = iamg.union_box(union)
+        y1, y2, x1, x2 = iamg.union_box(union).yyxx
         background = sample.background if sample.background is not None else sample.target
         result = iamg.generate_mask(model, prompt=sample.caption, background=background,
                                     box=(x1, y1, max(x2 - x1, 1), max(y2 - y1, 1)), steps=steps,

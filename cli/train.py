@@ -1,0 +1,148 @@
+"""`python -m interact_custom train`: train the VAE, IAMG or MGIG (`pipelines.training`).
+
+    python -m interact_custom train {vae,iamg,mgig} --config FILE [--set KEY=VALUE ...] [--resume]
+    accelerate launch -m interact_custom train mgig --config FILE      # several GPUs / machines
+    torchrun --nproc_per_node 2 -m interact_custom train iamg --config FILE   # CPU processes (gloo)
+    python -m interact_custom train masks --iamg FILE --data DIR --out DIR   # MGIG stage-2 input
+    python -m interact_custom train --list-keys                              # every config key
+
+This module is the adapter between the training core and the weight files: `WEIGHTS`
+reads the ``init`` / ``init_vae`` / ``init_id_encoder`` files (official or ours) and writes
+the final IAMG / MGIG file through `weights_manager`; `train` and `build_model` are the
+core's functions with it bound.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from ..pipelines import iamg, samplers
+from ..pipelines.data.dataset import DatasetError
+from ..pipelines.files import WeightsError, load_strict, read_weights
+from ..pipelines.training import data as train_data
+from ..pipelines.training import loop, models
+from ..pipelines.training.config import MODEL_KINDS, ConfigError, TrainConfig, describe_keys, load_config
+from ..pipelines.training.runs import CHECKPOINTS
+from ..pipelines.vae import build_vae
+from ..weights_manager.ldm_vae import detect_diffusers_vae_config
+from ..weights_manager.native_iamg import load_iamg, save_iamg
+from ..weights_manager.official_mgig import load_mgig, native_for_installed_transformers, save_mgig
+
+
+# --------------------------------------------------------------------------------------
+# Weight files (weights_manager) for the training core
+# --------------------------------------------------------------------------------------
+
+def _read_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
+    sd, metadata = read_weights(path)
+    return native_for_installed_transformers(sd), metadata
+
+
+def load_vae_file(path: str | os.PathLike) -> nn.Module:
+    """The VAE (diffusers `AutoencoderKL`) stored as `vae.*` in any of our files — a
+    `train vae` result, or an IAMG/MGIG file in our format."""
+    sd, metadata = models.part_tensors(WEIGHTS, path, "vae.", "VAE file")
+    stored = (json.loads(metadata["config"]).get("vae") or {}) if metadata.get("config") else {}
+    vae = build_vae(detect_diffusers_vae_config(sd, scaling_factor=float(stored.get("scaling_factor",
+                                                                                  iamg.VAE_SCALE_FACTOR)),
+                                                norm_num_groups=stored.get("norm_num_groups")))
+    load_strict(vae, {k: v.float() for k, v in sd.items()}, f"{Path(path).name}: VAE ('vae.*')")
+    return vae
+
+
+def _load_init(kind: str, path: str | os.PathLike, *, tokenizer_dir: str | None = None) -> nn.Module:
+    if kind == "vae":
+        return load_vae_file(path)
+    if kind == "iamg":
+        return load_iamg(path, tokenizer_dir=tokenizer_dir)
+    return load_mgig(path)
+
+
+def _save_final(kind: str, model: nn.Module, path: Path, *, dtype: str, source: str) -> Path:
+    if kind == "iamg":
+        return save_iamg(model, path, dtype=dtype, overwrite=True)
+    return save_mgig(model, path, dtype=dtype, overwrite=True, source=source)
+
+
+WEIGHTS = models.WeightIO(load_init=_load_init, read_tensors=_read_tensors, save_final=_save_final)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> loop.TrainResult:
+    """`loop.train` with the weight files read and written by `weights_manager`."""
+    return loop.train(cfg, WEIGHTS, resume=resume, progress=progress)
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """`models.build_model` with the init files read by `weights_manager`."""
+    return models.build_model(cfg, WEIGHTS)
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", choices=[*MODEL_KINDS, "masks"],
+                        help="what to train; 'masks' writes IAMG masks for MGIG stage 2")
+    parser.add_argument("--config", help="JSON config file (examples in pipelines/training/configs/; keys: --list-keys)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (value parsed as JSON, else a string); repeatable")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in output_dir from its latest checkpoint (start fresh if none)")
+    parser.add_argument("--list-keys", action="store_true", help="print every config key, its default and meaning")
+    masks = parser.add_argument_group("masks (MGIG stage 2 input)")
+    masks.add_argument("--iamg", help="IAMG weights (official iamg.pth or ours)")
+    masks.add_argument("--data", help="CHOI dataset folder")
+    masks.add_argument("--out", help="folder for <sample id>.png masks")
+    masks.add_argument("--split", default="train", help="dataset split (default train)")
+    masks.add_argument("--steps", type=int, default=iamg.DEFAULT_STEPS, help="sampler steps")
+    masks.add_argument("--sampler", default="plms", choices=samplers.SAMPLER_NAMES)
+    masks.add_argument("--guidance", type=float, default=iamg.DEFAULT_GUIDANCE)
+    masks.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    masks.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    masks.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    masks.add_argument("--tokenizer-dir", default=None, help="prompt tokenizer folder (CLIP-vocabulary IAMG)")
+    masks.add_argument("--overwrite", action="store_true", help="regenerate masks that exist")
+
+
+def _run_masks(args) -> int:
+    missing = [f"--{n}" for n in ("iamg", "data", "out") if not getattr(args, n)]
+    if missing:
+        print(f"interact-custom train masks: missing {', '.join(missing)}", file=sys.stderr)
+        return 2
+    model = load_iamg(args.iamg, device=args.device, tokenizer_dir=args.tokenizer_dir)
+
+    def report(i, n):
+        print(f"\rmask {i}/{n}", end="", file=sys.stderr, flush=True)
+
+    written = train_data.write_generated_masks(model, args.data, args.out, split=args.split, steps=args.steps,
+                                               sampler=args.sampler, guidance=args.guidance, seed=args.seed,
+                                               overwrite=args.overwrite, limit=args.limit, progress=report)
+    print(f"\nwrote {written} masks to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_keys:
+        print(describe_keys())
+        return 0
+    if args.model is None:
+        print("interact-custom train: name what to train: vae, iamg, mgig or masks", file=sys.stderr)
+        return 2
+    if args.model == "masks":
+        return _run_masks(args)
+    try:
+        cfg = load_config(args.config, args.overrides, model=args.model)
+        result = train(cfg, resume=args.resume)
+    except (ConfigError, WeightsError, DatasetError, FileNotFoundError) as e:
+        print(f"interact-custom train: {e}", file=sys.stderr)
+        return 2
+    where = result.final if result.final is not None else f"{result.output_dir / CHECKPOINTS} (stopped early)"
+    if result.main_process:
+        print(f"step {result.step}/{cfg.steps}, {result.seconds_per_step:.3f} s/step; weights: {where}", file=sys.stderr)
+    return 0

@@ -1,0 +1,117 @@
+"""IAMG's data path as pure functions: the condition image C_bg and the training target
+(numpy HWC in -> CHW float32 in [-1, 1] out), and the decoded mask back at the
+background's size (torch).
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..geometry import Box, official_mask_box
+from ..mgig import inputs as preprocess
+
+# Square side of the IAMG image space (condition and mask); the latent is 1/8 of it.
+IMAGE_SIZE = 256
+# Foreground = soft mask above this (DESIGN §1: decoded → clamp → [0,1] → > 0.5).
+DEFAULT_THRESHOLD = 0.5
+
+
+def union_box(union_mask: np.ndarray) -> Box:
+    """Box of the human ∪ object mask as the official `get_bbox_from_mask`
+    (`geometry.official_mask_box`): its far edges are the *last* foreground row/column,
+    used as exclusive slice ends, so the blanked region is 1 px short on the
+    bottom/right — kept, the released model was trained with it (DESIGN §5). A mask with
+    fewer than 10 foreground pixels gives the whole image.
+    """
+    mask = np.asarray(union_mask)
+    if mask.ndim != 2:
+        raise ValueError(f"union_mask: expected an HxW mask, got shape {mask.shape}")
+    return official_mask_box(mask > 0.5)
+
+
+def _check_box(box: Box, height: int, width: int) -> Box:
+    if not isinstance(box, Box):
+        raise TypeError(f"box: expected a geometry.Box, got {box!r}")
+    if not box.inside(height, width):
+        raise ValueError(f"box: {box} is not inside the {height}x{width} image")
+    return box
+
+
+def _to_model_range(image_u8: np.ndarray, size: int) -> np.ndarray:
+    from ..imgproc import resize_linear
+
+    # cv2.resize (INTER_LINEAR, uint8 fixed point) reproduced bit-exactly by imgproc.
+    resized = resize_linear(image_u8, (size, size))
+    return (resized.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).transpose(2, 0, 1).copy()
+
+
+def condition_image(background: np.ndarray, box: Box | None, size: int = IMAGE_SIZE) -> np.ndarray:
+    """IAMG condition C_bg: the RGB background with the box filled black (0), padded to a
+    square with white (255), resized to ``size``, scaled to [-1, 1] → float32 [3, size,
+    size]. ``box``: a `Box` in background pixels (e.g. `union_box`);
+    None keeps the whole background. The input is not modified (the official code blanks
+    the caller's array in place)."""
+    img = np.asarray(background)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"background: expected an HxWx3 uint8 RGB image, got {img.dtype} {img.shape}")
+    img = img.copy()
+    if box is not None:
+        img[_check_box(box, *img.shape[:2]).slices] = 0
+    return _to_model_range(preprocess.pad_to_square(img, 255), size)
+
+
+def target_image(union_mask: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """IAMG training target: the union mask drawn white on black as a 3-channel image,
+    padded to a square with 0, resized to ``size``, [-1, 1] → float32 [3, size, size]."""
+    mask = np.asarray(union_mask)
+    if mask.ndim != 2:
+        raise ValueError(f"union_mask: expected an HxW mask, got shape {mask.shape}")
+    drawn = np.repeat(((mask > 0.5).astype(np.uint8) * 255)[:, :, None], 3, axis=2)
+    return _to_model_range(preprocess.pad_to_square(drawn, 0), size)
+
+
+# --------------------------------------------------------------------------------------
+# Mask post-processing (torch)
+# --------------------------------------------------------------------------------------
+
+def soft_mask_from_decoded(decoded: torch.Tensor) -> torch.Tensor:
+    """Decoded mask image [B, 3, S, S] → soft mask [B, S, S] in [0, 1]: clamp to
+    [-1, 1] (official), map to [0, 1], average the (nearly equal) RGB channels."""
+    if decoded.ndim != 4 or decoded.shape[1] != 3:
+        raise ValueError(f"decoded: expected [B, 3, S, S], got {tuple(decoded.shape)}")
+    return ((decoded.float().clamp(-1.0, 1.0) + 1.0) / 2.0).mean(dim=1)
+
+
+def crop_square_padding(square: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Undo `pad_to_square` + resize: [B, S, S] (any S) → [B, height, width].
+
+    The square is first resized to the padded side max(height, width), then the
+    centred padding is cut off along the axis that was padded — the *width* for
+    portrait images, the height for landscape ones. (The official `resize_forward` always
+    crops the height, in 256² space with rounded offsets: wrong for portrait images.)
+    """
+    if square.ndim != 3 or square.shape[-1] != square.shape[-2]:
+        raise ValueError(f"square: expected [B, S, S], got {tuple(square.shape)}")
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size: expected positive height and width, got {(height, width)}")
+    side = max(height, width)
+    x = square.float()[:, None]
+    if x.shape[-1] != side:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
+                          antialias=side < x.shape[-1])
+    x = x[:, 0]
+    before = abs(height - width) // 2
+    if height > width:
+        return x[:, :, before:before + width]
+    return x[:, before:before + height, :]
+
+
+def mask_from_decoded(decoded: torch.Tensor, height: int, width: int,
+                      threshold: float = DEFAULT_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded IAMG output [B, 3, S, S] → (soft mask [B, H, W] float in [0, 1], binary
+    mask [B, H, W] bool = soft > threshold) at the background's size."""
+    soft = crop_square_padding(soft_mask_from_decoded(decoded), height, width)
+    return soft, soft > threshold

@@ -1,0 +1,34 @@
+"""IAMG-R: interaction-mask retrieval from a bank of captioned masks (DESIGN.md §2).
+
+The official IAMG-R keeps HICO-DET masks with LLaVA captions, embeds the query caption
+with CLIP ViT-L/14 (`clip.encode_text`), scores it against the bank captions of the
+requested HOI category with an *unnormalised* dot product and returns the union of the
+arg-max entry's human and object masks. Ours (★) generalises that:
+
+* `.bank` — the mask-bank folder format (``bank.json``/``bank.jsonl`` + PNG masks),
+  loading it and building one from a dataset;
+* `.encoders` — caption embedding: the CLIP text model found in the IAMG checkpoint
+  (:class:`CLIPTextEncoder`) or a weight-free lexical fallback (:class:`LexicalEncoder`);
+* `.ranking` — cached bank embeddings, ranking (cosine, or ``similarity="dot"`` for the
+  official score), fitting a mask into a box, a preview grid of the candidates.
+
+This package re-exports the public API (``from interact_custom.pipelines import
+retrieval``; ``retrieval.retrieve(...)``). CLI: ``python -m interact_custom bank
+build|query`` (``cli/bank.py``).
+"""
+from .bank import (BANK_FORMAT, BANK_VERSION, INDEX_NAMES, BankEntry, BankSource, MaskBank, build_bank,
+                   dataset_sources, load_mask_png, normalize_category, save_mask_png, write_index)
+from .encoders import (CLIPTextEncoder, LexicalEncoder, TextEncoder, clip_text_state_dict, lexical_tokens,
+                       make_encoder)
+from .ranking import (CACHE_DIR, TIE_DECIMALS, Candidate, bank_embeddings, candidates_grid, fit_mask_to_box,
+                       retrieve)
+
+__all__ = [
+    # bank
+    "BANK_FORMAT", "BANK_VERSION", "INDEX_NAMES", "BankEntry", "BankSource", "MaskBank", "build_bank",
+    "dataset_sources", "load_mask_png", "normalize_category", "save_mask_png", "write_index",
+    # encoders
+    "CLIPTextEncoder", "LexicalEncoder", "TextEncoder", "clip_text_state_dict", "lexical_tokens", "make_encoder",
+    # retrieve
+    "CACHE_DIR", "TIE_DECIMALS", "Candidate", "bank_embeddings", "candidates_grid", "fit_mask_to_box", "retrieve",
+]

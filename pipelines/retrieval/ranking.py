@@ -1,0 +1,211 @@
+"""IAMG-R retrieval: embedding a bank, ranking it against a query, placing the result.
+
+* :func:`bank_embeddings` embeds all bank captions with a text encoder (`.encoders`),
+  cached next to the index in ``<bank>/.embeddings/``.
+* :func:`retrieve` ranks by cosine similarity (``similarity="dot"`` gives the official
+  unnormalised score), optional category filter, top-k, deterministic tie-break by id,
+  and returns :class:`Candidate` masks.
+* :func:`fit_mask_to_box` places a retrieved mask into a box of a canvas;
+  :func:`candidates_grid` renders the candidates for browsing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..geometry import mask_box
+from .bank import BankEntry, MaskBank, normalize_category
+from .encoders import TextEncoder, _unit
+
+CACHE_DIR = ".embeddings"
+# Scores closer than this count as ties, so identical captions (whose embeddings may
+# differ in the last bits depending on their position in a batch) are ordered by id.
+TIE_DECIMALS = 6
+
+
+# --------------------------------------------------------------------------------------
+# Embedding cache and retrieval
+# --------------------------------------------------------------------------------------
+
+def bank_embeddings(bank: MaskBank, encoder: TextEncoder, *, cache: bool = True) -> np.ndarray:
+    """Caption embeddings of all bank entries [N, D], cached in ``<bank>/.embeddings/``.
+
+    One ``.npy`` + ``.json`` pair per encoder identity; the JSON records the identity and
+    the bank's :attr:`MaskBank.index_hash`, and the cache is recomputed when either
+    differs. A read-only bank folder just skips writing the cache.
+    """
+    key = hashlib.sha256(encoder.identity.encode()).hexdigest()[:16]
+    npy = bank.root / CACHE_DIR / f"{key}.npy"
+    meta_path = npy.with_suffix(".json")
+    if cache and npy.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("encoder") == encoder.identity and meta.get("index_hash") == bank.index_hash:
+                emb = np.load(npy, allow_pickle=False)
+                if emb.shape[0] == len(bank):
+                    return emb
+        except (OSError, ValueError):
+            pass  # unreadable cache: recompute below
+    emb = np.asarray(encoder.encode([e.caption for e in bank.entries]), dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(bank):
+        raise ValueError(f"text encoder {encoder.identity} returned shape {emb.shape} "
+                         f"for {len(bank)} captions; expected [N, D]")
+    if cache:
+        try:
+            npy.parent.mkdir(exist_ok=True)
+            tmp = npy.with_name(npy.stem + ".tmp.npy")
+            np.save(tmp, emb)
+            os.replace(tmp, npy)
+            meta_path.write_text(json.dumps({"encoder": encoder.identity, "index_hash": bank.index_hash,
+                                             "count": int(emb.shape[0]), "dim": int(emb.shape[1])}))
+        except OSError as e:
+            warnings.warn(f"could not write the embedding cache in {npy.parent}: {e}")
+    return emb
+
+
+@dataclass
+class Candidate:
+    """One retrieved mask: ``mask`` is the union mask, float32 HxW in 0..1 (bbox-cropped)."""
+
+    id: str
+    caption: str
+    category: str
+    score: float
+    mask: np.ndarray = field(repr=False)
+    rank: int = 0
+    entry: BankEntry | None = field(default=None, repr=False)
+
+
+def retrieve(bank: MaskBank, query: str, *, encoder: TextEncoder, top_k: int = 5,
+             category: str | None = None, similarity: str = "cosine",
+             cache: bool = True) -> list[Candidate]:
+    """Rank bank masks by caption similarity to ``query``; best ``top_k`` first.
+
+    ``category`` restricts to one HOI category (e.g. "ride bicycle"; case and '_' are
+    ignored). ``similarity``: "cosine" (default, in [-1, 1]) or "dot" (the official
+    IAMG-R score, unnormalised). Equal scores (to 1e-6) are ordered by entry id.
+    """
+    if not bank.entries:
+        raise ValueError(f"mask bank {bank.root} is empty: nothing to retrieve")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if similarity not in ("cosine", "dot"):
+        raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+    emb = bank_embeddings(bank, encoder, cache=cache)
+    rows = np.arange(len(bank))
+    if category:
+        want = normalize_category(category)
+        rows = np.array([i for i, e in enumerate(bank.entries) if e.category == want], dtype=int)
+        if rows.size == 0:
+            raise ValueError(f"unknown HOI category {category!r} for mask bank {bank.root}; "
+                             f"known categories: {', '.join(bank.categories)}")
+    q = np.asarray(encoder.encode([query]), dtype=np.float64)[0]
+    e = emb[rows].astype(np.float64)
+    if similarity == "cosine":
+        q = _unit(q)
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    scores = e @ q
+    order = sorted(range(rows.size), key=lambda j: (-round(float(scores[j]), TIE_DECIMALS),
+                                                    bank.entries[rows[j]].id))
+    out = []
+    for rank, j in enumerate(order[:top_k], 1):
+        entry = bank.entries[rows[j]]
+        out.append(Candidate(id=entry.id, caption=entry.caption, category=entry.category,
+                             score=float(scores[j]), mask=bank.load_mask(entry), rank=rank, entry=entry))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Placing a mask and previews
+# --------------------------------------------------------------------------------------
+
+def _to_float_mask(mask: Any) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D [H, W], got shape {m.shape}")
+    if m.dtype == np.bool_:
+        return m.astype(np.float32)
+    if m.dtype == np.uint8:
+        return m.astype(np.float32) / 255.0
+    return np.clip(m.astype(np.float32), 0.0, 1.0)
+
+
+def fit_mask_to_box(mask: Any, box_xywh: Sequence[float], canvas_hw: Sequence[int], *,
+                    mode: str = "keep_aspect", crop_to_content: bool = True,
+                    resample: str = "bilinear") -> np.ndarray:
+    """Place ``mask`` inside ``box_xywh`` (pixels, x/y of the top-left corner) of an empty
+    canvas of size ``canvas_hw``; returns float32 [H, W] in 0..1.
+
+    The mask is first cropped to its own non-zero bbox (``crop_to_content``; bank masks
+    already are). ``mode="keep_aspect"`` scales it to fit the box and centres it (the
+    shorter side leaves equal margins); ``"stretch"`` fills the box exactly. Parts outside
+    the canvas are clipped. ``resample``: "bilinear" (soft edges) or "nearest".
+    """
+    if mode not in ("keep_aspect", "stretch"):
+        raise ValueError(f"mode must be 'keep_aspect' or 'stretch', got {mode!r}")
+    if resample not in ("bilinear", "nearest"):
+        raise ValueError(f"resample must be 'bilinear' or 'nearest', got {resample!r}")
+    m = _to_float_mask(mask)
+    x, y, w, h = (float(v) for v in box_xywh)
+    H, W = (int(v) for v in canvas_hw)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"box {tuple(box_xywh)} must have positive width and height")
+    if H <= 0 or W <= 0:
+        raise ValueError(f"canvas size {tuple(canvas_hw)} must be positive")
+    if crop_to_content:
+        box = mask_box(m > 0.0)
+        if box is None:
+            raise ValueError("mask is empty (all zero): nothing to fit into the box")
+        m = m[box.slices]
+    mh, mw = m.shape
+    if mode == "stretch":
+        nw, nh = w, h
+    else:
+        scale = min(w / mw, h / mh)
+        nw, nh = mw * scale, mh * scale
+    nw_i, nh_i = max(1, int(round(nw))), max(1, int(round(nh)))
+    left = int(round(x + (w - nw_i) / 2.0))
+    top = int(round(y + (h - nh_i) / 2.0))
+    filt = Image.BILINEAR if resample == "bilinear" else Image.NEAREST
+    placed = np.asarray(Image.fromarray(m, mode="F").resize((nw_i, nh_i), filt), dtype=np.float32)
+    canvas = np.zeros((H, W), np.float32)
+    cy0, cy1 = max(top, 0), min(top + nh_i, H)
+    cx0, cx1 = max(left, 0), min(left + nw_i, W)
+    if cy1 > cy0 and cx1 > cx0:
+        canvas[cy0:cy1, cx0:cx1] = placed[cy0 - top:cy1 - top, cx0 - left:cx1 - left]
+    return np.clip(canvas, 0.0, 1.0)
+
+
+def candidates_grid(candidates: Sequence[Candidate], *, cell: int = 192, columns: int = 4,
+                    label_height: int = 30) -> np.ndarray:
+    """A preview sheet: each candidate's mask (white on dark grey) fitted into a cell,
+    with "#rank score" and its category/id written below. uint8 [H, W, 3]."""
+    if not candidates:
+        raise ValueError("candidates_grid needs at least one candidate")
+    columns = max(1, min(columns, len(candidates)))
+    rows = (len(candidates) + columns - 1) // columns
+    pad = 4
+    inner = cell - 2 * pad
+    sheet = Image.new("RGB", (columns * cell, rows * (cell + label_height)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, c in enumerate(candidates):
+        cx, cy = (i % columns) * cell, (i // columns) * (cell + label_height)
+        fitted = fit_mask_to_box(c.mask, (0, 0, inner, inner), (inner, inner)) \
+            if np.any(np.asarray(c.mask) > 0) else np.zeros((inner, inner), np.float32)
+        tile = np.clip(48 + fitted * 207, 0, 255).astype(np.uint8)
+        sheet.paste(Image.fromarray(tile, mode="L").convert("RGB"), (cx + pad, cy + pad))
+        draw.text((cx + pad, cy + cell), f"#{c.rank or i + 1}  {c.score:.3f}", fill=(255, 220, 80), font=font)
+        draw.text((cx + pad, cy + cell + label_height // 2), f"{c.category} | {c.id}"[:40],
+                  fill=(200, 200, 200), font=font)
+    return np.asarray(sheet, dtype=np.uint8)
+
