@@ -11,6 +11,7 @@ import sys
 
 from PIL import Image
 
+from ..pipelines.files import check_output_dir
 from ..pipelines.retrieval import MaskBank, build_bank, candidates_grid, make_encoder, retrieve
 
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``bank build`` / ``bank query``; errors are printed, exit code 1."""
     try:
         if args.bank_command == "build":
+            check_output_dir(args.out, "--out")
             bank = build_bank(args.dataset, args.out, split=args.split,
                               save_parts=not args.no_parts, overwrite=args.overwrite)
             print(f"built mask bank {bank.root}: {len(bank)} entries, {len(bank.categories)} categories")

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from . import check_device
 from ..pipelines import composite, samplers
+from ..pipelines.files import check_output_dir, check_weights_file
 from ..pipelines.mgig import pipeline as choi
 from ..pipelines.mgig import inputs as preprocess
 from ..pipelines.paths import BANK_DIR
@@ -99,9 +101,23 @@ def add_arguments(parser):
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
+def check_inputs(args) -> None:
+    """Everything that can be checked before any work: the device, the weight paths that
+    will be read (IAMG's only when it makes the mask), the output folder."""
+    from ..weights_manager.loader import is_embedded
+
+    args.device = check_device(args.device)
+    uses = [("--iamg", args.iamg)] if args.mask in ("auto", "iamg") else []
+    for option, path in uses + [("--mgig", args.mgig)]:
+        if path is not None and not is_embedded(path):
+            check_weights_file(path, option)
+    check_output_dir(args.out, "--out")
+
+
 def run(args) -> int:
     from ..weights_manager.loader import EMBEDDED, embedded_is_random, load_mgig_model
 
+    check_inputs(args)  # fail before IAMG / MGIG do any work
     out = Path(args.out)
     names = ["interaction_mask.png", "result.png", "crop.png", "reference_canvas.png", "detail_map.png", "sheet.png"]
     existing = [n for n in names if (out / n).exists()]

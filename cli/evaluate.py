@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import check_device
 from ..pipelines.data.dataset import DatasetError
 from ..pipelines.evaluation.evaluate import (GENERATED_SUFFIX, REPORT_JSON, REPORT_MD, EvaluationError, evaluate,
                                              markdown_report, write_report)
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``python -m interact_custom evaluate``."""
+    args.device = check_device(args.device)  # before loading the models
     out_paths = [args.out / REPORT_JSON, args.out / REPORT_MD]
     if not args.overwrite and any(p.exists() for p in out_paths):
         print(f"evaluate: {args.out} already holds a report; pass --overwrite to replace it", file=sys.stderr)

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..pipelines.files import OutputPathError, check_output_dir
 from ..pipelines.data.synth import EXAMPLE_FILES, EXAMPLES_SEED, generate, write_examples
 
 
@@ -31,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``python -m interact_custom synth``."""
     if args.examples is not None:
         try:
+            check_output_dir(args.examples, "--examples")
             seed = EXAMPLES_SEED if args.seed is None else args.seed
             meta = write_examples(args.examples, seed=seed, overwrite=args.overwrite)
-        except FileExistsError as exc:
+        except (FileExistsError, OutputPathError) as exc:
             print(f"synth: {exc}", file=sys.stderr)
             return 2
         print(f"wrote {', '.join(EXAMPLE_FILES)} to {args.examples} ({meta['caption']!r}, box {meta['box']})")
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"synth: {i}/{n} samples", file=sys.stderr, flush=True)
 
     try:
+        check_output_dir(args.out, "--out")
         splits = generate(args.out, args.count, 0 if args.seed is None else args.seed, args.size, args.val_fraction,
                           overwrite=args.overwrite, progress=progress)
     except (FileExistsError, NotADirectoryError, ValueError) as exc:

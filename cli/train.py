@@ -21,9 +21,10 @@ from pathlib import Path
 
 from torch import nn
 
+from . import check_device, missing_dirs, remove_empty
 from ..pipelines import iamg, samplers
 from ..pipelines.data.dataset import DatasetError
-from ..pipelines.files import WeightsError, load_strict, read_weights
+from ..pipelines.files import WeightsError, check_finite, check_output_dir, check_weights_file, load_strict, read_weights
 from ..pipelines.training import data as train_data
 from ..pipelines.training import loop, models
 from ..pipelines.training.config import MODEL_KINDS, ConfigError, TrainConfig, describe_keys, load_config
@@ -40,6 +41,7 @@ from ..weights_manager.official_mgig import load_mgig, native_for_installed_tran
 
 def _read_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
     sd, metadata = read_weights(path)
+    check_finite(sd, Path(path).name)  # an init file with NaN / Inf would train NaN
     return native_for_installed_transformers(sd), metadata
 
 
@@ -115,6 +117,9 @@ def _run_masks(args) -> int:
     if missing:
         print(f"interact-custom train masks: missing {', '.join(missing)}", file=sys.stderr)
         return 2
+    args.device = check_device(args.device)  # fail before loading or sampling anything
+    check_weights_file(args.iamg, "--iamg")
+    check_output_dir(args.out, "--out")
     model = load_iamg(args.iamg, device=args.device, tokenizer_dir=args.tokenizer_dir)
 
     def report(i, n):
@@ -136,12 +141,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.model == "masks":
         return _run_masks(args)
+    created: list[Path] = []
     try:
         cfg = load_config(args.config, args.overrides, model=args.model)
+        if cfg.output_dir:
+            check_output_dir(cfg.output_dir, "output_dir")  # before building the model
+            created = missing_dirs(cfg.output_dir)
         result = train(cfg, resume=args.resume)
     except (ConfigError, WeightsError, DatasetError, FileNotFoundError) as e:
         print(f"interact-custom train: {e}", file=sys.stderr)
+        remove_empty(created)
         return 2
+    except BaseException:
+        remove_empty(created)  # a failed run leaves no empty run folder behind
+        raise
     where = result.final if result.final is not None else f"{result.output_dir / CHECKPOINTS} (stopped early)"
     if result.main_process:
         print(f"step {result.step}/{cfg.steps}, {result.seconds_per_step:.3f} s/step; weights: {where}", file=sys.stderr)

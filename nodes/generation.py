@@ -11,9 +11,14 @@ from .sampling import resolve_sampling, sampling_inputs
 from ..pipelines.composite import DEFAULT_PASTE, PASTE_FEATHER, PASTE_GROW, PASTE_MODES
 
 
-def _references(image, mask, name: str) -> tuple[list, list]:
+def _references(image, mask, name: str, warnings: list[str]) -> tuple[list, list]:
     images = tensors.image_batch(image, f"{name}_image")
     masks = tensors.mask_batch(mask, f"{name}_mask", size_hw=images[0].shape[:2], threshold=0.5)
+    for i, m in enumerate(masks):
+        label = f"{name}_mask" + (f" (batch item {i + 1})" if len(masks) > 1 else "")
+        if (warning := tensors.inverted_mask_warning(label, m)) is not None:
+            bridge.warn(warning)
+            warnings.append(warning)
     return tensors.pair_batches(f"{name}_image", images, f"{name}_mask", masks)
 
 
@@ -42,8 +47,9 @@ class CHOIIDFeatures:
     def extract(self, mgig_model, human_image, human_mask, object_image, object_mask):
         from ..pipelines.mgig import pipeline as choi
 
-        humans = list(zip(*_references(human_image, human_mask, "human")))
-        objects = list(zip(*_references(object_image, object_mask, "object")))
+        warnings: list[str] = []
+        humans = list(zip(*_references(human_image, human_mask, "human", warnings)))
+        objects = list(zip(*_references(object_image, object_mask, "object", warnings)))
         humans, objects = tensors.pair_batches("human", humans, "object", objects)
         features = []
         with mgig_model as model:
@@ -52,6 +58,8 @@ class CHOIIDFeatures:
                 features.append(choi.id_features(model, h_img, h_mask, o_img, o_mask))
         canvases = tensors.to_image([f.canvas.image for f in features])
         masks = tensors.to_mask([f.canvas.mask.astype(np.float32) / 255.0 for f in features])
+        if warnings:  # also shown on the node (ComfyUI sends "ui" to the front end)
+            return {"ui": {"text": warnings}, "result": (features, canvases, masks)}
         return (features, canvases, masks)
 
 

@@ -135,7 +135,12 @@ class IAMGGenerateMask:
         soft, binary = np.asarray(result.soft), np.asarray(result.binary)
         base = bg if bg is not None else np.zeros((*size_hw, 3), np.uint8)
         previews = [tensors.overlay(base, m) for m in binary]
-        return (tensors.to_mask(list(binary)), tensors.to_mask(list(soft)), tensors.to_image(previews))
+        outputs = (tensors.to_mask(list(binary)), tensors.to_mask(list(soft)), tensors.to_image(previews))
+        for warning in result.warnings:
+            bridge.warn(warning)
+        if result.warnings:  # also shown on the node (ComfyUI sends "ui" to the front end)
+            return {"ui": {"text": result.warnings}, "result": outputs}
+        return outputs
 
 
 class IAMGRRetrieveMask:

@@ -15,6 +15,24 @@ log = logging.getLogger("interact_custom")
 
 # LoadImage's mask for an image without alpha (COMFYUI.md): recognise it to explain it.
 LOADIMAGE_EMPTY_MASK_SIZE = (64, 64)
+# IMAGE/MASK values are 0..1. Slight overshoot (resamplers, upscalers) is clamped; a
+# maximum above this means 0..255 data was passed as a tensor, which clamping would turn
+# white (the identity lost).
+MAX_UNIT_VALUE = 2.0
+# A human/object mask covering this fraction of its image is most likely inverted.
+WHOLE_IMAGE_FRACTION = 0.98
+
+
+def _check_values(t: torch.Tensor, name: str, kind: str) -> None:
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{name}: {bad} of {t.numel()} {kind} values are NaN or infinite; check the node that "
+                         "produced it (e.g. a math or blend node dividing by zero)")
+    top = float(t.max()) if t.numel() else 0.0
+    if top > MAX_UNIT_VALUE:
+        raise ValueError(f"{name}: values go up to {top:g}, but a ComfyUI {kind} holds 0..1; it looks like "
+                         "0..255 data — divide it by 255 (or load the file with Load Image / Load Image Mask)")
 
 
 def image_batch(image: torch.Tensor, name: str) -> list[np.ndarray]:
@@ -26,6 +44,7 @@ def image_batch(image: torch.Tensor, name: str) -> list[np.ndarray]:
         image = image[None]
     if image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"{name}: expected 1, 3 or 4 channels in the last dimension, got {image.shape[-1]}")
+    _check_values(image[..., :3].float(), name, "IMAGE")
     arr = (image[..., :3].float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
@@ -56,6 +75,7 @@ def mask_batch(mask: torch.Tensor, name: str, size_hw: tuple[int, int] | None = 
     m = mask.float().cpu()
     if m.ndim == 2:
         m = m[None]
+    _check_values(m, name, "MASK")
     out = []
     for i, item in enumerate(m):
         if float(item.max()) <= 0.0:
@@ -86,6 +106,23 @@ def empty_mask_message(name: str, shape_hw: tuple[int, int], index: int = 0, cou
         msg += ("Paint it in the mask editor (right-click Load Image > 'Open in MaskEditor'), load one with "
                 "LoadImageMask, or check the threshold/GrowMask settings that produced it.")
     return msg
+
+
+def inverted_mask_warning(name: str, mask: np.ndarray) -> str | None:
+    """A warning when a person/object mask covers (nearly) its whole image or touches all
+    four borders — what an inverted mask looks like (a Load Image alpha mask without
+    InvertMask, an inverted 64x64 placeholder); None otherwise."""
+    m = np.asarray(mask) >= 0.5
+    if not m.any():
+        return None
+    whole = m.mean() >= WHOLE_IMAGE_FRACTION
+    borders = m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any()
+    if not (whole or borders):
+        return None
+    what = f"covers {m.mean():.0%} of the image" if whole else "touches all four borders of the image"
+    return (f"{name} {what}: it is probably inverted, so the cut-out is the background. A mask from Load Image "
+            "is 1 - alpha: add InvertMask for a transparent cut-out (and check an inverted placeholder); "
+            "1 must mark the person/object")
 
 
 def pair_batches(name_a: str, a: list, name_b: str, b: list) -> tuple[list, list]:

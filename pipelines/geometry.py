@@ -136,13 +136,19 @@ def official_mask_box(mask, *, min_pixels: float = 10) -> Box:
 def check_xywh(box: Sequence[float], height: int, width: int, what: str = "background") -> Box:
     """Validate a user's pixel box ``(x, y, w, h)`` (values rounded to whole pixels):
     positive size, inside the ``height`` x ``width`` image. Raises ValueError naming
-    ``what`` and what was expected."""
+    ``what`` and what was expected; values all in [0, 1] and not all whole numbers are
+    refused as fractions of the image (not silently rounded to a box without area)."""
     try:
         values = [float(v) for v in box]
     except (TypeError, ValueError):
         raise ValueError(f"box: expected (x, y, w, h) in {what} pixels, got {box!r}") from None
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"box: expected 4 finite numbers (x, y, w, h) in {what} pixels, got {box!r}")
+    if all(0.0 <= v <= 1.0 for v in values) and not all(v.is_integer() for v in values):
+        # (0.1, 0.2, 0.5, 0.5) would round to a box with no area; say what it looks like.
+        shown = "(" + ", ".join(f"{v:g}" for v in values) + ")"
+        raise ValueError(f"box must be in pixels; {shown} looks like fractions of the image — multiply by "
+                         f"the width/height (this {what} is {width}x{height} pixels)")
     x, y, w, h = (int(round(v)) for v in values)
     if w < 1 or h < 1:
         raise ValueError(f"box has no area (width {w}, height {h}); give a positive width and height")

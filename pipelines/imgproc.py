@@ -36,7 +36,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = [
     "resize_linear", "resize_nearest", "erode", "dilate", "structuring_element",
-    "sobel", "convert_scale_abs", "add_weighted", "largest_component",
+    "sobel", "convert_scale_abs", "add_weighted", "largest_component", "drop_small_components",
 ]
 
 # OpenCV's fixed-point resize for uint8: weights are float coefficients scaled by
@@ -352,22 +352,12 @@ def add_weighted(a: np.ndarray, alpha: float, b: np.ndarray, beta: float, gamma:
     return np.clip(np.rint(s), 0, 255).astype(np.uint8)
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of the non-zero pixels of a 2-D ``mask``, as a
-    uint8 {0,1} array (what the official ``select_max_region`` intends with
-    ``cv2.connectedComponentsWithStats``). Ties go to the component met first in raster
-    order, like OpenCV's label order. An empty mask gives an all-zero result.
-
-    Works on runs of pixels (union-find over row segments), so large masks stay fast
-    without SciPy.
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask: expected a 2-D array, got shape {mask.shape}")
-    fg = mask != 0
+def _components(fg: np.ndarray):
+    """8-connected components of a 2-D bool array as row runs: (run_row, run_start,
+    run_end, root of each run, area per root). Union-find over row segments, so large
+    masks stay fast without SciPy; a root is the lowest run index of its component, i.e.
+    the component met first in raster order."""
     h, w = fg.shape
-    if not fg.any():
-        return np.zeros((h, w), dtype=np.uint8)
     # Runs of foreground per row: [row, start, end) in raster order.
     padded = np.zeros((h, w + 2), dtype=np.int8)
     padded[:, 1:-1] = fg
@@ -403,12 +393,46 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
                     else:
                         parent[ri] = rj
     roots = np.array([find(i) for i in range(n)])
-    lengths = run_end - run_start
-    areas = np.bincount(roots, weights=lengths, minlength=n)
-    # Roots are the lowest run index of each component = first met in raster order;
-    # argmax returns the first maximum, so ties go to the earliest component.
-    best = int(np.argmax(areas))
-    out = np.zeros((h, w), dtype=np.uint8)
-    for i in np.nonzero(roots == best)[0]:
+    areas = np.bincount(roots, weights=run_end - run_start, minlength=n)
+    return run_row, run_start, run_end, roots, areas
+
+
+def _foreground(mask) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask: expected a 2-D array, got shape {mask.shape}")
+    return mask != 0
+
+
+def _paint(shape, runs, keep) -> np.ndarray:
+    run_row, run_start, run_end, roots, _ = runs
+    out = np.zeros(shape, dtype=np.uint8)
+    for i in np.nonzero(np.isin(roots, keep))[0]:
         out[run_row[i], run_start[i]:run_end[i]] = 1
     return out
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of the non-zero pixels of a 2-D ``mask``, as a
+    uint8 {0,1} array (what the official ``select_max_region`` intends with
+    ``cv2.connectedComponentsWithStats``). Ties go to the component met first in raster
+    order, like OpenCV's label order. An empty mask gives an all-zero result.
+    """
+    fg = _foreground(mask)
+    if not fg.any():
+        return np.zeros(fg.shape, dtype=np.uint8)
+    runs = _components(fg)
+    # argmax returns the first maximum, so ties go to the earliest component.
+    return _paint(fg.shape, runs, [int(np.argmax(runs[4]))])
+
+
+def drop_small_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+    """``mask`` (2-D, non-zero = foreground) without the 8-connected components smaller
+    than ``min_fraction`` of the largest one, as uint8 {0,1}: removes specks and keeps
+    every part of a figure of comparable size (a held object apart from the person)."""
+    fg = _foreground(mask)
+    if not fg.any():
+        return np.zeros(fg.shape, dtype=np.uint8)
+    runs = _components(fg)
+    areas = runs[4]
+    return _paint(fg.shape, runs, np.nonzero(areas >= min_fraction * areas.max())[0])

@@ -110,6 +110,17 @@ class PromptTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
+    def unknown_words(self, prompt: str) -> tuple[int, int] | None:
+        """(unknown, total) words of ``prompt`` for the word-level tokenizer (words outside
+        its vocabulary become ``<|unk|>`` and carry no meaning); None for CLIP's BPE, which
+        spells any text."""
+        if self.kind != "words":
+            return None
+        unk = self._tok.token_to_id("<|unk|>")
+        enc = self._tok.encode(str(prompt))
+        words = [i for i, m in zip(enc.ids, enc.attention_mask) if m][1:-1]  # drop start / end
+        return sum(i == unk for i in words), len(words)
+
     def __repr__(self) -> str:
         return f"PromptTokenizer({self.kind}, {self.vocab_size} tokens, from {self.source})"
 

@@ -33,3 +33,22 @@ def vectors():
     if d is None:
         unavailable("test vectors not found: set INTERACT_CUSTOM_TESTVECTORS to a folder with manifest.json")
     return VectorFolder(d)
+
+
+@pytest.fixture(scope="module")
+def training_cpu():
+    """Denormals flushed as `loop.train` does on the CPU (the tests' own forward passes are
+    otherwise slowed ~10x by denormal activations), and one thread: tiny models gain
+    nothing from two, and on a shared machine the threads wait on each other (measured
+    4x slower under load)."""
+    import torch
+
+    from interact_custom.pipelines import samplers
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with samplers.flush_denormals(True):
+            yield
+    finally:
+        torch.set_num_threads(threads)

@@ -107,3 +107,20 @@ def test_paste_crop_is_the_official_crop_back(tiny_run):
     pred = preprocess.decoded_to_prediction(crop.crops[0].astype(np.float32) / 127.5 - 1.0)
     ref = preprocess.crop_back(pred, bg, crop.hint.extra_sizes, crop.hint.crop_box)
     assert np.abs(ref.astype(int) - crop.images[0].astype(int)).max() <= 1  # uint8 crop round trip
+
+
+def test_blend_border_step_measures_the_seam():
+    from interact_custom.pipelines.evaluation.metrics import blend_border_step
+
+    bg = np.full((40, 40, 3), 100, np.uint8)
+    square = np.zeros((40, 40), bool)
+    square[15:25, 15:25] = True
+    hard = bg.copy()
+    hard[square] = 160                                     # a pasted square with a hard 60-level edge
+    assert blend_border_step(hard, square.astype(np.float32)) == pytest.approx(60.0)
+    assert blend_border_step(bg, square.astype(np.float32)) == 0.0  # the scene has no step there
+    alpha = composite.figure_alpha(square, np.ones((40, 40), np.float32), grow=0, feather=4)
+    generated = np.full((40, 40, 3), 160, np.uint8)
+    step = blend_border_step(composite.blend(generated, bg, alpha), alpha)
+    assert step is not None and step < 10                  # feathering spreads the 60 levels
+    assert blend_border_step(bg, np.zeros((40, 40))) is None

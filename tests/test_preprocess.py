@@ -171,6 +171,28 @@ def test_box_to_square_portrait_landscape_and_border():
     assert B(10, 50, 20, 70).relative_to(B(5, 100, 15, 110)).yyxx == (5, 45, 5, 55)
 
 
+def test_box_to_square_result_is_always_inside_the_image():
+    # Partly outside: squared, then clipped -- never past the border.
+    for box in (B(-30, 10, 5, 12), B(50, 90, 400, 440), B(290, 310, -8, 2), B(0, 300, 410, 430)):
+        y1, y2, x1, x2 = pp.box_to_square(box, (300, 420)).yyxx
+        assert 0 <= y1 <= y2 <= 300 and 0 <= x1 <= x2 <= 420, (box, (y1, y2, x1, x2))
+    # Entirely outside: a clear error, not a box past the edge.
+    for box in (B(10, 20, 430, 440), B(310, 330, 5, 9), B(-20, -10, 5, 9), B(5, 9, 420, 420)):
+        with pytest.raises(ValueError, match=r"box_to_square: box .* does not intersect the 300x420 image"):
+            pp.box_to_square(box, (300, 420))
+    # The official one-pixel boxes (far edge = the same row/column) still pass.
+    assert pp.box_to_square(B(0, 0, 0, 0), (10, 10)).yyxx == (0, 0, 0, 0)
+    assert pp.box_to_square(B(9, 9, 9, 9), (10, 10)).yyxx == (9, 9, 9, 9)
+
+
+@pytest.mark.parametrize("ratio", [float("inf"), float("-inf"), float("nan")])
+def test_expand_box_refuses_non_finite_ratios(ratio):
+    with pytest.raises(ValueError, match="ratio: expected a positive finite number"):
+        pp.expand_box(B(10, 20, 10, 20), ratio, (64, 64))
+    with pytest.raises(ValueError, match="min_crop: expected a finite number"):
+        pp.expand_box(B(10, 20, 10, 20), 1.1, (64, 64), min_crop=ratio)
+
+
 def test_pad_to_square_centres_with_the_smaller_half_first():
     x = np.ones((2, 5), np.uint8)
     p = pp.pad_to_square(x, 7)
@@ -308,6 +330,45 @@ def test_mask_channel_mask_uses_the_interaction_mask():
         pp.build_hint(bg, union, detail, mask_channel="perturbed")
 
 
+@pytest.mark.parametrize("shape, rows, cols", [
+    ((64, 64), slice(30, 31), slice(20, 21)),     # one pixel
+    ((64, 64), slice(21, 23), slice(23, 25)),     # 2 x 2
+    ((64, 64), slice(0, 1), slice(0, 3)),         # 1 x 3 in the top-left corner
+    ((64, 64), slice(61, 64), slice(61, 64)),     # 3 x 3 in the bottom-right corner
+    ((64, 64), slice(30, 39), slice(20, 29)),     # 9 x 9
+    ((64, 64), slice(30, 36), slice(20, 29)),     # 6 x 9
+    ((64, 64), slice(5, 60), slice(31, 32)),      # one column, tall
+    ((64, 64), slice(63, 64), slice(0, 64)),      # the last row
+])
+def test_build_hint_crop_contains_every_mask_pixel(shape, rows, cols):
+    """The official 1-px-short box grown by 1.1 and 1.3 misses the last row / column of
+    masks under ~10 px; the crop is widened to the mask there."""
+    union = np.zeros(shape, np.uint8)
+    union[rows, cols] = 1
+    bg = np.zeros((*shape, 3), np.uint8)
+    detail = np.full((16, 16, 3), 90, np.uint8)
+    hint = pp.build_hint(bg, union, detail)
+    outside = np.ones(shape, bool)
+    outside[hint.crop_box.slices] = False
+    assert not union[outside].any(), hint.crop_box
+    assert pp.hint_boxes(union, shape) == (hint.target_box, hint.crop_box)   # for callers cutting the crop
+    h1, w1, h2, w2 = hint.extra_sizes
+    assert (hint.crop_box.height, hint.crop_box.width) == (h1, w1) and h2 == w2 == max(h1, w1)
+    assert hint.hint.shape == (512, 512, 4)
+    out = pp.crop_back(np.full((511, 512, 3), 7.0, np.float32), bg, hint.extra_sizes, hint.crop_box)
+    assert out.shape == bg.shape
+
+
+def test_build_hint_widens_the_crop_only_for_small_masks():
+    """A mask of official size gives the official crop (the reference vectors pin one)."""
+    bg, human, obj = _scene(300, 420, (69, 232, 255, 340), (155, 255, 199, 325))
+    union = np.maximum(human, obj)
+    detail = np.full((16, 16, 3), 90, np.uint8)
+    hint = pp.build_hint(bg, union, detail)
+    target = pp.expand_box(pp.official_box(union), pp.TARGET_BOX_RATIO, bg.shape)
+    assert hint.crop_box == pp.box_to_square(pp.expand_box(target, pp.CROP_RATIO, bg.shape), bg.shape)
+
+
 def test_detail_map_edges_only_inside_the_eroded_mask():
     img = np.zeros((120, 160, 3), np.uint8)
     img[:, 80:] = 255   # one strong vertical edge
@@ -358,6 +419,44 @@ def test_crop_back_round_trip_is_aligned(shape, human_box, object_box):
     # the texture: compare against the shifted paste.
     shifted = np.abs(out[y1 + 1:y2, x1 + 1:x2].astype(int) - bg[y1:y2 - 1, x1:x2 - 1])
     assert err.mean() < shifted.mean()
+
+
+@pytest.mark.parametrize("shape, rows, cols, crop_ratio", [
+    ((96, 96), slice(0, 2), slice(0, 3), 1.3),       # touching the top-left corner
+    ((96, 96), slice(0, 1), slice(0, 1), 1.3),       # one pixel in the corner
+    ((96, 96), slice(1, 4), slice(2, 3), 2.9),       # near it
+    ((40, 96), slice(0, 3), slice(30, 60), 1.3),     # flat, on the top border
+    ((96, 40), slice(30, 60), slice(0, 2), 1.3),     # tall, on the left border
+    ((64, 64), slice(0, 9), slice(0, 9), 1.3),       # crop smaller than twice the margin
+])
+def test_crop_back_near_the_top_left_corner(shape, rows, cols, crop_ratio):
+    """Crops clipped at the top / left border that are thinner than the 5-px margin: the
+    official ``y2 - m`` end goes negative and wraps around (a broadcast error, or a
+    paste at the far side of the image); nothing outside the pasted box may change."""
+    h, w = shape
+    union = np.zeros(shape, np.uint8)
+    union[rows, cols] = 1
+    bg = (np.arange(h * w * 3) % 251).astype(np.uint8).reshape(h, w, 3)
+    hint = pp.build_hint(bg, union, np.full((16, 16, 3), 90, np.uint8), crop_ratio=crop_ratio)
+    out = pp.crop_back(np.full((511, 512, 3), 200.5, np.float32), bg, hint.extra_sizes, hint.crop_box)
+    assert out.shape == bg.shape and out.dtype == np.uint8
+    pasted = pp.pasted_box(hint.crop_box).clipped(h, w)
+    keep = np.ones(shape, bool)
+    keep[pasted.slices] = False
+    np.testing.assert_array_equal(out[keep], bg[keep])
+    assert (out[pasted.slices] == 200).all()
+
+
+def test_crop_back_with_crops_thinner_than_the_margin():
+    bg = (np.arange(50 * 60 * 3) % 251).astype(np.uint8).reshape(50, 60, 3)
+    pred = np.full((511, 512, 3), 9.0, np.float32)
+    for crop in (Box(0, 0, 3, 3), Box(0, 0, 4, 12), Box(0, 0, 12, 4), Box(2, 0, 30, 7), Box(0, 1, 9, 40)):
+        side = max(crop.height, crop.width)
+        out = pp.crop_back(pred, bg, (crop.height, crop.width, side, side), crop)
+        assert out.shape == bg.shape
+        keep = np.ones((50, 60), bool)
+        keep[pp.pasted_box(crop).clipped(50, 60).slices] = False
+        np.testing.assert_array_equal(out[keep], bg[keep])
 
 
 def test_decoded_to_prediction_drops_the_first_row():

@@ -34,6 +34,12 @@ def _sources():
             for i, c, v, o, hb, ob in SAMPLES]
 
 
+@pytest.fixture(autouse=True)
+def _user_cache(tmp_path, monkeypatch):
+    # The embedding cache goes to the user cache folder (`paths.cache_dir`); keep it per test.
+    monkeypatch.setenv("INTERACT_CUSTOM_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture()
 def bank(tmp_path):
     return R.build_bank(None, tmp_path / "bank", sources=_sources())
@@ -170,7 +176,7 @@ def test_embedding_cache_reused_and_rebuilt_when_index_changes(bank):
     enc = CountingEncoder(R.LexicalEncoder())
     R.retrieve(bank, "a man riding a bike", encoder=enc)
     assert enc.calls == [len(SAMPLES), 1]
-    cache_files = sorted(p.suffix for p in (bank.root / R.CACHE_DIR).iterdir())
+    cache_files = sorted(p.suffix for p in R.bank_cache_dir(bank).iterdir())
     assert cache_files == [".json", ".npy"]
     R.retrieve(R.MaskBank.load(bank.root), "a man riding a bike", encoder=enc)
     assert enc.calls == [len(SAMPLES), 1, 1]  # bank embeddings came from the cache
@@ -182,13 +188,13 @@ def test_embedding_cache_reused_and_rebuilt_when_index_changes(bank):
     cands = R.retrieve(changed, "a man riding a red bicycle", encoder=enc)
     assert enc.calls[-2:] == [len(SAMPLES), 1]  # re-embedded the bank
     assert cands[0].id == "k1"
-    meta = json.loads(next((bank.root / R.CACHE_DIR).glob("*.json")).read_text())
+    meta = json.loads(next(R.bank_cache_dir(bank).glob("*.json")).read_text())
     assert meta["index_hash"] == changed.index_hash and meta["encoder"] == enc.identity
 
     other = CountingEncoder(R.LexicalEncoder(dim=512))  # another encoder: own cache file
     R.retrieve(changed, "x", encoder=other)
     assert other.calls == [len(SAMPLES), 1]
-    assert len(list((bank.root / R.CACHE_DIR).glob("*.npy"))) == 2
+    assert len(list(R.bank_cache_dir(bank).glob("*.npy"))) == 2
 
 
 # ----------------------------------------------------------------------------- fit_mask_to_box
@@ -288,7 +294,7 @@ def test_clip_encoder_pooled_eos_features_and_retrieval(tmp_path, bank):
     scores = np.array([c.score for c in runs[0]])
     assert np.all(scores <= 1.0 + 1e-6) and np.all(scores >= -1.0 - 1e-6)
     assert np.all(np.diff(scores) <= 1e-6)
-    assert len(list((bank.root / R.CACHE_DIR).glob("*.npy"))) == 1
+    assert len(list(R.bank_cache_dir(bank).glob("*.npy"))) == 1
     again = R.CLIPTextEncoder.from_files(tmp_path / "iamg.pth", tok_dir, num_attention_heads=2)
     assert again.identity == enc.identity
 

@@ -31,19 +31,7 @@ from interact_custom.weights_manager.official_mgig import load_mgig
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "training" / "configs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cpu_settings():
-    # Denormals flushed as `loop.train` does on the CPU (the tests' own forward passes
-    # are otherwise slowed ~10x by denormal activations), and one thread: these tiny
-    # models gain nothing from two, and on a shared machine the threads wait on each
-    # other (measured 4x slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with samplers.flush_denormals(True):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("training_cpu")  # conftest: one thread, denormals flushed
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..pipelines.files import DTYPES, WeightsError, read_weights
+from ..pipelines.files import DTYPES, WeightsError, check_output_dir, read_weights
 
 
 def detect_kind(path: str | Path) -> str:
@@ -37,6 +37,7 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "fp16", overwrite:
         raise WeightsError(f"output must end in .safetensors, got {dst.name}")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it (pass --overwrite)")
+    check_output_dir(dst.parent, "output folder")  # before reading a multi-GB source
     kind = kind or detect_kind(src)
     if kind == "mgig":
         from .official_mgig import load_mgig, save_mgig

@@ -33,7 +33,7 @@ import torch
 
 from ..pipelines import iamg
 from ..pipelines.iamg import IAMGModel, IAMGUNet, IAMGUNetConfig
-from ..pipelines.files import DTYPES, WeightsError, is_native, load_strict, read_weights, save_native
+from ..pipelines.files import DTYPES, WeightsError, check_finite, is_native, load_strict, read_weights, save_native
 from ..pipelines.text import resolve_prompt_tokenizer
 from ..pipelines.vae import build_vae, kl_vae_config
 from .ldm_vae import VAEKeyError, detect_diffusers_vae_config
@@ -250,6 +250,7 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
         what = what or Path(source).name
     if metadata.get("model") not in (None, MODEL_NAME):
         raise WeightsError(f"{what}: this is an interact-custom {metadata.get('model')!r} file, not IAMG")
+    check_finite(sd, what)
     missing = [p + "*" for p in ("unet.", "vae.") if not any(k.startswith(p) for k in sd)]
     if missing:
         raise WeightsError(f"{what}: not an IAMG file in our format — no {', '.join(missing)} tensors "
@@ -306,4 +307,4 @@ def load_iamg(source: str | os.PathLike, device: torch.device | str = "cpu", dty
         return load_native_iamg(obj, metadata=metadata, what=name, device=device, dtype=dtype,
                                 tokenizer_dir=tokenizer_dir, clip_fallback_dir=clip_fallback_dir)
     check_iamg_dict(obj, name)
-    return load_official_iamg(obj, device=device, dtype=dtype, **official_kwargs)
+    return load_official_iamg(obj, device=device, dtype=dtype, what=name, **official_kwargs)

@@ -41,7 +41,7 @@ from typing import Iterator, Mapping
 import torch
 
 from ..pipelines.iamg import IAMGModel, IAMGUNet, IAMGUNetConfig, VAE_SCALE_FACTOR
-from ..pipelines.files import WeightsError, load_strict, read_weights
+from ..pipelines.files import WeightsError, check_finite, load_strict, read_weights
 from ..pipelines.vae import build_vae
 from .ldm_vae import convert_ldm_vae, detect_vae_config
 
@@ -354,19 +354,22 @@ def unet_from_official(model_sd: Mapping[str, torch.Tensor], *, num_heads: int |
 
 def load_official_iamg(path_or_dict, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                        load_text_encoder: bool = True, num_heads: int | None = None,
-                       text_encoder_num_heads: int | None = None) -> IAMGModel:
+                       text_encoder_num_heads: int | None = None, what: str | None = None) -> IAMGModel:
     """Load the official ``iamg.pth`` (a path, or the dict already read) as an `IAMGModel`.
 
     UNet and VAE are required; the text encoder is optional (the released network does
     not use it) and skipped with ``load_text_encoder=False``. The DDPM ᾱ table comes
     from the file's ``diffusion`` buffers when present. Strict: any key the maps do not
-    account for, or any missing key, raises a `WeightsError` naming them.
+    account for, or any missing key, raises a `WeightsError` naming them; so does a NaN /
+    Inf tensor (``what`` names a dict's source in that message).
     """
     if isinstance(path_or_dict, Mapping):
-        ckpt = path_or_dict
+        ckpt, what = path_or_dict, what or "IAMG checkpoint"
         check_iamg_dict(ckpt)
     else:
-        ckpt = read_official_iamg(path_or_dict)
+        ckpt, what = read_official_iamg(path_or_dict), what or os.path.basename(str(path_or_dict))
+    used = ("model", "autoencoder") + (("text_encoder",) if load_text_encoder else ())
+    check_finite({k: ckpt[k] for k in used if isinstance(ckpt.get(k), Mapping)}, what)
 
     unet = unet_from_official(ckpt["model"], num_heads=num_heads, config_dict=ckpt.get("config_dict"),
                               dtype=dtype)

@@ -72,7 +72,7 @@ from ..pipelines.mgig import (
     MGIG_PRESETS, OFFICIAL_SCHEDULE, MGIGConfig, MGIGModel, controlnet_kwargs, default_head_dim, dinov2_kwargs,
     mgig_config, schedule_alphas_cumprod, unet_kwargs,
 )
-from ..pipelines.files import DTYPES, WeightsError, read_weights, save_native, state_dict_mismatch
+from ..pipelines.files import DTYPES, WeightsError, check_finite, read_weights, save_native, state_dict_mismatch
 from .ldm_vae import VAEKeyError, convert_ldm_vae, detect_diffusers_vae_config
 
 OFFICIAL_PREFIXES = {
@@ -106,7 +106,8 @@ class MGIGCheckpointError(WeightsError):
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a checkpoint file (`files.read_weights`: no pickled code is ever run) into a
     flat state dict of tensors and the file's metadata. A Lightning checkpoint's
-    `state_dict` entry is unwrapped; other Lightning entries (epoch, ...) are ignored."""
+    `state_dict` entry is unwrapped; other Lightning entries (epoch, ...) are ignored.
+    Tensors holding NaN / Inf are refused (`files.check_finite`)."""
     obj, metadata = read_weights(path)
     name = Path(path).name
     if isinstance(obj.get("state_dict"), Mapping):
@@ -118,6 +119,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if bad or not obj:
         raise MGIGCheckpointError(f"{name}: expected a state dict of tensors or a Lightning checkpoint with "
                                   f"'state_dict'; found entries {', '.join(map(str, (bad or list(obj))[:5])) or 'none'}")
+    check_finite(obj, name)
     return dict(obj), metadata
 
 

@@ -74,6 +74,40 @@ def used_as_input(name: str, note: str = "input") -> Result:
     return Result(name, "INPUT", note=note)
 
 
+class ManifestError(ValueError):
+    """A test-vector folder's manifest.json that cannot be used; the message names it."""
+
+
+def read_manifest(path: Path) -> dict:
+    """A test-vector ``manifest.json`` as a dict; `ManifestError` naming the file when it
+    is empty, not JSON, or not a JSON object (with a ``parts`` object)."""
+    expected = "expected the format of shared/testvectors: a JSON object with 'parts'"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not a text file ({e.reason}); {expected}") from e
+    if not text.strip():
+        raise ManifestError(f"{path}: the file is empty; {expected}")
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                            f"{expected}") from e
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: expected a JSON object, found a {_json_type(manifest)}; {expected}")
+    parts = manifest.get("parts", {})
+    if not isinstance(parts, dict) or not all(isinstance(v, dict) for v in parts.values()):
+        found = f"a {_json_type(parts)}" if not isinstance(parts, dict) else "an entry that is not an object"
+        raise ManifestError(f"{path}: 'parts' must be an object of objects (part name -> file, arrays, "
+                            f"checkpoint), found {found}; {expected}")
+    return manifest
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
 @dataclass
 class VectorFolder:
     """A test-vector folder: its manifest, arrays (loaded lazily) and checkpoint paths."""
@@ -88,7 +122,7 @@ class VectorFolder:
             raise FileNotFoundError(
                 f"{self.path} is not a test-vector folder: it has no manifest.json "
                 "(expected the format of shared/testvectors)")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = read_manifest(manifest_path)
         self._arrays: dict[str, Any] = {}
 
     @property

@@ -218,3 +218,22 @@ def region_pixels(image: np.ndarray, mask: np.ndarray, erode_px: int = COLOUR_ER
             m = eroded
     return image[m]
 
+
+
+def blend_border_step(image: np.ndarray, alpha: np.ndarray) -> float | None:
+    """Mean |Δ| (0..255, averaged over RGB) between 4-neighbour pixels on either side of the
+    outer border of a paste, where ``alpha`` goes from 0 (kept background) to > 0 (pasted
+    or blended). Compared with the same number on the untouched background it measures the
+    seam a paste leaves: a seamless paste steps no more than the scene itself. None when
+    ``alpha`` has no such border."""
+    img = np.asarray(image, np.float32)
+    out = np.asarray(alpha) <= 0
+    steps = []
+    for a, b, oa, ob in ((img[:, :-1], img[:, 1:], out[:, :-1], out[:, 1:]),
+                         (img[:-1], img[1:], out[:-1], out[1:])):
+        border = oa != ob
+        if border.any():
+            steps.append(np.abs(a[border] - b[border]).mean(axis=-1))
+    if not steps:
+        return None
+    return float(np.concatenate(steps).mean())

@@ -48,6 +48,7 @@ from ..mgig import inputs as preprocess
 from ..mgig import pipeline as choi
 from ..sampling_settings import RECOMMENDED
 from . import evaluate
+from .metrics import blend_border_step
 
 DEFAULT_COUNT = 64
 DEFAULT_SEED = 1000          # the shipped default trains on seed 1: another seed = unseen identities
@@ -129,6 +130,8 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
     report_dir = out / "report"
     indices = list(range(len(dataset)))[:limit]
     timing = {"iamg_s": [], "mgig_s": []}
+    # paste "mask": what compositing does to the scene (kept pixels, the seam at the border)
+    compositing = {"outside_changed_pixels": 0, "seam_step": [], "scene_step": []}
     empty: list[str] = []
     rows = []
     for n, i in enumerate(indices, start=1):
@@ -155,6 +158,13 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
                             guidance=guidance, seed=i, batched_guidance=batched_guidance, paste=paste)
         timing["mgig_s"].append(time.perf_counter() - t0)
         image = gen.images[0]
+        if paste == "mask":
+            alpha = gen.pasted_mask
+            compositing["outside_changed_pixels"] += int(np.any(image != background, axis=-1)[alpha <= 0].sum())
+            seam, scene = blend_border_step(image, alpha), blend_border_step(background, alpha)
+            if seam is not None:
+                compositing["seam_step"].append(seam)
+                compositing["scene_step"].append(scene)
         Image.fromarray(image).save(out / "generated" / f"{s.id}.png")
         if len(rows) < SHEET_ROWS:
             rows.append([r.human_ref, r.object_ref, _box_drawn(background, s.box), union, image, s.target])
@@ -174,6 +184,10 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
         "mean_iamg_s": float(np.mean(timing["iamg_s"])) if timing["iamg_s"] else None,
         "mean_mgig_s": float(np.mean(timing["mgig_s"])) if timing["mgig_s"] else None,
         "threads": torch.get_num_threads(),
+        "compositing": None if paste != "mask" else {
+            "outside_changed_pixels": compositing["outside_changed_pixels"],
+            "seam_step": float(np.mean(compositing["seam_step"])) if compositing["seam_step"] else None,
+            "scene_step": float(np.mean(compositing["scene_step"])) if compositing["scene_step"] else None},
     }
     evaluate.write_report(report, report_dir, overwrite=True)
     if rows:
@@ -194,4 +208,12 @@ def summary_line(report: dict) -> str:
             f"ΔE human {get('colour_human')} object {get('colour_object')} | mean-colour ΔE human "
             f"{get('colour_mean_human')} object {get('colour_mean_object')} | confinement box "
             f"{get('confinement_box')} mask {get('confinement_mask')} | empty masks {b['iamg_empty_masks']}"
-            f"/{b['samples']}")
+            f"/{b['samples']}" + _compositing_line(b.get("compositing")))
+
+
+def _compositing_line(c: dict | None) -> str:
+    if not c:
+        return ""
+    step = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    return (f" | paste mask: {c['outside_changed_pixels']} changed pixels outside the alpha, seam step "
+            f"{step(c['seam_step'])} vs scene {step(c['scene_step'])}")

@@ -2,7 +2,8 @@
 (background + box + prompt → `MaskResult`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -11,8 +12,12 @@ import torch
 from .. import samplers
 from ..geometry import check_xywh
 from ..sampling_settings import OFFICIAL
-from .inputs import DEFAULT_THRESHOLD, condition_image, mask_from_decoded, soft_mask_from_decoded
+from ..imgproc import drop_small_components
+from .inputs import (CONTEXT_MODES, DEFAULT_THRESHOLD, DESPECKLE_FRACTION, condition_image, context_box, mask_from_decoded,
+                     soft_mask_from_decoded)
 from .model import IAMGModel
+
+log = logging.getLogger("interact_custom")
 
 # Official sampling settings (test_demo.py: PLMS, 50 steps, guidance 5 with an empty
 # prompt as the unconditional input — an exact no-op for the released network); one
@@ -59,7 +64,7 @@ class MaskResult:
 
     ``soft`` [B, H, W] float32 in [0, 1] and ``binary`` [B, H, W] float32 in {0, 1}
     (soft > threshold), at the background's (or canvas's) size with the square padding
-    removed; ``square`` [B, S, S] the soft mask in the model's square image space;
+    removed; ``square`` [B, S, S] the soft mask in the model's square image space (of the context crop, if any);
     ``latent`` [B, 4, h, w] the sampled mask latent; ``seeds`` the per-sample seeds;
     ``box`` the validated (x, y, w, h) or None; ``used_text``: whether the prompt
     conditioned the network (False for the released model, which ignores it).
@@ -73,6 +78,8 @@ class MaskResult:
     prompt: str
     box: tuple[int, int, int, int] | None
     used_text: bool
+    # What the user should know about this result (e.g. a prompt the model cannot read).
+    warnings: list[str] = field(default_factory=list)
 
 
 def _canvas_size(size_hw) -> tuple[int, int]:
@@ -91,8 +98,17 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
                   box: Sequence[float] | None = None, size_hw: Sequence[int] | None = None,
                   steps: int = DEFAULT_STEPS, sampler: str = "plms", guidance: float = DEFAULT_GUIDANCE,
                   seed: int = 0, batch: int = 1, threshold: float = DEFAULT_THRESHOLD,
-                  clip_to_box: bool = True, callback: samplers.Callback | None = None) -> MaskResult:
+                  clip_to_box: bool = True, context: str = "auto", despeckle: float = DESPECKLE_FRACTION,
+                  callback: samplers.Callback | None = None) -> MaskResult:
     """Generate interaction masks (human ∪ object silhouettes) with IAMG.
+
+    - ``context`` (★): "box" runs IAMG on a square crop around the box in which the box
+      has the share the model was trained with (`inputs.context_box`), so a small box in a
+      large photo gets a whole figure, and places the mask back; "full" conditions on the
+      whole image (the official procedure); "auto" = "box" for the v-prediction models this
+      package trains, "full" for ε models such as the released iamg.pth.
+    - ``despeckle`` (★): drop islands of the binary mask smaller than this share of its
+      largest part (0 keeps everything); the soft mask is zeroed there too.
 
     - ``clip_to_box``: zero the mask outside ``box`` (a trained model already puts the pair
       in the box; this guarantees it, so the pair never spills over the user's scene).
@@ -112,6 +128,10 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
       (`samplers.SAMPLER_NAMES`). ``callback(i, total, x, pred_x0)`` after every step.
     """
     samplers.check_settings(sampler, steps, guidance)
+    if not 0.0 <= float(despeckle) <= 1.0:
+        raise ValueError(f"despeckle: expected a share in [0, 1], got {despeckle!r}")
+    if context not in CONTEXT_MODES:
+        raise ValueError(f"context: expected one of {', '.join(CONTEXT_MODES)}, got {context!r}")
     if int(batch) < 1 or int(batch) != batch:
         raise ValueError(f"batch: expected a positive integer, got {batch!r}")
     if not 0.0 <= float(threshold) <= 1.0:
@@ -133,17 +153,30 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
     box_px = check_xywh(box, height, width, what) if box is not None else None
 
     with torch.inference_mode():
+        crop = None
         if img is None and box_px is None:
             cond = model.empty_condition(1)
         else:
             if img is None:  # a box alone: a plain white canvas (the padding colour) with the box blanked
                 img = np.full((height, width, 3), 255, np.uint8)
-            cond = model.encode_condition(condition_image(img, box_px, model.image_size)).float()
+            if box_px is not None and _crops_to_box(model, context):
+                crop = context_box(box_px, height, width)
+                if (crop.width, crop.height) != (width, height):
+                    img, cond_box = img[crop.slices], box_px.relative_to(crop)
+                else:
+                    crop, cond_box = None, box_px
+            else:
+                crop, cond_box = None, box_px
+            cond = model.encode_condition(condition_image(img, cond_box, model.image_size)).float()
         cond = cond.expand(batch, *cond.shape[1:])
 
         context = uncond = None
+        warnings = []
         if model.uses_text:
             context = model.encode_prompts([prompt]).expand(batch, -1, -1)
+            if (warning := unreadable_prompt_warning(model, prompt)) is not None:
+                log.warning("IAMG: %s", warning)
+                warnings.append(warning)
             if guidance != 1.0:
                 uncond = model.encode_prompts([""]).expand(batch, -1, -1)
 
@@ -155,11 +188,37 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
                                     generator=generator)
         decoded = model.decode(latent)
         square = soft_mask_from_decoded(decoded)
-        soft, binary = mask_from_decoded(decoded, height, width, threshold)
+        if crop is None:
+            soft, binary = mask_from_decoded(decoded, height, width, threshold)
+        else:  # generated for the crop: placed back into an empty canvas
+            soft_crop, binary_crop = mask_from_decoded(decoded, crop.height, crop.width, threshold)
+            soft = soft_crop.new_zeros((soft_crop.shape[0], height, width))
+            binary = binary_crop.new_zeros((binary_crop.shape[0], height, width))
+            soft[(slice(None), *crop.slices)], binary[(slice(None), *crop.slices)] = soft_crop, binary_crop
         if clip_to_box and box_px is not None:
             inside = torch.from_numpy(box_px.mask(height, width)).to(soft)
             soft, binary = soft * inside, binary * inside
+        if despeckle > 0:
+            kept = torch.from_numpy(np.stack([drop_small_components(b, despeckle) for b in binary.cpu().numpy()]))
+            soft, binary = soft * kept.to(soft), binary * kept.to(binary.device)
     return MaskResult(soft=soft.float().cpu(), binary=binary.float().cpu(), square=square.float().cpu(),
                       latent=latent.float().cpu(), seeds=seeds, prompt=str(prompt),
-                      box=None if box_px is None else box_px.xywh,
+                      box=None if box_px is None else box_px.xywh, warnings=warnings,
                       used_text=model.uses_text)
+
+
+def _crops_to_box(model: IAMGModel, context: str) -> bool:
+    if context == "auto":
+        return model.prediction_type == "v_prediction"
+    return context == "box"
+
+
+def unreadable_prompt_warning(model: IAMGModel, prompt: str) -> str | None:
+    """A warning when none of the prompt's words is in a word-level tokenizer's
+    vocabulary (emoji, another language, a typo): the model then sees only unknown
+    tokens, i.e. no interaction at all. None when the prompt is empty or readable."""
+    counts = model.tokenizer.unknown_words(prompt) if model.tokenizer is not None else None
+    if counts is None or counts[1] == 0 or counts[0] < counts[1]:
+        return None
+    return (f"none of the words of the prompt {prompt!r} is in this model's vocabulary, so it generates as if "
+            "there were no prompt; describe the interaction in English, e.g. 'a person is riding the bicycle'")

@@ -27,18 +27,19 @@ Pipeline (what :func:`prepare_mgig_inputs` runs)::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import imgproc
-from ..geometry import Box, official_mask_box
+from ..geometry import Box, mask_box, official_mask_box
 
 __all__ = [
     "Box", "REFERENCE_SIZE", "REFERENCE_TILE", "HINT_SIZE", "DETAIL_THRESHOLD",
     "TARGET_BOX_RATIO", "CROP_RATIO", "CROP_MARGIN",
     "as_image", "as_mask", "official_box", "expand_box", "box_to_square", "pad_to_square", "whiten_background", "ReferenceCanvas",
-    "reference_canvas", "detail_map", "MGIGHint", "build_hint", "decoded_to_prediction",
+    "reference_canvas", "detail_map", "MGIGHint", "hint_boxes", "build_hint", "decoded_to_prediction",
     "crop_back", "MGIGInputs", "prepare_mgig_inputs", "perturb_mask",
 ]
 
@@ -156,6 +157,13 @@ def _shape_hw(shape) -> tuple[int, int]:
     return h, w
 
 
+def _is_finite_number(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except TypeError:
+        return False
+
+
 def expand_box(box: Box, ratio: float, shape, min_crop: float = 0) -> Box:
     """Grow ``box`` about its centre by ``ratio`` (at least ``min_crop`` pixels per side)
     and clip it to ``shape = (height, width, ...)`` (so ``image.shape`` works).
@@ -165,9 +173,14 @@ def expand_box(box: Box, ratio: float, shape, min_crop: float = 0) -> Box:
     edges are truncated towards zero with ``int()``. One addition: where that arithmetic
     yields an empty box (a one-pixel mask on the image's top or left edge), the box keeps
     one pixel instead.
+
+    Raises ``ValueError`` naming ``ratio`` / ``min_crop`` for a ratio that is not a
+    positive finite number (``inf`` would overflow ``int()``) or a non-finite min_crop.
     """
-    if not ratio > 0:
-        raise ValueError(f"ratio: expected a positive number, got {ratio!r}")
+    if not _is_finite_number(ratio) or not ratio > 0:
+        raise ValueError(f"ratio: expected a positive finite number, got {ratio!r}")
+    if not _is_finite_number(min_crop):
+        raise ValueError(f"min_crop: expected a finite number of pixels, got {min_crop!r}")
     height, width = _shape_hw(shape)
     y1, y2, x1, x2 = box.yyxx
     xc, yc = 0.5 * (x1 + x2), 0.5 * (y1 + y2)
@@ -187,9 +200,16 @@ def box_to_square(box: Box, shape) -> Box:
     ``shape = (height, width, ...)`` (the official ``box2squre``). Integer halves, as in
     the official code: an odd long side gives a square one pixel smaller, and clipping
     at the border leaves it non-square -- the hint pads it square afterwards. A
-    one-pixel box stays one pixel (the official arithmetic would empty it)."""
+    one-pixel box stays one pixel (the official arithmetic would empty it).
+
+    The result always lies inside the image (``0 <= x0 <= x1 <= width``, same for y).
+    A box that does not intersect the image raises ``ValueError``; an official box
+    whose far edge is its near edge (a one-row / one-column mask) counts as that row /
+    column."""
     height, width = _shape_hw(shape)
     by1, by2, bx1, bx2 = box.yyxx
+    if not (bx1 < width and max(bx2, bx1 + 1) > 0 and by1 < height and max(by2, by1 + 1) > 0):
+        raise ValueError(f"box_to_square: box {box} does not intersect the {height}x{width} image")
     y1, y2, x1, x2 = box.yyxx
     cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
     h, w = y2 - y1, x2 - x1
@@ -202,7 +222,9 @@ def box_to_square(box: Box, shape) -> Box:
         x1, x2 = bx1, bx2
     if y2 <= y1:
         y1, y2 = by1, by2
-    return Box.from_yyxx(max(0, y1), min(height, y2), max(0, x1), min(width, x2))
+    # Clip (as the official code) -- the squared box can reach past the border.
+    y1, x1 = min(max(0, y1), height), min(max(0, x1), width)
+    return Box.from_yyxx(y1, max(y1, min(height, y2)), x1, max(x1, min(width, x2)))
 
 
 def pad_to_square(image: np.ndarray, pad_value) -> np.ndarray:
@@ -362,6 +384,25 @@ class MGIGHint:
     target_box_in_crop: Box
 
 
+def _cover(box: Box, inner: Box) -> Box:
+    """The smallest box holding ``box`` and ``inner``."""
+    return Box(min(box.x0, inner.x0), min(box.y0, inner.y0), max(box.x1, inner.x1), max(box.y1, inner.y1))
+
+
+def hint_boxes(union_mask, shape, box_ratio: float = TARGET_BOX_RATIO,
+               crop_ratio: float = CROP_RATIO) -> tuple[Box, Box]:
+    """``(target_box, crop_box)`` of :func:`build_hint` for ``union_mask`` in an image of
+    ``shape``: the official box grown by ``box_ratio``; that grown by ``crop_ratio``,
+    squared, clipped -- and widened to hold every mask pixel where it does not."""
+    union_mask = as_mask(union_mask, "union_mask", shape)
+    target_box = expand_box(official_box(union_mask, "union_mask"), box_ratio, shape)
+    crop_box = box_to_square(expand_box(target_box, crop_ratio, shape), shape)
+    # The official 1-px-short box grown by 1.1 and 1.3 (and squared) can miss the last
+    # row / column of a mask under ~10 px; widen the crop to the mask there. A crop that
+    # already holds the mask (every official-size case) is unchanged.
+    return target_box, _cover(crop_box, mask_box(union_mask))
+
+
 def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_RATIO,
                crop_ratio: float = CROP_RATIO, mask_channel: str = "box",
                mask=None) -> MGIGHint:
@@ -370,7 +411,9 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
 
     Target box = box of ``union_mask`` (human ∪ object) grown by ``box_ratio``; crop box
     = target box grown by ``crop_ratio`` (official: random in 1.3..2.9), squared and
-    clipped to the background. ``detail`` (any size, uint8 H x W x 3, e.g.
+    clipped to the background, and widened to hold every ``union_mask`` pixel where it
+    does not (masks under ~10 px, whose official 1-px-short box loses its last row /
+    column; larger masks get the official crop). ``detail`` (any size, uint8 H x W x 3, e.g.
     :func:`detail_map` of the reference canvas) is resized to the target box and
     replaces the background there. The crop is padded square (0; mask channel 2 -> -1)
     and resized to 512 (bilinear; mask nearest).
@@ -386,8 +429,7 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
         raise ValueError(f"mask_channel: expected 'box' or 'mask', got {mask_channel!r}")
     channel_mask = union_mask if mask is None else as_mask(mask, "mask", background.shape)
 
-    target_box = expand_box(official_box(union_mask, "union_mask"), box_ratio, background.shape)
-    crop_box = box_to_square(expand_box(target_box, crop_ratio, background.shape), background.shape)
+    target_box, crop_box = hint_boxes(union_mask, background.shape, box_ratio, crop_ratio)
     crop = background[crop_box.slices]
     crop_h, crop_w = crop.shape[:2]
     # box_to_square can shave one pixel off an odd-sized square; keep the target box
@@ -473,9 +515,14 @@ def crop_back(pred, background, extra_sizes, crop_box: Box, margin: int = CROP_M
     elif h1 < h2:
         before = (h2 - h1) // 2
         pred = pred[before:before + h1]
+    # The pasted part in background and in crop coordinates, from the same Box. The
+    # official ``y1 + m : y2 - m`` slices break for a crop at the top / left border
+    # thinner than ``m`` px (``y2 - m < 0`` wraps around: a broadcast error); the inset
+    # box is empty there instead.
+    pasted = pasted_box(crop_box, margin)
     out = background.copy()
-    inner = pred[margin:h1 - margin, margin:w1 - margin]
-    out[pasted_box(crop_box, margin).slices] = np.clip(inner, 0, 255).astype(np.uint8)
+    inner = pred[pasted.relative_to(crop_box).slices]
+    out[pasted.slices] = np.clip(inner, 0, 255).astype(np.uint8)
     return out
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -143,7 +144,13 @@ class MaskBank:
         rel = getattr(entry, which)
         if not rel:
             raise ValueError(f"mask bank entry {entry.id!r} has no {which}")
-        return load_mask_png(self.root / rel)
+        try:
+            return load_mask_png(self.root / rel)
+        except MaskImageError as e:
+            raise MaskImageError(f"bank {self.root}: entry {entry.id}: {rel} is not a readable PNG image "
+                                 f"({e.detail}); replace the file or remove the entry from "
+                                 f"{self.index_path.name if self.index_path else 'the index'}",
+                                 detail=e.detail) from None
 
 
 def _read_index(path: Path) -> list:
@@ -170,14 +177,32 @@ def _read_index(path: Path) -> list:
     return data
 
 
+class MaskImageError(ValueError):
+    """A mask file that is not a readable image; ``detail`` says what the reader found."""
+
+    def __init__(self, message: str, *, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+
 def load_mask_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask image as float32 HxW in 0..1 (the first channel for colour images)."""
-    with Image.open(path) as im:
-        if im.mode in ("RGB", "RGBA", "P", "LA"):
-            im = im.convert("RGB").getchannel(0)
-        elif im.mode != "L":
-            im = im.convert("L")
-        return np.asarray(im, dtype=np.float32) / 255.0
+    """Read a mask image as float32 HxW in 0..1 (the first channel for colour images); a
+    file that is no readable image (not a PNG, truncated) is a `MaskImageError`."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA", "P", "LA"):
+                im = im.convert("RGB").getchannel(0)
+            elif im.mode != "L":
+                im = im.convert("L")
+            return np.asarray(im, dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, Image.UnidentifiedImageError):
+            detail = "not an image file PIL can identify"
+        raise MaskImageError(f"{path} is not a readable PNG image ({detail})", detail=detail) from None
 
 
 def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:

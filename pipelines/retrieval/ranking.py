@@ -1,7 +1,10 @@
 """IAMG-R retrieval: embedding a bank, ranking it against a query, placing the result.
 
 * :func:`bank_embeddings` embeds all bank captions with a text encoder (`.encoders`),
-  cached next to the index in ``<bank>/.embeddings/``.
+  cached in the user cache folder, ``<cache>/bank_embeddings/<bank name>-<path hash>/``
+  (:func:`bank_cache_dir`; ``<cache>`` is `paths.cache_dir`: ``$INTERACT_CUSTOM_CACHE``,
+  else ``$XDG_CACHE_HOME/interact_custom``, else ``~/.cache/interact_custom``) — never in
+  the bank folder, which for the shipped bank is inside the installed package.
 * :func:`retrieve` ranks by cosine similarity (``similarity="dot"`` gives the official
   unnormalised score), optional category filter, top-k, deterministic tie-break by id,
   and returns :class:`Candidate` masks.
@@ -13,18 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..files import write_text_atomic
 from ..geometry import mask_box
+from ..paths import CACHE_ENV, cache_dir
 from .bank import BankEntry, MaskBank, normalize_category
 from .encoders import TextEncoder, _unit
 
-CACHE_DIR = ".embeddings"
+CACHE_DIR = "bank_embeddings"  # the embedding caches' folder in `paths.cache_dir()`
 # Scores closer than this count as ties, so identical captions (whose embeddings may
 # differ in the last bits depending on their position in a batch) are ordered by id.
 TIE_DECIMALS = 6
@@ -34,22 +41,35 @@ TIE_DECIMALS = 6
 # Embedding cache and retrieval
 # --------------------------------------------------------------------------------------
 
-def bank_embeddings(bank: MaskBank, encoder: TextEncoder, *, cache: bool = True) -> np.ndarray:
-    """Caption embeddings of all bank entries [N, D], cached in ``<bank>/.embeddings/``.
+def bank_cache_dir(bank: MaskBank) -> Path:
+    """The folder of ``bank``'s embedding caches: ``<cache>/bank_embeddings/<bank folder
+    name>-<hash of its absolute path>`` in the user cache folder (`paths.cache_dir`), so
+    two banks never share one, whatever their captions."""
+    root = str(bank.root.resolve())
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", bank.root.resolve().name).strip("._") or "bank"
+    return cache_dir() / CACHE_DIR / f"{name}-{hashlib.sha256(root.encode('utf-8')).hexdigest()[:16]}"
 
-    One ``.npy`` + ``.json`` pair per encoder identity; the JSON records the identity and
-    the bank's :attr:`MaskBank.index_hash`, and the cache is recomputed when either
-    differs. A read-only bank folder just skips writing the cache.
+
+def bank_embeddings(bank: MaskBank, encoder: TextEncoder, *, cache: bool = True) -> np.ndarray:
+    """Caption embeddings of all bank entries [N, D], cached in :func:`bank_cache_dir`
+    (the user cache folder; nothing is written into the bank folder).
+
+    One ``.npy`` + ``.json`` pair per encoder identity; the JSON records the bank's
+    absolute path, its :attr:`MaskBank.index_hash` and the encoder identity, and the
+    cache is recomputed when any differs. An unwritable cache folder just skips writing
+    (with a warning).
     """
     key = hashlib.sha256(encoder.identity.encode()).hexdigest()[:16]
-    npy = bank.root / CACHE_DIR / f"{key}.npy"
+    folder = bank_cache_dir(bank)
+    npy = folder / f"{key}.npy"
     meta_path = npy.with_suffix(".json")
+    want = {"bank": str(bank.root.resolve()), "index_hash": bank.index_hash, "encoder": encoder.identity}
     if cache and npy.is_file() and meta_path.is_file():
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("encoder") == encoder.identity and meta.get("index_hash") == bank.index_hash:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if all(meta.get(k) == v for k, v in want.items()):
                 emb = np.load(npy, allow_pickle=False)
-                if emb.shape[0] == len(bank):
+                if emb.ndim == 2 and emb.shape[0] == len(bank):
                     return emb
         except (OSError, ValueError):
             pass  # unreadable cache: recompute below
@@ -59,14 +79,19 @@ def bank_embeddings(bank: MaskBank, encoder: TextEncoder, *, cache: bool = True)
                          f"for {len(bank)} captions; expected [N, D]")
     if cache:
         try:
-            npy.parent.mkdir(exist_ok=True)
-            tmp = npy.with_name(npy.stem + ".tmp.npy")
-            np.save(tmp, emb)
-            os.replace(tmp, npy)
-            meta_path.write_text(json.dumps({"encoder": encoder.identity, "index_hash": bank.index_hash,
-                                             "count": int(emb.shape[0]), "dim": int(emb.shape[1])}))
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{key}.{os.getpid()}.tmp.npy"
+            try:
+                np.save(tmp, emb)
+                os.replace(tmp, npy)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+            write_text_atomic(meta_path, json.dumps({**want, "count": int(emb.shape[0]),
+                                                     "dim": int(emb.shape[1])}))
         except OSError as e:
-            warnings.warn(f"could not write the embedding cache in {npy.parent}: {e}")
+            warnings.warn(f"could not write the embedding cache in {folder}: {e} "
+                          f"(set ${CACHE_ENV} to a writable folder)")
     return emb
 
 
@@ -98,6 +123,8 @@ def retrieve(bank: MaskBank, query: str, *, encoder: TextEncoder, top_k: int = 5
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if similarity not in ("cosine", "dot"):
         raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+    if not str(query).strip():
+        raise ValueError("query is empty: describe the interaction, e.g. 'a person is riding the bicycle'")
     emb = bank_embeddings(bank, encoder, cache=cache)
     rows = np.arange(len(bank))
     if category:
@@ -107,6 +134,10 @@ def retrieve(bank: MaskBank, query: str, *, encoder: TextEncoder, top_k: int = 5
             raise ValueError(f"unknown HOI category {category!r} for mask bank {bank.root}; "
                              f"known categories: {', '.join(bank.categories)}")
     q = np.asarray(encoder.encode([query]), dtype=np.float64)[0]
+    if not np.any(q):  # every score would be 0: the "best" entry would be arbitrary
+        raise ValueError(f"query {query!r} has no word the {type(encoder).__name__} knows (emoji, another "
+                         "language?); describe the interaction in English, e.g. 'a person is riding the "
+                         "bicycle', or pick the category")
     e = emb[rows].astype(np.float64)
     if similarity == "cosine":
         q = _unit(q)

@@ -56,10 +56,15 @@ Output folder (``output_dir``)::
     final.safetensors               our format (save_iamg / save_mgig; VAE: `vae.*` tensors);
                                     EMA weights when EMA is on (raw ones in final_noema.safetensors)
 
-Checkpoints are written to ``checkpoints/.tmp_step_XXXXXX`` and renamed when complete,
-then ``latest`` is replaced atomically, so an interruption at any moment leaves the
-previous checkpoint as the newest one; temp folders are ignored (and replaced). ``--resume``
-continues from ``latest`` with identical state: every random choice of a step (data
+Checkpoints are written to ``checkpoints/.tmp_step_XXXXXX``, fsynced (files, then the
+folder) and renamed when complete, then ``latest`` is replaced atomically (also fsynced),
+so an interruption at any moment — a kill or a power cut — leaves the previous checkpoint
+as the newest one. What interrupted writes leave behind (``.tmp_step_*`` folders,
+``.<name>.<id>.tmp`` files of the run's own files) is removed on the next start or
+resume; a torn last line of ``log.jsonl`` is dropped (a corrupt line elsewhere is an
+error naming it). ``--resume`` continues from ``latest`` — or, when a file of it is
+truncated or corrupt, from the newest whole checkpoint before it, saying so — with
+identical state: every random choice of a step (data
 order, augmentation, t, noise, dropout) is derived from (seed, step, process), so the
 resumed run computes exactly what an uninterrupted run computes (given the same number
 of processes). ``max_steps_per_run`` stops an

@@ -262,10 +262,8 @@ class MGIGTrainData(_PositionData):
             hint_kwargs["mask_channel"] = "mask"
             if _draw(rng, self.perturb_prob):
                 # The official trainer perturbs the union mask cut to the crop box, so the
-                # perturbation is drawn there (same box arithmetic as `build_hint`).
-                shape = background.shape
-                target_box = preprocess.expand_box(preprocess.official_box(union, "union mask"), box_ratio, shape)
-                crop_box = preprocess.box_to_square(preprocess.expand_box(target_box, crop_ratio, shape), shape)
+                # perturbation is drawn there (`hint_boxes`: the crop `build_hint` uses).
+                _, crop_box = preprocess.hint_boxes(union, background.shape, box_ratio, crop_ratio)
                 layout = np.zeros_like(union)
                 layout[crop_box.slices] = preprocess.perturb_mask(union[crop_box.slices], rng)
                 hint_kwargs["mask"] = layout

@@ -36,7 +36,7 @@ from .losses import LOSSES
 from .models import (WeightIO, build_model, calibrated_latent_scale, calibrated_latent_shift, cast_frozen,
                      enable_grad_checkpointing, save_final, set_latent_scale, set_trainable, trained_parameters)
 from .runs import (CHECKPOINT_FORMAT, EMA_FILE, FINAL_NOEMA_FILE, STATE_FILE, TMP_PREFIX, TRAINABLE_FILE, RunDir,
-                   check_against_stored, copy_into, load_tensors, save_tensors, step_name)
+                   check_against_stored, copy_into, fsync_dir, fsync_file, load_tensors, save_tensors, step_name)
 
 
 def step_seed(seed: int, step: int, micro: int, process: int) -> int:
@@ -249,12 +249,15 @@ def _train(cfg: TrainConfig, accelerator, weights: WeightIO, *, resume: bool, pr
 # The steps of `_train` before the loop.
 
 def _resume_point(run: RunDir, cfg: TrainConfig, *, resume: bool, main: bool) -> Path | None:
-    """The checkpoint to continue from (None: start at step 0); a fresh run refuses a
-    folder that holds one."""
-    resume_from = run.latest_checkpoint() if resume else None
+    """The checkpoint to continue from (None: start at step 0): the newest whose files are
+    whole (`RunDir.resumable_checkpoint`); a fresh run refuses a folder that holds one.
+    Checks the log now, so a corrupt line is reported before the model is built."""
     if not resume and run.has_run():
         raise ConfigError(f"output_dir {run.root} already holds a run; pass --resume to continue it "
                           "or choose another output_dir")
+    resume_from = run.resumable_checkpoint(quiet=not main) if resume else None
+    if main:
+        run.read_log(quiet=True)  # a torn last line is dropped (and reported) by truncate_log
     if resume and resume_from is None and main and run.root.exists():
         print(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0", file=sys.stderr)
     if resume_from is not None and main:
@@ -332,16 +335,25 @@ def _checkpoint_trained_tensors_only(accelerator, params: dict[str, nn.Parameter
 
 def _restore(accelerator, checkpoint: Path, scheduler, ema: EMA | None, params: dict[str, nn.Parameter]) -> int:
     """Load a checkpoint (Accelerate's state, our trained tensors, the scheduler, the EMA);
-    returns its step."""
-    accelerator.load_state(str(checkpoint))
-    state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-    start = int(state["step"])
-    scheduler.load_state_dict(state["scheduler"])
-    if ema is not None:
-        if not (checkpoint / EMA_FILE).is_file():
-            raise ConfigError(f"ema_decay is set but checkpoint {checkpoint} has no EMA weights")
-        ema.shadow = {k: v.to(next(iter(params.values())).device) for k, v in
-                      load_tensors(checkpoint / EMA_FILE).items()}
+    returns its step. A file that cannot be read is a `ConfigError` naming the checkpoint."""
+    from safetensors import SafetensorError
+
+    try:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        start = int(state["step"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            if not (checkpoint / EMA_FILE).is_file():
+                raise ConfigError(f"ema_decay is set but checkpoint {checkpoint} has no EMA weights")
+            ema.shadow = {k: v.to(next(iter(params.values())).device) for k, v in
+                          load_tensors(checkpoint / EMA_FILE).items()}
+    except ConfigError:
+        raise
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, SafetensorError) as e:
+        detail = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"checkpoint {checkpoint} cannot be loaded ({type(e).__name__}: {detail}); move that "
+                          "folder out of checkpoints/ to resume from the previous one") from e
     return start
 
 
@@ -350,6 +362,11 @@ def _open_run_folder(run: RunDir, cfg: TrainConfig, start: int, model: nn.Module
     (and, on a fresh run, the calibrated latent scale / shift as the log's step 0)."""
     run.root.mkdir(parents=True, exist_ok=True)
     run.checkpoints.mkdir(exist_ok=True)
+    removed = run.remove_temp_leftovers()
+    if removed:
+        print(f"removed {len(removed)} leftover temp files/folders of an interrupted write in {run.root}: "
+              + ", ".join(str(p.relative_to(run.root)) for p in removed[:5]) + (" ..." if len(removed) > 5 else ""),
+              file=sys.stderr)
     run.truncate_log(start)  # lines of steps after the checkpoint are recomputed now
     write_text_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
     if scale is not None and start == 0:
@@ -468,5 +485,9 @@ class _Session:
                 os.replace(run.final, run.root / FINAL_NOEMA_FILE)
                 with self.ema.applied(trained_parameters(core)):
                     save_final(cfg, core, run.final, self.weights)
+            for path in (run.final, run.root / FINAL_NOEMA_FILE):
+                if path.is_file():
+                    fsync_file(path)
+            fsync_dir(run.root)
         self.accelerator.wait_for_everyone()
         return run.final
