@@ -62,7 +62,10 @@ def register_model_folder() -> None:
 # Example inputs (pipelines/assets/examples/*.png) are offered in ComfyUI's input folder under this
 # prefix, so the shipped workflows find them right after installation. The input folder is
 # flat (LoadImage lists only its top level), hence a unique prefix instead of a subfolder.
-EXAMPLE_INPUT_PREFIX = "interact_custom_example_"
+# The version in it changes whenever the example images do (v2: the "pushing the bicycle"
+# scene), so a copy of older images left in a user's input folder -- never overwritten --
+# is not paired with workflows whose box and prompt belong to the new ones.
+EXAMPLE_INPUT_PREFIX = "interact_custom_example_v2_"
 EXAMPLE_INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -73,7 +76,7 @@ def example_input_name(file_name: str) -> str:
 
 def install_example_inputs(input_dir: str | os.PathLike | None = None) -> list[Path]:
     """Copy the example images into ComfyUI's input folder (or ``input_dir``) as
-    ``interact_custom_example_<name>``, each only if no file of that name exists there:
+    ``EXAMPLE_INPUT_PREFIX + <name>``, each only if no file of that name exists there:
     a user's file is never overwritten, and a copy the user edited is kept. Returns the
     files written. Standalone (no ComfyUI, no ``input_dir``) it does nothing. Never
     raises: a read-only input folder only costs the examples, logged."""

@@ -90,7 +90,7 @@ class IAMGGenerateMask:
         return {
             "required": {
                 "iamg_model": ("IAMG_MODEL", {"tooltip": "From Load IAMG."}),
-                "interaction": ("STRING", {"default": "a person is riding the bicycle", "multiline": True,
+                "interaction": ("STRING", {"default": "a person is pushing the bicycle", "multiline": True,
                                            "tooltip": "The interaction, e.g. 'a person is kicking the ball'. "
                                                       "The official iamg.pth ignores text; the text-conditioned "
                                                       "variant follows it."}),
@@ -159,7 +159,7 @@ class IAMGRRetrieveMask:
         return {"required": {
             "bank": ("STRING", {"default": SHIPPED_BANK, "tooltip": "Mask bank folder (with bank.json), or the "
                                 "shipped example bank. Build one with: python -m interact_custom bank build."}),
-            "query": ("STRING", {"default": "a person is riding the bicycle", "multiline": True,
+            "query": ("STRING", {"default": "a person is pushing the bicycle", "multiline": True,
                                  "tooltip": "Describe the interaction; paraphrases work."}),
             "category": ("STRING", {"default": "", "tooltip": "Optional HOI category filter, e.g. 'ride bicycle' "
                                     "(empty = all)."}),

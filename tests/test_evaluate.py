@@ -360,3 +360,30 @@ def test_hoi_judge_is_pluggable_and_not_called_by_default(bench):
     assert "interaction" not in report["skipped"]
     assert all(report["skipped"][n].startswith("skipped: not a synthetic") for n in ev.GROUPS["synthetic"]
                if n not in ("mask_in_box",))
+
+
+def test_per_verb_table_gives_each_verbs_own_means():
+    samples = [{"verb": "hold", "mask_iou": 0.2, "mask_verb": 1.0},
+               {"verb": "hold", "mask_iou": 0.4, "mask_verb": 0.0},
+               {"verb": "ride", "mask_iou": 0.9, "mask_verb": None},
+               {"mask_iou": 0.5}]  # no verb: not grouped
+    table = ev.by_verb(samples, ["mask_iou", "mask_verb"])
+    assert list(table) == ["hold", "ride"]
+    assert table["hold"] == {"n": 2, "mask_iou": pytest.approx(0.3), "mask_verb": 0.5}
+    assert table["ride"] == {"n": 1, "mask_iou": 0.9}  # None values left out
+    report = {"evaluated": 3, "samples_in_dataset": 3, "dataset": "d", "split": None, "generated": "g",
+              "matching": "m", "missing_generated": [], "masks": None, "metrics": {}, "skipped": {},
+              "by_verb": table}
+    md = ev.markdown_report(report)
+    assert "| verb | n | mask_verb | mask_iou |" in md
+    assert "| hold | 2 | 0.500 | 0.300 |" in md and "| ride | 1 |  | 0.900 |" in md
+
+
+def test_report_rows_carry_their_verb(bench):
+    report = ev.evaluate(bench / "data", bench / "gen", masks_dir=bench / "masks", mask_source="interaction")
+    data = ChoiDataset(bench / "data")
+    assert [s["verb"] for s in report["samples"]] == [s.verb for s in data]
+    for verb, entry in report["by_verb"].items():
+        rows = [s for s in report["samples"] if s["verb"] == verb]
+        assert entry["n"] == len(rows)
+        assert entry["mask_iou"] == pytest.approx(1.0)

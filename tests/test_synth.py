@@ -226,7 +226,7 @@ def test_examples_are_consistent_and_small(tmp_path):
     x, y, w, h = meta["box"]
     assert set(np.unique(m)) == {0, 255} and m[y:y + h, x:x + w].sum() == m.sum()
     saved = json.loads((tmp_path / "example.json").read_text())
-    assert saved["caption"] == "a person is riding the bicycle" and saved["box"] == meta["box"]
+    assert saved["caption"] == "a person is pushing the bicycle" and saved["box"] == meta["box"]
     assert sum(p.stat().st_size for p in tmp_path.iterdir()) < 200_000
     with pytest.raises(FileExistsError):
         synth.write_examples(tmp_path)

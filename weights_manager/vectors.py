@@ -10,6 +10,7 @@ a failure, so a new array in a future vector set can never pass silently.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -135,6 +136,31 @@ class VectorFolder:
         except KeyError:
             raise KeyError(f"test-vector folder {self.path} has no part {name!r} "
                            f"(it has: {', '.join(self.parts) or 'none'})") from None
+
+    @property
+    def torch_threads(self) -> int | None:
+        """The torch thread count the reference outputs were computed with (manifest
+        ``environment.torch_threads``), or None when the manifest does not say."""
+        n = (self.manifest.get("environment") or {}).get("torch_threads")
+        return n if isinstance(n, int) and n > 0 else None
+
+    @contextlib.contextmanager
+    def reference_threads(self):
+        """Run the block with the reference's torch thread count. Some references are
+        ill-conditioned: the reduced MGIG's ControlNet residuals at t = 981 go through a
+        GroupNorm of a nearly constant hint embedding, whose channels-last CPU kernel
+        splits its sums by thread, so 1, 3, 4 or 8 threads land ~1e-3 away where the
+        reference's own 2 threads reproduce it to ~1e-6 (measured). The count is a
+        partition of the work, not the cores used, so this reproduces on any machine."""
+        import torch
+
+        before, wanted = torch.get_num_threads(), self.torch_threads
+        if wanted is not None:
+            torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def arrays(self, part: str):
         """The part's npz (lazy, cached); index it like a dict of numpy arrays."""

@@ -23,7 +23,8 @@ def verify_part(folder: VectorFolder, part: str) -> list[Result]:
         return [Result(f"<part {part}>", "FAIL", note=f"no checker for part {part!r}")]
     try:
         module = importlib.import_module(CHECKERS[part], package=__package__)
-        results = list(module.check(folder))
+        with folder.reference_threads():
+            results = list(module.check(folder))
     except Exception as e:  # report, don't crash: the other parts still run
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
         return [Result(f"<part {part}>", "FAIL", note=f"checker crashed: {tb}")]

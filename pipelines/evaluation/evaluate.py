@@ -230,6 +230,29 @@ def summarise(samples: Sequence[Mapping[str, Any]], names: Iterable[str]) -> dic
     return out
 
 
+# The columns of the per-verb table: which interactions a model draws well.
+BY_VERB_METRICS = ("mask_verb", "mask_iou", "colour_mean_human", "colour_mean_object", "confinement_mask")
+
+
+def by_verb(samples: Sequence[Mapping[str, Any]], names: Iterable[str] = BY_VERB_METRICS) -> dict[str, dict[str, Any]]:
+    """Per-verb means of `names` (samples with a ``verb``; None values left out), verbs
+    sorted by name: ``{verb: {"n": count, name: mean, ...}}``."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for s in samples:
+        if s.get("verb"):
+            groups.setdefault(str(s["verb"]), []).append(s)
+    out = {}
+    for verb in sorted(groups):
+        rows = groups[verb]
+        entry: dict[str, Any] = {"n": len(rows)}
+        for name in names:
+            values = [r[name] for r in rows if r.get(name) is not None]
+            if values:
+                entry[name] = float(np.mean(values))
+        out[verb] = entry
+    return out
+
+
 def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.PathLike, *,
              split: str | None = None, clip: CLIPImageEncoder | None = None, dino: DINOEncoder | None = None,
              masks_dir: str | os.PathLike | None = None, mask_source: str = "predicted",
@@ -287,7 +310,7 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
         gen = resize_image(generated, (h, w))
         hm, om = s.human_mask > 0, s.object_mask > 0
         gt_union = hm | om
-        row: dict[str, Any] = {"id": s.id, "caption": s.caption}
+        row: dict[str, Any] = {"id": s.id, "caption": s.caption, "verb": s.verb}
         if clip is not None:
             # Each image gets CLIP's own preprocessing at its own size, as clip.load's.
             row["clip_score"] = clip_score(clip, generated, s.target)
@@ -351,6 +374,7 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
         "metrics": metrics,
         "skipped": skipped,
         "interaction_accuracy": "computed with the given judge" if judge is not None else INTERACTION_NOTE,
+        "by_verb": by_verb(samples, [m for m in BY_VERB_METRICS if m in metrics]),
         "samples": samples,
     }
 
@@ -374,6 +398,14 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         ceiling = ref["ground_truth_masks"]
         lines += ["", f"mask_verb for reference: the ground-truth masks themselves score "
                       f"{'n/a' if ceiling is None else f'{ceiling:.4f}'} (leave-one-out), guessing {ref['chance']:.4f}."]
+    verbs = report.get("by_verb") or {}
+    columns = [m for m in BY_VERB_METRICS if any(m in v for v in verbs.values())]
+    if len(verbs) > 1 and columns:
+        lines += ["", "Per verb (means):", "", "| verb | n | " + " | ".join(columns) + " |",
+                  "|---|---:|" + "---:|" * len(columns)]
+        for verb, v in verbs.items():
+            cells = [f"{v[c]:.3f}" if c in v else "" for c in columns]
+            lines.append(f"| {verb} | {v['n']} | " + " | ".join(cells) + " |")
     if report["skipped"]:
         lines += ["", "Not computed:", ""]
         lines += [f"- {name}: {reason}" for name, reason in report["skipped"].items()]
