@@ -83,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        # Both stages' settings, before IAMG draws the first mask.
+        samplers.check_settings(args.sampler, args.steps, args.guidance)
+        samplers.check_settings(args.iamg_sampler, args.iamg_steps, args.iamg_guidance)
         report = run_benchmark(args.out, data=args.data, count=args.count, seed=args.seed, size=args.size,
                                iamg_source=args.iamg, mgig_source=args.mgig, mask=args.mask, refs=args.refs,
                                steps=args.steps,

@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     masks.add_argument("--out", help="folder for <sample id>.png masks")
     masks.add_argument("--split", default="train", help="dataset split (default train)")
     masks.add_argument("--steps", type=int, default=iamg.DEFAULT_STEPS, help="sampler steps")
-    masks.add_argument("--sampler", default="plms", choices=samplers.SAMPLER_NAMES)
+    masks.add_argument("--sampler", default=iamg.DEFAULT_SAMPLER, choices=samplers.SAMPLER_NAMES)
     masks.add_argument("--guidance", type=float, default=iamg.DEFAULT_GUIDANCE)
     masks.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     masks.add_argument("--limit", type=int, default=None, help="only the first N samples")
@@ -118,6 +118,7 @@ def _run_masks(args) -> int:
         print(f"interact-custom train masks: missing {', '.join(missing)}", file=sys.stderr)
         return 2
     args.device = check_device(args.device)  # fail before loading or sampling anything
+    samplers.check_settings(args.sampler, args.steps, args.guidance)
     check_weights_file(args.iamg, "--iamg")
     check_output_dir(args.out, "--out")
     model = load_iamg(args.iamg, device=args.device, tokenizer_dir=args.tokenizer_dir)

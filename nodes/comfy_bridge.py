@@ -194,12 +194,14 @@ def auto_dtype(device: torch.device) -> torch.dtype:
     run bf16 matmuls several times faster than fp32), else fp16 on CUDA, else fp32."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and _cpu_has_fast_bf16():
+    if device.type == "cpu" and cpu_has_fast_bf16():
         return torch.bfloat16
     return torch.float32
 
 
-def _cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AMX or AVX512-bf16); without them torch
+    emulates bf16 maths, measured 60-100x slower than fp32 on an AVX2-only EPYC."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -137,18 +137,14 @@ class CHOIMaskGuidedSampler:
     def sample(self, mgig_model, id_features, detail_map, interaction_mask, steps, sampler, guidance,
                control_strength, seed, batch_size, mask_channel, crop_ratio, paste, background=None, box=None):
         from ..pipelines.mgig import pipeline as choi
+        from ..pipelines.mgig.inputs import confine_to_box
 
         bg = tensors.image_batch(background, "background")[0] if background is not None else None
         masks = tensors.mask_batch(interaction_mask, "interaction_mask",
                                    size_hw=bg.shape[:2] if bg is not None else None, threshold=0.5)
         if box is not None:
-            inside_box = check_box(box, masks[0].shape).mask(*masks[0].shape, dtype=masks[0].dtype)
-            for m in masks:
-                inside = m * inside_box
-                if not inside.any():
-                    raise ValueError(f"interaction_mask has no pixels inside the box {tuple(box)}; move the box "
-                                     "or use Fit Mask To Box to place the mask in it")
-                m[...] = inside
+            box_px = check_box(box, masks[0].shape)
+            masks = [confine_to_box(m, box_px) for m in masks]
         details = tensors.image_batch(detail_map, "detail_map")
         features, details = tensors.pair_batches("id_features", list(id_features), "detail_map", details)
         pairs, masks = tensors.pair_batches("id_features", list(zip(features, details)), "interaction_mask", masks)

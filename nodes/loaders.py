@@ -44,6 +44,9 @@ def _resolve(model_name: str, dtype: str, device: str):
     if torch_dtype == torch.float16 and load_device.type == "cpu":
         bridge.warn("dtype fp16 on the CPU: CPUs have no fast fp16 maths, so sampling runs many times slower "
                     "than fp32 (measured ~29x on a 2-core EPYC); choose auto (bf16 or fp32) unless you need fp16")
+    if torch_dtype == torch.bfloat16 and load_device.type == "cpu" and not bridge.cpu_has_fast_bf16():
+        bridge.warn("dtype bf16 on a CPU without AVX512-bf16 / AMX: bf16 is emulated there and runs many times "
+                    "slower than fp32 (measured 60-100x on a 2-core AVX2 EPYC); choose auto (fp32 on this CPU)")
     path = model_name if model_name == EMBEDDED else bridge.model_file_path(model_name)
     return path, load_device, torch_dtype
 
@@ -55,7 +58,8 @@ def _inputs(kind: str) -> dict:
                        "checkpoints and our .safetensors alike; the architecture is detected from the file)."}),
         "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": (
             "Compute precision. auto = bf16 where the device runs it fast (recent GPUs, CPUs with AMX/AVX512-bf16), "
-            "else fp16 on GPU, else fp32. fp16 on a CPU is many times slower than fp32 (warned in the log).")}),
+            "else fp16 on GPU, else fp32. fp16 on a CPU, and bf16 on a CPU without those, are many times slower than "
+            "fp32 (warned in the log).")}),
         "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": (
             "auto = ComfyUI's device; cpu forces the CPU; gpu = ComfyUI's GPU (on a CPU-only ComfyUI this runs on "
             "the CPU, with a warning in the log).")}),

@@ -69,8 +69,7 @@ class CHOIBoxFromMask:
         if box is None:
             raise ValueError("mask is empty (no pixel >= 0.5): paint the region in the mask editor, or invert "
                              "a Load Image alpha mask with InvertMask")
-        p = int(padding)
-        return (Box(box.x0 - p, box.y0 - p, box.x1 + p, box.y1 + p).clipped(*m.shape).xywh,)
+        return (box.grown(int(padding)).clipped(*m.shape).xywh,)
 
 
 class IAMGGenerateMask:

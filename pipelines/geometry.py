@@ -92,6 +92,10 @@ class Box:
         x0, y0 = min(max(self.x0, 0), width), min(max(self.y0, 0), height)
         return Box(x0, y0, max(x0, min(self.x1, width)), max(y0, min(self.y1, height)))
 
+    def grown(self, margin: int) -> "Box":
+        """``margin`` pixels added on every side (unclipped: `clipped` keeps it in an image)."""
+        return Box(self.x0 - margin, self.y0 - margin, self.x1 + margin, self.y1 + margin)
+
     def inset(self, margin: int) -> "Box":
         """``margin`` pixels taken off every side (empty, at the near corner, if too small)."""
         x0, y0 = self.x0 + margin, self.y0 + margin

@@ -310,21 +310,26 @@ def max_steps(sampler: str) -> int:
     return MAX_STEPS.get(sampler, MAX_SCHEDULER_STEPS)
 
 
+class SettingsError(ValueError):
+    """A sampling setting that cannot work (the package's own error: the CLI shows its
+    message as one line)."""
+
+
 def check_settings(sampler: str, steps, guidance=None, control_scale=None) -> None:
     """The one check of sampling settings (nodes, CLI and pipelines all end here): a known
     sampler, a whole number of steps in 1..`max_steps`, a finite guidance >= 0 and a finite
-    control strength >= 0. Raises ValueError naming the input and what was expected."""
+    control strength >= 0. Raises `SettingsError` naming the input and what was expected."""
     if sampler not in SAMPLER_NAMES:
-        raise ValueError(f"sampler: unknown {sampler!r}; choose from {', '.join(SAMPLER_NAMES)}")
+        raise SettingsError(f"sampler: unknown {sampler!r}; choose from {', '.join(SAMPLER_NAMES)}")
     top = max_steps(sampler)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= top:
-        raise ValueError(f"steps: expected a whole number from 1 to {top} for the {sampler} sampler, got {steps!r}")
+        raise SettingsError(f"steps: expected a whole number from 1 to {top} for the {sampler} sampler, got {steps!r}")
     for name, value in (("guidance", guidance), ("control strength", control_scale)):
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
                 or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+            raise SettingsError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 def sample(eps_fn: EpsFn, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int,

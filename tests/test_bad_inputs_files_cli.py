@@ -15,7 +15,10 @@ File modes:
 CLI (`interact_custom.cli.main`):
 - demo --out FILE; read-only output folder for demo, convert, synth, bank build, train
   (and train masks); demo --mgig/--iamg missing or with an unknown extension (fails before
-  any work); --device cuda/gpu without CUDA (demo, train masks, evaluate); verify with a
+  any work); demo --iamg of an unknown extension; train masks without --iamg; --steps /
+  --guidance the sampler cannot run (demo before IAMG runs, synthbench, train masks);
+  --device cuda/gpu without CUDA (demo, train masks, evaluate) or cuda:N beyond the
+  machine's devices; verify with a
   corrupt / empty / list manifest.json; a failed run leaves no empty output folder behind;
   the package's own errors become "interact-custom <command>: <message>" + exit 2 while an
   unexpected exception type still raises (traceback).
@@ -268,6 +271,60 @@ def test_demo_mgig_unknown_extension(tmp_path, capsys):
 def test_demo_missing_iamg(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "out"), "--iamg", str(tmp_path / "iamg.pth")]) == 2
     assert "--iamg: weight file not found" in _err(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_iamg_unknown_extension(tmp_path, capsys):
+    bad = tmp_path / "iamg.onnx"
+    bad.write_bytes(b"\x08\x01")
+    assert main(["demo", "--out", str(tmp_path / "out"), "--iamg", str(bad)]) == 2
+    assert "--iamg: iamg.onnx: unsupported extension '.onnx'; expected one of .safetensors" in _err(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_masks_without_iamg_names_the_missing_options(tmp_path, capsys):
+    assert main(["train", "masks", "--data", str(tmp_path), "--out", str(tmp_path / "masks")]) == 2
+    assert "interact-custom train masks: missing --iamg" in _err(capsys)
+    assert not (tmp_path / "masks").exists()
+
+
+# Sampling settings the sampler cannot run: one line and exit 2, before IAMG draws anything
+# (demo's IAMG runs first, so a bad MGIG guidance used to cost an IAMG run and a traceback).
+@pytest.mark.parametrize("option, value, says", [
+    ("--steps", "-3", "steps: expected a whole number from 1 to 500 for the euler_a sampler, got -3"),
+    ("--steps", "0", "steps: expected a whole number from 1 to 500 for the euler_a sampler, got 0"),
+    ("--guidance", "nan", "guidance: expected a finite number >= 0, got nan"),
+    ("--guidance", "-1", "guidance: expected a finite number >= 0, got -1.0"),
+])
+def test_demo_bad_sampling_settings(tmp_path, capsys, option, value, says):
+    assert main(["demo", "--out", str(tmp_path / "out"), option, value]) == 2
+    captured = capsys.readouterr()
+    assert f"interact-custom demo: {says}" in captured.err
+    assert "Traceback" not in captured.err and captured.err.count("\n") == 1
+    assert "IAMG" not in captured.out + captured.err.replace(says, "")  # nothing was sampled
+    assert not (tmp_path / "out").exists()
+
+
+def test_synthbench_bad_iamg_steps(tmp_path, capsys):
+    assert main(["synthbench", "--out", str(tmp_path / "bench"), "--iamg-steps", "-3"]) == 2
+    assert "synthbench: steps: expected a whole number from 1 to 500 for the euler_a sampler, got -3" in _err(capsys)
+    assert not (tmp_path / "bench").exists()
+
+
+def test_train_masks_bad_guidance(tmp_path, capsys):
+    assert main(["train", "masks", "--iamg", str(EMBEDDED_FILES["iamg"]), "--data", str(tmp_path),
+                 "--out", str(tmp_path / "masks"), "--guidance", "inf"]) == 2
+    assert "interact-custom train: guidance: expected a finite number >= 0, got inf" in _err(capsys)
+    assert not (tmp_path / "masks").exists()
+
+
+@no_cuda
+def test_demo_cuda_index_out_of_range(tmp_path, capsys, monkeypatch):
+    # A one-GPU machine asked for its second GPU (CUDA faked: this machine has none).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["demo", "--out", str(tmp_path / "out"), "--device", "cuda:1"]) == 2
+    assert "--device cuda:1: this machine has 1 CUDA device(s) (cuda:0 to cuda:0)" in _err(capsys)
     assert not (tmp_path / "out").exists()
 
 

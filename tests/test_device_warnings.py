@@ -23,6 +23,23 @@ def test_fp32_on_the_cpu_is_not_warned(caplog):
     assert "fp16" not in caplog.text
 
 
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned(monkeypatch, caplog):
+    monkeypatch.setattr(comfy_bridge, "cpu_has_fast_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="interact_custom"):
+        _, device, dtype = loaders._resolve(EMBEDDED, "bf16", "cpu")
+    assert dtype == torch.bfloat16
+    assert "bf16 on a CPU without AVX512-bf16 / AMX" in caplog.text and "slower than fp32" in caplog.text
+    # auto never picks it there
+    assert loaders._resolve(EMBEDDED, "auto", "cpu")[2] == torch.float32
+
+
+def test_bf16_on_a_cpu_with_bf16_instructions_is_not_warned(monkeypatch, caplog):
+    monkeypatch.setattr(comfy_bridge, "cpu_has_fast_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="interact_custom"):
+        loaders._resolve(EMBEDDED, "bf16", "cpu")
+    assert "bf16" not in caplog.text
+
+
 def test_gpu_on_a_cpu_only_comfyui_is_warned(monkeypatch, caplog):
     monkeypatch.setattr(comfy_bridge, "IN_COMFYUI", True)
     monkeypatch.setattr(comfy_bridge, "_mm", SimpleNamespace(get_torch_device=lambda: torch.device("cpu")))

@@ -25,8 +25,10 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
-                target = ".".join([*base, *([node.module] if node.module else [])])
-                out.append((node.lineno, "." + target))
+                if node.module:
+                    out.append((node.lineno, "." + ".".join([*base, node.module])))
+                else:  # `from .. import weights_manager`: each name is a module of the package
+                    out.extend((node.lineno, "." + ".".join([*base, alias.name])) for alias in node.names)
             else:
                 out.append((node.lineno, node.module or ""))
         elif isinstance(node, ast.Import):
@@ -63,10 +65,16 @@ def test_only_the_bridge_touches_comfyui():
     assert touching, "the checker found no ComfyUI import at all (it no longer parses the bridge?)"
 
 
-def test_the_checker_sees_relative_imports():
+def test_the_checker_sees_relative_imports(tmp_path, monkeypatch):
     # A control: the checker must resolve the relative imports it is there to police.
     found = {m for _, m in _imports(ROOT / "weights_manager" / "official_mgig.py")}
     assert any(m.startswith(".pipelines") for m in found), found
+    # ... including the spelling that names no module, `from .. import X`.
+    planted = tmp_path / "pipelines" / "iamg" / "x.py"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("from .. import samplers\nfrom ... import weights_manager\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)  # _imports reads paths relative to ROOT
+    assert [m for _, m in _imports(planted)] == [".pipelines.samplers", ".weights_manager"]
 
 
 def test_every_package_folder_is_installed():

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ..pipelines.paths import DEFAULT_WEIGHTS_DIR
-
 log = logging.getLogger("interact_custom")
+
+# Trained embedded defaults (`<kind>_default.safetensors`), shipped beside this module.
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "default_weights"
 
 # The name the nodes list first and the CLI's default; "embedded" is accepted too.
 EMBEDDED = "(embedded) default"

@@ -102,7 +102,7 @@ from PIL import Image
 
 from .dataset import ChoiWriter, iter_json_lines
 from ..files import write_text_atomic
-from ..geometry import mask_box
+from ..geometry import Box, mask_box
 from ..vocabulary import CAPTION_TEMPLATE, INTERACTIONS
 
 # An image is a uint8 H×W×3 array, a PIL image, or a path read when needed.
@@ -352,10 +352,8 @@ def crop_reference(image: np.ndarray, mask: np.ndarray, margin: float = DEFAULT_
     """Crop a reference to its mask's box grown by ``margin`` × the box's longer side on
     each side (clipped to the image). Returns (RGB crop, bool mask crop, [x, y, w, h])."""
     x, y, w, h = mask_xywh(mask)
-    m = round(margin * max(w, h))
-    x0, y0 = max(0, x - m), max(0, y - m)
-    x1, y1 = min(mask.shape[1], x + w + m), min(mask.shape[0], y + h + m)
-    return image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy(), (x0, y0, x1 - x0, y1 - y0)
+    crop = Box.from_xywh(x, y, w, h).grown(round(margin * max(w, h))).clipped(*mask.shape[:2])
+    return image[crop.slices].copy(), mask[crop.slices].copy(), crop.xywh
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,7 +7,7 @@ from .inputs import (DEFAULT_THRESHOLD, IMAGE_SIZE, condition_image,
 from .model import (CLIP_L_TEXT, MODEL_PRESETS, PRESETS, VAE_SCALE_FACTOR, IAMGAttention, IAMGConfig, IAMGModel,
                     IAMGUNet, IAMGUNetConfig, build_iamg, model_preset, preset, preset_name_of,
                     with_cross_attention)
-from .pipeline import (DEFAULT_CANVAS_HW, DEFAULT_GUIDANCE, DEFAULT_STEPS, MaskResult,
+from .pipeline import (DEFAULT_CANVAS_HW, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MaskResult,
                        generate_mask, sample_mask_latent)
 
 __all__ = [
@@ -15,6 +15,6 @@ __all__ = [
     "crop_square_padding", "mask_from_decoded", "soft_mask_from_decoded", "target_image",
     "union_box", "CLIP_L_TEXT", "MODEL_PRESETS", "PRESETS", "VAE_SCALE_FACTOR", "IAMGAttention", "IAMGConfig",
     "IAMGModel", "IAMGUNet", "IAMGUNetConfig", "build_iamg", "model_preset", "preset", "preset_name_of",
-    "with_cross_attention", "DEFAULT_CANVAS_HW", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "MaskResult",
+    "with_cross_attention", "DEFAULT_CANVAS_HW", "DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "MaskResult",
     "generate_mask", "sample_mask_latent",
 ]

@@ -22,12 +22,13 @@ log = logging.getLogger("interact_custom")
 # Official sampling settings (test_demo.py: PLMS, 50 steps, guidance 5 with an empty
 # prompt as the unconditional input — an exact no-op for the released network); one
 # source with the recommended ones: `sampling_settings`.
+DEFAULT_SAMPLER = OFFICIAL["iamg"].sampler
 DEFAULT_STEPS = OFFICIAL["iamg"].steps
 DEFAULT_GUIDANCE = OFFICIAL["iamg"].guidance
 
 
 def sample_mask_latent(model: IAMGModel, cond_latent: torch.Tensor, *, steps: int = DEFAULT_STEPS,
-                       sampler: str = "plms", seed: int = 0, x_T: torch.Tensor | None = None,
+                       sampler: str = DEFAULT_SAMPLER, seed: int = 0, x_T: torch.Tensor | None = None,
                        context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None,
                        guidance: float = DEFAULT_GUIDANCE,
                        callback: samplers.Callback | None = None,
@@ -96,7 +97,7 @@ def _canvas_size(size_hw) -> tuple[int, int]:
 
 def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray | None = None,
                   box: Sequence[float] | None = None, size_hw: Sequence[int] | None = None,
-                  steps: int = DEFAULT_STEPS, sampler: str = "plms", guidance: float = DEFAULT_GUIDANCE,
+                  steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
                   seed: int = 0, batch: int = 1, threshold: float = DEFAULT_THRESHOLD,
                   clip_to_box: bool = True, context: str = "auto", despeckle: float = DESPECKLE_FRACTION,
                   callback: samplers.Callback | None = None) -> MaskResult:

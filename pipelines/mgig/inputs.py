@@ -38,7 +38,7 @@ from ..geometry import Box, mask_box, official_mask_box
 __all__ = [
     "Box", "REFERENCE_SIZE", "REFERENCE_TILE", "HINT_SIZE", "DETAIL_THRESHOLD",
     "TARGET_BOX_RATIO", "CROP_RATIO", "CROP_MARGIN",
-    "as_image", "as_mask", "official_box", "expand_box", "box_to_square", "pad_to_square", "whiten_background", "ReferenceCanvas",
+    "as_image", "as_mask", "official_box", "expand_box", "box_to_square", "pad_to_square", "confine_to_box", "whiten_background", "ReferenceCanvas",
     "reference_canvas", "detail_map", "MGIGHint", "hint_boxes", "build_hint", "decoded_to_prediction",
     "crop_back", "MGIGInputs", "prepare_mgig_inputs", "perturb_mask",
 ]
@@ -240,6 +240,16 @@ def pad_to_square(image: np.ndarray, pad_value) -> np.ndarray:
     pad = [(0, 0)] * image.ndim
     pad[1 if h > w else 0] = (before, d - before)
     return np.pad(image, pad, mode="constant", constant_values=pad_value)
+
+
+def confine_to_box(mask: np.ndarray, box: Box, name: str = "interaction_mask") -> np.ndarray:
+    """``mask`` with everything outside ``box`` zeroed (the pair is generated in the box);
+    ValueError naming ``name`` when no pixel of it is left."""
+    inside = mask * box.mask(*mask.shape[:2], dtype=mask.dtype)
+    if not inside.any():
+        raise ValueError(f"{name} has no pixels inside the box {box.xywh}; move the box, or place the mask "
+                         "inside it (e.g. with Fit Mask To Box)")
+    return inside
 
 
 def whiten_background(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from .model import MGIGModel, resize_hint, resize_square
 from ..sampling_settings import OFFICIAL, RECOMMENDED
 
 # Official and recommended sampling: one source, `sampling_settings` (which also says why).
+DEFAULT_SAMPLER = OFFICIAL["mgig"].sampler
 DEFAULT_STEPS = OFFICIAL["mgig"].steps
 DEFAULT_GUIDANCE = OFFICIAL["mgig"].guidance
 RECOMMENDED_SAMPLER = RECOMMENDED["mgig"].sampler
@@ -75,7 +76,7 @@ def blank_background(mask_shape: tuple[int, int]) -> np.ndarray:
 
 @torch.no_grad()
 def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, background=None, *,
-             steps: int = DEFAULT_STEPS, sampler: str = "ddim", guidance: float = DEFAULT_GUIDANCE,
+             steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
              control_scale: float = 1.0, seed: int = 0, batch: int = 1,
              crop_ratio: float = preprocess.CROP_RATIO, box_ratio: float = preprocess.TARGET_BOX_RATIO,
              mask_channel: str = "mask", batched_guidance: bool = True, paste: str = composite.DEFAULT_PASTE,

@@ -352,7 +352,7 @@ class VAETrainData(_PositionData):
 # --------------------------------------------------------------------------------------
 
 def write_generated_masks(model: "iamg.IAMGModel", root: str | os.PathLike, out_dir: str | os.PathLike, *,
-                          split: str | None = "train", steps: int = iamg.DEFAULT_STEPS, sampler: str = "plms",
+                          split: str | None = "train", steps: int = iamg.DEFAULT_STEPS, sampler: str = iamg.DEFAULT_SAMPLER,
                           guidance: float = iamg.DEFAULT_GUIDANCE, seed: int = 0, overwrite: bool = False,
                           limit: int | None = None,
                           progress: Callable[[int, int], None] | None = None) -> int:
