@@ -52,13 +52,15 @@ def _check_image(image: np.ndarray, name: str) -> np.ndarray:
     return image
 
 
-def _check_size(size_hw, name: str = "size_hw") -> tuple[int, int]:
+def check_size(size_hw, name: str = "size_hw") -> tuple[int, int]:
+    """``(height, width)`` as two positive ints; ValueError naming ``name`` otherwise
+    (also for non-whole values such as 2.5, which would be silently truncated)."""
     try:
         h, w = (int(v) for v in size_hw)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected (height, width), got {size_hw!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"{name}: expected a positive (height, width), got {(h, w)}")
+        raise ValueError(f"{name}: expected (height, width) in pixels, got {size_hw!r}") from None
+    if h < 1 or w < 1 or (h, w) != tuple(size_hw):
+        raise ValueError(f"{name}: expected a positive whole (height, width), got {tuple(size_hw)!r}")
     return h, w
 
 
@@ -207,7 +209,7 @@ def resize_linear(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     the official code never resizes them) and returns the same dtype and layout.
     """
     image = _check_image(image, "image")
-    h, w = _check_size(size_hw)
+    h, w = check_size(size_hw)
     if image.dtype not in (np.uint8, np.float32, np.float64):
         raise TypeError(f"image: expected uint8, float32 or float64, got {image.dtype}")
     squeeze = image.ndim == 2
@@ -232,7 +234,7 @@ def resize_nearest(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     (width, height), interpolation=INTER_NEAREST)``: output pixel ``d`` reads source
     pixel ``floor(d * src / dst)`` (not the pixel-centre rule of INTER_NEAREST_EXACT)."""
     image = _check_image(image, "image")
-    h, w = _check_size(size_hw)
+    h, w = check_size(size_hw)
     src_h, src_w = image.shape[:2]
 
     def index(src_len: int, dst_len: int) -> np.ndarray:
@@ -246,7 +248,7 @@ def structuring_element(shape: str, size_hw: tuple[int, int]) -> np.ndarray:
     """``cv2.getStructuringElement`` for ``shape`` "rect" or "ellipse"; ``size_hw`` is
     (height, width) (cv2 takes (width, height)). Returns a uint8 {0,1} kernel whose
     anchor is its centre ``(height // 2, width // 2)``."""
-    h, w = _check_size(size_hw)
+    h, w = check_size(size_hw)
     if shape == "rect" or (h, w) == (1, 1):
         return np.ones((h, w), dtype=np.uint8)
     if shape != "ellipse":
@@ -436,3 +438,18 @@ def drop_small_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
     runs = _components(fg)
     areas = runs[4]
     return _paint(fg.shape, runs, np.nonzero(areas >= min_fraction * areas.max())[0])
+
+
+def pad_to_square(image: np.ndarray, pad_value) -> np.ndarray:
+    """Pad the short side with ``pad_value`` to make ``image`` square, centred with the
+    smaller half (``int(d / 2)``) before (the official ``pad_to_square(random=False)``).
+    Works on ``H x W`` and ``H x W x C`` arrays; keeps the dtype."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    if h == w:
+        return image
+    d = abs(h - w)
+    before = d // 2
+    pad = [(0, 0)] * image.ndim
+    pad[1 if h > w else 0] = (before, d - before)
+    return np.pad(image, pad, mode="constant", constant_values=pad_value)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import Box, official_mask_box
-from ..mgig import inputs as preprocess
+from ..imgproc import pad_to_square
 
 # Square side of the IAMG image space (condition and mask); the latent is 1/8 of it.
 IMAGE_SIZE = 256
@@ -71,7 +71,7 @@ def condition_image(background: np.ndarray, box: Box | None, size: int = IMAGE_S
     img = img.copy()
     if box is not None:
         img[_check_box(box, *img.shape[:2]).slices] = 0
-    return _to_model_range(preprocess.pad_to_square(img, 255), size)
+    return _to_model_range(pad_to_square(img, 255), size)
 
 
 def target_image(union_mask: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -81,7 +81,7 @@ def target_image(union_mask: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     if mask.ndim != 2:
         raise ValueError(f"union_mask: expected an HxW mask, got shape {mask.shape}")
     drawn = np.repeat(((mask > 0.5).astype(np.uint8) * 255)[:, :, None], 3, axis=2)
-    return _to_model_range(preprocess.pad_to_square(drawn, 0), size)
+    return _to_model_range(pad_to_square(drawn, 0), size)
 
 
 # --------------------------------------------------------------------------------------

@@ -9,10 +9,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .. import samplers
+from .. import imgproc, samplers
 from ..geometry import check_xywh
 from ..sampling_settings import OFFICIAL
-from ..imgproc import drop_small_components
 from .inputs import (CONTEXT_MODES, DEFAULT_THRESHOLD, DESPECKLE_FRACTION, condition_image, context_box, mask_from_decoded,
                      soft_mask_from_decoded)
 from .model import IAMGModel
@@ -84,15 +83,7 @@ class MaskResult:
 
 
 def _canvas_size(size_hw) -> tuple[int, int]:
-    if size_hw is None:
-        return DEFAULT_CANVAS_HW
-    try:
-        h, w = (int(v) for v in size_hw)
-    except (TypeError, ValueError):
-        raise ValueError(f"size_hw: expected (height, width) in pixels, got {size_hw!r}") from None
-    if h < 1 or w < 1 or (h, w) != tuple(size_hw):
-        raise ValueError(f"size_hw: expected positive integer (height, width), got {tuple(size_hw)!r}")
-    return h, w
+    return DEFAULT_CANVAS_HW if size_hw is None else imgproc.check_size(size_hw)
 
 
 def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray | None = None,
@@ -200,7 +191,8 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
             inside = torch.from_numpy(box_px.mask(height, width)).to(soft)
             soft, binary = soft * inside, binary * inside
         if despeckle > 0:
-            kept = torch.from_numpy(np.stack([drop_small_components(b, despeckle) for b in binary.cpu().numpy()]))
+            kept = torch.from_numpy(np.stack([imgproc.drop_small_components(b, despeckle)
+                                              for b in binary.cpu().numpy()]))
             soft, binary = soft * kept.to(soft), binary * kept.to(binary.device)
     return MaskResult(soft=soft.float().cpu(), binary=binary.float().cpu(), square=square.float().cpu(),
                       latent=latent.float().cpu(), seeds=seeds, prompt=str(prompt),

@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import imgproc
 from ..geometry import Box, mask_box, official_mask_box
+from ..imgproc import pad_to_square  # shared with IAMG; part of this module's API
 
 __all__ = [
     "Box", "REFERENCE_SIZE", "REFERENCE_TILE", "HINT_SIZE", "DETAIL_THRESHOLD",
@@ -148,13 +149,12 @@ def _crop(array: np.ndarray, box: Box) -> np.ndarray:
 
 
 def _shape_hw(shape) -> tuple[int, int]:
+    """The (height, width) leading an image shape."""
     try:
-        h, w = int(shape[0]), int(shape[1])
-    except (TypeError, IndexError, ValueError):
+        leading = tuple(shape[:2])
+    except TypeError:
         raise ValueError(f"shape: expected (height, width, ...), got {shape!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"shape: expected a positive (height, width), got {(h, w)}")
-    return h, w
+    return imgproc.check_size(leading, "shape")
 
 
 def _is_finite_number(value) -> bool:
@@ -225,21 +225,6 @@ def box_to_square(box: Box, shape) -> Box:
     # Clip (as the official code) -- the squared box can reach past the border.
     y1, x1 = min(max(0, y1), height), min(max(0, x1), width)
     return Box.from_yyxx(y1, max(y1, min(height, y2)), x1, max(x1, min(width, x2)))
-
-
-def pad_to_square(image: np.ndarray, pad_value) -> np.ndarray:
-    """Pad the short side with ``pad_value`` to make ``image`` square, centred with the
-    smaller half (``int(d / 2)``) before (the official ``pad_to_square(random=False)``).
-    Works on ``H x W`` and ``H x W x C`` arrays; keeps the dtype."""
-    image = np.asarray(image)
-    h, w = image.shape[:2]
-    if h == w:
-        return image
-    d = abs(h - w)
-    before = d // 2
-    pad = [(0, 0)] * image.ndim
-    pad[1 if h > w else 0] = (before, d - before)
-    return np.pad(image, pad, mode="constant", constant_values=pad_value)
 
 
 def confine_to_box(mask: np.ndarray, box: Box, name: str = "interaction_mask") -> np.ndarray:
