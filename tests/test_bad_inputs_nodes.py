@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -140,3 +141,24 @@ def test_retrieval_refuses_queries_it_cannot_read(query, match):
     # an English query still works
     best = retrieval.retrieve(bank, "a person is riding the bicycle", encoder=retrieval.LexicalEncoder(), top_k=1)
     assert "bicycle" in best[0].caption
+
+
+# --------------------------------------------------------------- sampling settings
+
+@pytest.mark.parametrize("setting, value, says", [
+    ("guidance", float("nan"), "guidance: expected a finite number >= 0, got nan"),
+    ("control_strength", -1.0, "control strength: expected a finite number >= 0, got -1.0"),
+    ("steps", -3, "steps: expected a whole number from 1 to 500 for the euler_a sampler, got -3"),
+])
+def test_sampler_node_refuses_settings_it_cannot_run(mgig, refs, setting, value, says):
+    # (they used to paste a black square / noise); `steps 0` means auto, so -3 is the bad one
+    from test_nodes_functional import sampler_args
+
+    features, canvas, canvas_mask = node("IDFeatures").extract(mgig, refs["human"], refs["human_mask"],
+                                                              refs["object"], refs["object_mask"])
+    (detail,) = node("DetailMap").compute(canvas, canvas_mask, 50)
+    args = {**sampler_args(), "sampler": "euler_a", setting: value}
+    mask = torch.zeros(1, *refs["background"].shape[1:3])
+    mask[0, 100:180, 100:160] = 1.0
+    with pytest.raises(ValueError, match=re.escape(says)):
+        node("MaskGuidedSampler").sample(mgig, features, detail, mask, **args)
