@@ -46,7 +46,7 @@ def _resolve(model_name: str, dtype: str, device: str):
                     "than fp32 (measured ~29x on a 2-core EPYC); choose auto (bf16 or fp32) unless you need fp16")
     if torch_dtype == torch.bfloat16 and load_device.type == "cpu" and not bridge.cpu_has_fast_bf16():
         bridge.warn("dtype bf16 on a CPU without AVX512-bf16 / AMX: bf16 is emulated there and runs many times "
-                    "slower than fp32 (measured 60-100x on a 2-core AVX2 EPYC); choose auto (fp32 on this CPU)")
+                    "slower than fp32 (measured 61-117x on a 2-core AVX2 EPYC); choose auto (fp32 on this CPU)")
     path = model_name if model_name == EMBEDDED else bridge.model_file_path(model_name)
     return path, load_device, torch_dtype
 
