@@ -2,7 +2,8 @@
 
     python -m interact_custom synthbench --out DIR [--data DIR | --count 64 --seed 1000]
         [--iamg FILE] [--mgig FILE] [--mask iamg|truth] [--refs own|swapped] [--steps 20] [--sampler euler_a]
-        [--guidance 3] [--iamg-steps 20] [--iamg-sampler euler_a] [--dtype fp32|bf16] [--overwrite]
+        [--guidance 3] [--iamg-steps 20] [--iamg-sampler euler_a] [--dtype fp32|bf16] [--paste crop|mask]
+        [--ceiling] [--overwrite]
 
 Loads IAMG and MGIG (`weights_manager.loader`: the embedded defaults unless a file is
 given) and runs `pipelines.evaluation.synthbench` (what it does and writes: see there);
@@ -32,10 +33,12 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
                   iamg_steps: int = IAMG.steps, iamg_sampler: str = IAMG.sampler,
                   guidance: float = MGIG.guidance, iamg_guidance: float | None = None,
                   batched_guidance: bool = True, dtype: str = "fp32", limit: int | None = None,
-                  paste: str = "crop", overwrite: bool = False, log=print) -> dict:
+                  paste: str = "crop", ceiling: bool = False, overwrite: bool = False, log=print) -> dict:
     """`synthbench.prepare`, load the models (``iamg_source`` / ``mgig_source``: a file,
     None = the embedded default; IAMG only for ``mask="iamg"``) in ``dtype``, then
     `synthbench.generate_and_score`; returns its report."""
+    if ceiling and mask != "truth":
+        raise ValueError("--ceiling decodes the true target's latent: use it with --mask truth")
     dataset = synthbench.prepare(out, data=data, count=count, seed=seed, size=size, mask=mask, refs=refs,
                                  dtype=dtype, overwrite=overwrite, log=log)
     torch_dtype = DTYPES[dtype]
@@ -45,7 +48,8 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
         out, dataset, mgig, model_iamg, refs=refs, steps=steps, sampler=sampler, iamg_steps=iamg_steps,
         iamg_sampler=iamg_sampler, guidance=guidance, iamg_guidance=iamg_guidance,
         batched_guidance=batched_guidance, limit=limit, paste=paste, mgig_source=str(mgig_source or EMBEDDED),
-        iamg_source=None if mask != "iamg" else str(iamg_source or EMBEDDED), dtype=dtype, log=log)
+        iamg_source=None if mask != "iamg" else str(iamg_source or EMBEDDED), dtype=dtype, ceiling=ceiling,
+        log=log)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paste", choices=["crop", "mask"], default="crop",
                         help="crop-back (default crop: the official one, so the changes columns measure the model; "
                              "mask: the product default that keeps the scene outside the figure)")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="with --mask truth: no sampling; decode each true target's own latent (what the VAE "
+                             "and a refiner alone lose: the best any MGIG on this latent can score)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
 
 
@@ -92,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                                sampler=args.sampler, iamg_steps=args.iamg_steps, iamg_sampler=args.iamg_sampler,
                                guidance=args.guidance, iamg_guidance=args.iamg_guidance,
                                batched_guidance=not args.separate_guidance, dtype=args.dtype, limit=args.limit,
-                               paste=args.paste, overwrite=args.overwrite)
+                               paste=args.paste, ceiling=args.ceiling, overwrite=args.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"synthbench: {e}", file=sys.stderr)
         return 2

@@ -130,7 +130,7 @@ def test_tiny_benchmark_writes_a_complete_report(tmp_path):
                 assert r[name] > 0, (model, key, name)
             assert r["flops"]["step"] > 0 and r["flops"]["image"] > r["flops"]["step"]
             assert B.VARIANTS[key].label in md
-        assert rows[(model, "ours_fast")]["dtype"] == "bf16" and rows[(model, "ours_fast")]["steps"] == 1
+        assert rows[(model, "ours_fast")]["dtype"] == B.RECOMMENDED_DTYPE and rows[(model, "ours_fast")]["steps"] == 1
         # batching does not change the work, the recommended settings do less of it
         assert rows[(model, "ours_same")]["flops"]["image"] == rows[(model, "official")]["flops"]["image"]
         assert rows[(model, "ours_fast")]["flops"]["image"] < rows[(model, "official")]["flops"]["image"]

@@ -50,3 +50,27 @@ def test_gpu_on_a_cpu_only_comfyui_is_warned(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="interact_custom"):
         comfy_bridge.torch_device("auto")
     assert "gpu" not in caplog.text  # auto on a CPU server is not a surprise
+
+
+def test_training_mixed_precision_auto_is_bf16_only_where_it_is_native(monkeypatch):
+    # The shipped default configs say "auto": bf16 on the AVX512-bf16 / AMX CPUs and bf16
+    # GPUs they were trained on, fp32 where bf16 would be emulated (60-120x slower).
+    import pytest
+
+    from interact_custom.pipelines import hardware
+    from interact_custom.pipelines.training import config as train_config
+
+    monkeypatch.setattr(train_config, "fast_bf16", lambda device_type: device_type == "cuda")
+    auto = train_config.TrainConfig(model="vae", mixed_precision="auto")
+    assert train_config.resolved_mixed_precision(auto, "cpu") == "no"
+    assert train_config.resolved_mixed_precision(auto, "cuda") == "bf16"
+    fixed = train_config.TrainConfig(model="vae", mixed_precision="bf16")
+    assert train_config.resolved_mixed_precision(fixed, "cpu") == "bf16"  # asked for: kept
+    base = {"model": "vae", "preset": "mgig:tiny", "data_root": "d", "output_dir": "o"}
+    train_config.make_config({**base, "mixed_precision": "auto"})
+    with pytest.raises(train_config.ConfigError, match="frozen_dtype"):
+        train_config.make_config({**base, "mixed_precision": "auto", "frozen_dtype": "bf16"})
+    with pytest.raises(train_config.ConfigError, match="no | fp16 | bf16 | auto"):
+        train_config.make_config({**base, "mixed_precision": "fast"})
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    assert not hardware.fast_bf16("cpu") and not hardware.fast_bf16("mps")

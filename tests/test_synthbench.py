@@ -86,3 +86,36 @@ def test_swapped_references_are_the_identity_control(models, tmp_path):
     with pytest.raises(ValueError, match="at least 2 samples"):
         synthbench_cli.run_benchmark(tmp_path / "y", count=1, seed=7, size=64, mgig_source=mgig, mask="truth",
                                  refs="swapped")
+
+
+def test_ceiling_scores_the_decoding_of_the_true_targets_own_latent(models, tmp_path, capsys):
+    # With a lossless stand-in for the VAE (latent = the image itself), the ceiling gives the
+    # ground truth back: the right crop of the right image is encoded and pasted back where
+    # it came from, so the colour measures fall to resampling noise. A sampled MGIG image
+    # (the same model, sampling from noise) is far from it.
+    import torch
+
+    from interact_custom.weights_manager.official_mgig import load_mgig
+
+    mgig = load_mgig(models / "mgig.safetensors")
+    dataset = synthbench.prepare(tmp_path / "c", count=3, seed=5, size=128, mask="truth", log=lambda *a: None)
+    mgig.encode_latent = lambda images: images
+    mgig.decode_latent = lambda z, **refiner_inputs: z
+    with torch.no_grad():
+        ceiling = synthbench.generate_and_score(tmp_path / "c", dataset, mgig, ceiling=True, log=lambda *a: None)
+    m = ceiling["metrics"]
+    assert ceiling["synthbench"]["ceiling"] and ceiling["synthbench"]["mgig_sampling"] is None
+    assert m["colour_mean_human"]["mean"] < 3 and m["colour_mean_object"]["mean"] < 6
+    for s in dataset:
+        got = np.asarray(Image.open(tmp_path / "c" / "generated" / f"{s.id}.png"), dtype=float)
+        assert np.abs(got - s.target).mean() < 6  # resampling 512 -> 128 -> 512 -> crop, the dropped row
+    sampled = synthbench_cli.run_benchmark(tmp_path / "s", data=tmp_path / "c" / "data",
+                                           mgig_source=str(models / "mgig.safetensors"), mask="truth", steps=2,
+                                           log=lambda *a: None)
+    assert sampled["metrics"]["colour_mean_human"]["mean"] > 3 * m["colour_mean_human"]["mean"]
+    with pytest.raises(ValueError, match="--mask truth"):
+        synthbench.generate_and_score(tmp_path / "c", dataset, mgig, iamg_model=object(), ceiling=True)
+    rc = cli.main(["synthbench", "--out", str(tmp_path / "x"), "--count", "2", "--ceiling",
+                   "--mgig", str(models / "mgig.safetensors")])
+    assert rc == 2 and "--mask truth" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

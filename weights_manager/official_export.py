@@ -82,7 +82,7 @@ def mgig_official_state_dict(model: MGIGModel, seed: int = 0) -> dict[str, torch
     ``cond_stage_model.projector.``, ``first_stage_model.`` + the 13 schedule buffers):
     what `official_mgig.load_mgig` reads back to the same model. The
     ControlNet's input conv, which the official file holds but never uses, gets seeded
-    random values."""
+    random values. A ★ refiner has no place in the official format and is left out."""
     cfg, sd = model.config, model.state_dict()
     out = ldm_unet_to_official(strip_prefix(sd, "unet."), cfg.unet, OFFICIAL_PREFIXES["unet"])
     control = strip_prefix(sd, "controlnet.")

@@ -73,6 +73,7 @@ from ..pipelines.mgig import (
     mgig_config, schedule_alphas_cumprod, unet_kwargs,
 )
 from ..pipelines.files import DTYPES, WeightsError, check_finite, read_weights, save_native, state_dict_mismatch
+from ..pipelines.mgig.refiner import detect_refiner_config
 from .ldm_vae import VAEKeyError, convert_ldm_vae, detect_diffusers_vae_config
 
 OFFICIAL_PREFIXES = {
@@ -506,7 +507,15 @@ def detect_mgig_config(native_sd: Mapping[str, torch.Tensor], *, unet_head_dim: 
     return MGIGConfig(unet=unet, controlnet=controlnet,
                       id_encoder={"dinov2": dinov2, "context_dim": projector[0]},
                       vae=detect_diffusers_vae_config(vae_sd),
-                      schedule=dict(schedule or OFFICIAL_SCHEDULE))
+                      schedule=dict(schedule or OFFICIAL_SCHEDULE),
+                      refiner=_detect_refiner(_sub(native_sd, "refiner.")))
+
+
+def _detect_refiner(refiner_sd: Mapping[str, torch.Tensor]) -> dict | None:
+    try:
+        return detect_refiner_config(dict(refiner_sd))
+    except ValueError as e:
+        raise MGIGCheckpointError(str(e)) from e
 
 
 def detect_schedule(official_sd: Mapping[str, torch.Tensor], what: str = "checkpoint") -> dict:
@@ -611,8 +620,9 @@ def load_mgig(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device:
 
 def preset_name_of(config: MGIGConfig) -> str:
     """The `mgig_config` preset `config`'s architecture equals (whatever its working size,
-    prediction type and latent scale, which training sets), else "custom"."""
+    prediction type, latent scale and ★ refiner, which training sets), else "custom"."""
     def arch(cfg: dict) -> dict:
+        cfg.pop("refiner", None)
         cfg.pop("image_size", None)
         cfg.pop("prediction_type", None)
         cfg["vae"].pop("scaling_factor", None)

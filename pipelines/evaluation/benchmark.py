@@ -11,7 +11,8 @@ depend on the values):
    calls for the released network) and its CLIP prompt encoding.
 2. **ours_same** — our pipeline at the same settings: batched guidance (one call of
    batch 2), the released IAMG's no-op unconditional pass skipped (51 calls).
-3. **ours_fast** — our recommended settings: bf16 model, the recommended sampler and
+3. **ours_fast** — our recommended settings: bf16 model (fp32 on a CPU without native
+   bf16, `RECOMMENDED_DTYPE`), the recommended sampler and
    steps of `sampling_settings.RECOMMENDED` (ancestral Euler 20; one model call per step,
    as DPM-Solver++(2M) 20, which the tables in docs/BENCHMARKS.md were measured with),
    batched guidance.
@@ -61,6 +62,7 @@ from torch import nn
 from .. import iamg, samplers
 from ..files import DTYPES
 from ..geometry import Box
+from ..hardware import cpu_has_fast_bf16
 from ..mgig import MGIGModel, mgig_config
 from ..mgig import inputs as preprocess
 from ..mgig import pipeline as choi
@@ -117,10 +119,15 @@ class Variant:
         return self.sampler or OFFICIAL_SAMPLER[model]
 
 
+# Column (3)'s dtype: bf16 where this CPU runs it natively (AMX / AVX512-bf16), else fp32
+# (emulated bf16 is 60-120x slower than fp32: BENCHMARKS.md).
+RECOMMENDED_DTYPE = "bf16" if cpu_has_fast_bf16() else "fp32"
+
 VARIANTS: dict[str, Variant] = {v.key: v for v in (
     Variant("official", "(1) official procedure", "fp32", None, None, batched=False, official_procedure=True),
     Variant("ours_same", "(2) ours, same settings", "fp32", None, None, batched=True),
-    Variant("ours_fast", "(3) ours, recommended", "bf16", RECOMMENDED_SAMPLER, RECOMMENDED_STEPS, batched=True),
+    Variant("ours_fast", "(3) ours, recommended", RECOMMENDED_DTYPE, RECOMMENDED_SAMPLER, RECOMMENDED_STEPS,
+            batched=True),
     # Quality decomposition only: the recommended sampler without bf16.
     Variant("ours_fast_fp32", "(3') recommended sampler, fp32", "fp32", RECOMMENDED_SAMPLER, RECOMMENDED_STEPS,
             batched=True),

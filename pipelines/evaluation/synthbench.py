@@ -2,7 +2,8 @@
 
     python -m interact_custom synthbench --out DIR [--data DIR | --count 64 --seed 1000]
         [--iamg FILE] [--mgig FILE] [--mask iamg|truth] [--refs own|swapped] [--steps 20] [--sampler euler_a]
-        [--guidance 3] [--iamg-steps 20] [--iamg-sampler euler_a] [--dtype fp32|bf16] [--overwrite]
+        [--guidance 3] [--iamg-steps 20] [--iamg-sampler euler_a] [--dtype fp32|bf16] [--paste crop|mask]
+        [--ceiling] [--overwrite]
 
 What it does, per sample of the dataset (``--data``, else a fresh `pipelines.data.synth` set
 written to ``DIR/data`` with ``--seed``: synthetic identities are random colours and
@@ -117,15 +118,20 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
                        guidance: float = MGIG_SETTINGS.guidance, iamg_guidance: float | None = None,
                        batched_guidance: bool = True, limit: int | None = None, paste: str = "crop",
                        mgig_source: str = "", iamg_source: str | None = None, dtype: str = "fp32",
-                       log=print) -> dict:
+                       ceiling: bool = False, log=print) -> dict:
     """Generate and score (see the module docstring) a dataset from `prepare` with the
     loaded ``mgig`` model and, for IAMG masks, ``iamg_model`` (None: the ground-truth
     masks, ``--mask truth``); returns the evaluation report with the benchmark's settings
     and timings added under ``"synthbench"``. ``paste`` defaults to "crop" (the official
     crop-back) so that the "changes" columns measure what the model painted; "mask" scores
     the product's default compositing (`composite`). ``mgig_source`` / ``iamg_source`` /
-    ``dtype``: what the report names the models by and the dtype they were loaded in."""
+    ``dtype``: what the report names the models by and the dtype they were loaded in.
+    ``ceiling`` (true masks only): no sampling — each image is MGIG's decoding of the true
+    target's own latent (`pipeline.reconstruct`), the best any sampler could reach on this
+    latent; the colour and changes columns then measure what the VAE (and a ★ refiner) lose."""
     mask = "iamg" if iamg_model is not None else "truth"
+    if ceiling and iamg_model is not None:
+        raise ValueError("--ceiling decodes the true target's latent: use it with --mask truth")
     out = Path(out)
     report_dir = out / "report"
     indices = list(range(len(dataset)))[:limit]
@@ -154,8 +160,11 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
         features = choi.id_features(mgig, r.human_ref, r.human_ref_mask, r.object_ref, r.object_ref_mask)
         detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
         background = s.background if s.background is not None else choi.blank_background(union.shape)
-        gen = choi.generate(mgig, features, detail, union, background, steps=steps, sampler=sampler,
-                            guidance=guidance, seed=i, batched_guidance=batched_guidance, paste=paste)
+        if ceiling:
+            gen = choi.reconstruct(mgig, s.target, union, background, detail, canvas=features.canvas, paste=paste)
+        else:
+            gen = choi.generate(mgig, features, detail, union, background, steps=steps, sampler=sampler,
+                                guidance=guidance, seed=i, batched_guidance=batched_guidance, paste=paste)
         timing["mgig_s"].append(time.perf_counter() - t0)
         image = gen.images[0]
         if paste == "mask":
@@ -177,7 +186,8 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
     report["synthbench"] = {
         "iamg": None if mask != "iamg" else iamg_source,
         "mgig": mgig_source, "mask": mask, "refs": refs, "paste": paste, "dtype": dtype,
-        "mgig_sampling": {"sampler": sampler, "steps": steps, "guidance": guidance, "batched_guidance": batched_guidance},
+        "ceiling": ceiling,
+        "mgig_sampling": None if ceiling else {"sampler": sampler, "steps": steps, "guidance": guidance, "batched_guidance": batched_guidance},
         "iamg_sampling": None if mask != "iamg" else {"sampler": iamg_sampler, "steps": iamg_steps,
                                                       "guidance": iamg_guidance or iamg.DEFAULT_GUIDANCE},
         "iamg_empty_masks": len(empty), "iamg_empty_ids": empty, "samples": len(indices),

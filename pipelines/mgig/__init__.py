@@ -1,6 +1,7 @@
 """MGIG — Mask-Guided Image Generation, cut like IAMG: `model` (the ControlLDM, its
 config and presets), `inputs` (reference canvas, detail map, hint, crop-back: the
-official preprocessing), `pipeline` (`id_features`, `generate`). The model's names are
+official preprocessing), `refiner` (the ★ scene-aware decoding after the VAE),
+`pipeline` (`id_features`, `generate`, `reconstruct`). The model's names are
 re-exported here; use the submodules for the rest (`from ..mgig import inputs, pipeline`)."""
 from .model import (CONTROLNET_MEMORY_FORMAT, ID_IMAGE_SIZE, MGIG_PRESETS, OFFICIAL_SCHEDULE, IDEncoder,
                     LatentIgnored, MGIGConfig, MGIGModel, official_embeddings_class, build_controlnet,

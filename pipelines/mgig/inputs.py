@@ -369,6 +369,9 @@ class MGIGHint:
     crop_box: the crop in background coordinates (``tar_box_yyxx_crop``).
     target_box: the expanded target box in background coordinates.
     target_box_in_crop: the same box relative to the crop.
+    scene: (512, 512) float32 -- ★ 1 where the hint's RGB is the background itself (the
+        crop outside the target box), 0 in the target box and on the padding: what a ★
+        refiner (`refiner`) may copy.
     """
 
     hint: np.ndarray
@@ -377,6 +380,7 @@ class MGIGHint:
     crop_box: Box
     target_box: Box
     target_box_in_crop: Box
+    scene: np.ndarray | None = None
 
 
 def _cover(box: Box, inner: Box) -> Box:
@@ -446,6 +450,9 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
     collage_mask = imgproc.resize_nearest(pad_to_square(collage_mask, PAD_MASK_VALUE), size)
     collage_mask = collage_mask.astype(np.float32)
     collage_mask[collage_mask == PAD_MASK_VALUE] = -1.0
+    scene = np.ones((crop_h, crop_w), dtype=np.uint8)
+    scene[ty1:ty2, tx1:tx2] = 0
+    scene = imgproc.resize_nearest(pad_to_square(scene, 0), size).astype(np.float32)
     side = max(crop_h, crop_w)
     hint = np.concatenate([collage / 127.5 - 1.0, collage_mask[:, :, None]], axis=-1)
     return MGIGHint(
@@ -455,6 +462,7 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
         crop_box=crop_box,
         target_box=target_box,
         target_box_in_crop=target_box_in_crop,
+        scene=scene,
     )
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from .. import samplers
 from ..imgproc import IMAGENET_MEAN, IMAGENET_STD
 from ..vae import build_vae, kl_vae_config
+from .refiner import DEFAULT_WIDTH as DEFAULT_REFINER_WIDTH, SceneRefiner
 
 
 # ControlLDM's noise schedule (anydoor.yaml): LDM "linear" = linspace(sqrt(start), sqrt(end))^2.
@@ -146,6 +147,9 @@ class MGIGConfig:
     # far sooner with v: there ε̂ must be x_t almost exactly, and the x₀ it implies amplifies
     # every error by √((1−ᾱ)/ᾱ) (≈11× at t=950). Samplers always receive ε (`predict_eps`).
     prediction_type: str = "epsilon"
+    # ★ The scene-aware refiner after the VAE decoder (`refiner.SceneRefiner` kwargs), or
+    # None (the official model, and every file written before it existed).
+    refiner: dict | None = None
 
     def __post_init__(self):
         samplers.check_prediction_type(self.prediction_type)
@@ -329,7 +333,8 @@ def _tuples(kwargs: dict) -> dict:
 
 
 class MGIGModel(nn.Module):
-    """The MGIG ControlLDM: `unet`, `controlnet`, `id_encoder`, `vae`."""
+    """The MGIG ControlLDM: `unet`, `controlnet`, `id_encoder`, `vae`, and an optional ★
+    `refiner` (`refiner.SceneRefiner`, None in official files)."""
 
     def __init__(self, config: MGIGConfig):
         super().__init__()
@@ -340,6 +345,7 @@ class MGIGModel(nn.Module):
         self.controlnet = build_controlnet(config.controlnet)
         self.id_encoder = IDEncoder(**config.id_encoder)
         self.vae = build_vae(config.vae)
+        self.refiner = SceneRefiner(**config.refiner) if config.refiner else None
 
     # -- schedule ------------------------------------------------------------------------
     @property
@@ -420,9 +426,28 @@ class MGIGModel(nn.Module):
         x = images_m11.to(self._dtype(self.vae))
         return self.vae.encode(x).latent_dist.mean * self.latent_scale
 
-    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent -> image ≈[-1,1] (unclamped)."""
-        return self.vae.decode(z.to(self._dtype(self.vae)) / self.latent_scale).sample
+    def decode_latent(self, z: torch.Tensor, hint: torch.Tensor | None = None,
+                      colours: torch.Tensor | None = None, scene: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent -> image ≈[-1,1] (unclamped). With a ★ refiner and the ``hint`` the
+        latent was generated from (at the model's size, batch 1 or z's), the decoded crop
+        is refined with it, the references' ``colours`` (`refiner.reference_colours`,
+        [1 or B, 6]) and the ``scene`` plane (`inputs.MGIGHint.scene` at the hint's size,
+        [1 or B, 1, S, S]); None = unknown. Without a refiner or a hint, the plain VAE decode."""
+        decoded = self.vae.decode(z.to(self._dtype(self.vae)) / self.latent_scale).sample
+        if self.refiner is None or hint is None:
+            return decoded
+        n = decoded.shape[0]
+        hint = hint.to(device=decoded.device).expand(n, -1, -1, -1)
+        if colours is not None:
+            colours = colours.to(device=decoded.device).expand(n, -1)
+        if scene is not None:
+            scene = scene.to(device=decoded.device).expand(n, -1, -1, -1)
+        return self.refiner(decoded.to(self._dtype(self.refiner)), hint, colours, scene)
+
+    def add_refiner(self, width: int = DEFAULT_REFINER_WIDTH) -> None:
+        """Give the model a fresh ★ refiner (the identity until trained)."""
+        self.refiner = SceneRefiner(width).to(device=self._device(self.vae))
+        self.config.refiner = self.refiner.config()
 
     @staticmethod
     def _dtype(module: nn.Module) -> torch.dtype:

@@ -19,6 +19,7 @@ import torch
 from .. import composite, samplers
 from . import inputs as preprocess
 from .model import MGIGModel, resize_hint, resize_square
+from .refiner import reference_colours
 from ..sampling_settings import OFFICIAL, RECOMMENDED
 
 # Official and recommended sampling: one source, `sampling_settings` (which also says why).
@@ -113,11 +114,8 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
                                  mask_channel=mask_channel)
 
     device, dtype = _device_dtype(model)
-    hint_t = torch.from_numpy(hint.hint).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
-    # A model trained at a smaller size sees the hint at that size (as in training) and
-    # its output is enlarged back to the official square before the crop-back.
+    hint_t = _model_hint(model, hint)
     size = int(model.config.image_size)
-    hint_t = resize_hint(hint_t, size)
     latent_hw = (size // 8, size // 8)
     x_T = samplers.initial_noise((batch, model.latent_channels, *latent_hw), seed, device=device, dtype=dtype)
     cond = {"context": features.cond.to(device=device, dtype=dtype).expand(batch, -1, -1),
@@ -131,9 +129,36 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
     eps_fn = samplers.guided_eps(model_fn, cond, uncond, guidance, batched=batched_guidance)
     z = samplers.sample(eps_fn, x_T, model.alphas_cumprod.to(device), steps, sampler=sampler,
                         callback=callback, generator=samplers.step_generator(seed))
-    decoded = model.decode_latent(z).float().cpu()
-    decoded = resize_square(decoded, hint.hint.shape[0], "bilinear").permute(0, 2, 3, 1).numpy()
+    return _decode_and_paste(model, z, hint, hint_t, canvas_colours(features.canvas), union, background, paste,
+                             paste_grow, paste_feather)
 
+
+def canvas_colours(canvas: preprocess.ReferenceCanvas) -> torch.Tensor:
+    """The references' mean colours a ★ refiner reads (`refiner.reference_colours`), [1, 6]."""
+    image = torch.from_numpy(np.ascontiguousarray(canvas.image)).permute(2, 0, 1)[None].float() / 255.0
+    mask = torch.from_numpy(np.ascontiguousarray(canvas.mask))[None, None].float() / 255.0
+    return reference_colours(image, mask)
+
+
+def _model_hint(model: MGIGModel, hint: preprocess.MGIGHint) -> torch.Tensor:
+    # A model trained at a smaller size sees the hint at that size (as in training) and
+    # its output is enlarged back to the official square before the crop-back.
+    device, dtype = _device_dtype(model)
+    hint_t = torch.from_numpy(hint.hint).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+    return resize_hint(hint_t, int(model.config.image_size))
+
+
+def _decode_and_paste(model: MGIGModel, z: torch.Tensor, hint: preprocess.MGIGHint, hint_t: torch.Tensor,
+                      colours: torch.Tensor | None, union: np.ndarray, background: np.ndarray, paste: str,
+                      paste_grow: int, paste_feather: int) -> ChoiResult:
+    """Decode the latents (a ★ refiner reads the hint and the references' colours), enlarge
+    to the official square and put each into the background: the whole crop (paste "crop")
+    or the figure (`composite`)."""
+    scene = None
+    if model.refiner is not None and hint.scene is not None:
+        scene = resize_square(torch.from_numpy(hint.scene)[None, None], hint_t.shape[-1], "nearest")
+    decoded = model.decode_latent(z, hint=hint_t, colours=colours, scene=scene).float().cpu()
+    decoded = resize_square(decoded, hint.hint.shape[0], "bilinear").permute(0, 2, 3, 1).numpy()
     region = preprocess.pasted_box(hint.crop_box).mask(*background.shape[:2])
     alpha = region if paste == "crop" else composite.figure_alpha(union, region, grow=paste_grow,
                                                                   feather=paste_feather)
@@ -144,3 +169,34 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
         pasted = preprocess.crop_back(pred, background, hint.extra_sizes, hint.crop_box)
         images.append(pasted if paste == "crop" else composite.blend(pasted, background, alpha))
     return ChoiResult(images=images, crops=crops, pasted_mask=alpha, hint=hint)
+
+
+def reconstruct(model: MGIGModel, target, interaction_mask, background, detail, *,
+                canvas: preprocess.ReferenceCanvas | None = None,
+                paste: str = composite.DEFAULT_PASTE, mask_channel: str = "mask",
+                paste_grow: int = composite.PASTE_GROW, paste_feather: int = composite.PASTE_FEATHER) -> ChoiResult:
+    """The latent's ceiling: what `generate` would give if sampling found the latent of the
+    true ``target`` exactly. The target's crop (the one `generate` regenerates) is
+    encoded (posterior mean) and decoded — through a ★ refiner with the hint built from
+    ``background`` and ``detail`` and the colours of the reference ``canvas``, as
+    `generate` would — then pasted back the same way.
+    No diffusion: it measures what the VAE (and refiner) alone lose (`synthbench --ceiling`)."""
+    composite.check_paste(paste, paste_grow, paste_feather)
+    union = preprocess.as_mask(interaction_mask, "interaction_mask")
+    background = preprocess.as_image(background, "background")
+    target = preprocess.as_image(target, "target")
+    if not background.shape == target.shape or background.shape[:2] != union.shape:
+        raise ValueError(f"target {target.shape}, background {background.shape} and interaction_mask "
+                         f"{union.shape} must be the same size")
+    hint = preprocess.build_hint(background, union, detail, mask_channel=mask_channel)
+    crop = preprocess.build_hint(target, union, detail, mask_channel=mask_channel).target  # same geometry
+    hint_t = _model_hint(model, hint)
+    device, dtype = _device_dtype(model)
+    size = int(model.config.image_size)
+    crop_t = resize_square(torch.from_numpy(crop).permute(2, 0, 1)[None].to(device=device, dtype=dtype), size,
+                           "area")
+    with torch.no_grad():
+        z = model.encode_latent(crop_t)
+        colours = None if canvas is None else canvas_colours(canvas)
+        return _decode_and_paste(model, z, hint, hint_t, colours, union, background, paste, paste_grow,
+                                 paste_feather)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import iamg, samplers
+from ..hardware import fast_bf16
 from . import data as train_data
 
 MODEL_KINDS = ("vae", "iamg", "mgig")
@@ -70,7 +71,9 @@ class TrainConfig:
     adam_betas: list = _key([0.9, 0.999], "AdamW betas")
     adam_eps: float = _key(1e-8, "AdamW epsilon")
     max_grad_norm: float | None = _key(1.0, "gradient clipping (null: none)")
-    mixed_precision: str = _key("no", "no | fp16 | bf16 (Accelerate autocast; fp16 adds a grad scaler)")
+    mixed_precision: str = _key("no", "no | fp16 | bf16 (Accelerate autocast; fp16 adds a grad scaler) | auto "
+                                      "(bf16 where the device runs it natively: CUDA with bf16, CPUs with "
+                                      "AMX / AVX512-bf16; else no)")
     grad_checkpointing: bool = _key(False, "recompute activations in the backward pass (less memory)")
     latent_shift: Any = _key(None, "iamg only: null, or \"auto\" = subtract the per-channel mean of the training "
                                    "targets' latents first (a VAE trained from scratch has off-centre latents)")
@@ -115,6 +118,15 @@ class TrainConfig:
     color_prob: float = _key(train_data.OFFICIAL_COLOR_PROB, "MGIG: reference brightness/contrast jitter probability")
     figure_loss_weight: float = _key(1.0, "MGIG: ★ weight of the loss on the latent pixels of the human ∪ object "
                                           "(1 = official, unweighted; >1 spends more of the gradient on identity)")
+    objective: str = _key("diffusion", "MGIG: diffusion (the official objective) | decode (★ train the decoding "
+                                       "side — `vae_decoder`, `refiner` — to give back the target crop from its "
+                                       "latent and the hint; the diffusion model is untouched)")
+    decode_sampled_prob: float = _key(0.0, "MGIG objective decode: probability that an item's latent is the "
+                                           "model's own one-step prediction x̂₀ from the target noised to a "
+                                           "random t (guidance 3) instead of the target's: the decoding side "
+                                           "then also learns to repair what sampling gets wrong")
+    refiner: int | None = _key(None, "MGIG: give a model without one a fresh ★ scene refiner of this width "
+                                     "(pipelines/mgig/refiner.py; null: keep what the model has)")
     # VAE
     vae_sources: list = _key(["target", "mask"], f"VAE images: any of {', '.join(train_data.VAE_SOURCES)}")
     vae_loss: str = _key("l1", "VAE reconstruction loss: l1 | mse")
@@ -208,7 +220,7 @@ def _validate(cfg: TrainConfig) -> None:
             fail(key, "null or an integer >= 1")
     if cfg.resolution is not None and cfg.resolution % 8:
         fail("resolution", "a multiple of 8 (the VAE downsamples by 8)")
-    for key in ("background_dropout", "box_dropout", "text_dropout", "id_dropout", "mask_channel_prob",
+    for key in ("background_dropout", "box_dropout", "text_dropout", "id_dropout", "mask_channel_prob", "decode_sampled_prob",
                 "perturb_prob", "hflip_prob", "color_prob"):
         v = getattr(cfg, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
@@ -222,6 +234,11 @@ def _validate(cfg: TrainConfig) -> None:
         fail("figure_loss_weight", "a number >= 1 (1 = the official unweighted loss)")
     if v != 1 and cfg.model != "mgig":
         fail("figure_loss_weight", "1 except for mgig runs")
+    if cfg.objective not in ("diffusion", "decode") or (cfg.objective == "decode" and cfg.model != "mgig"):
+        fail("objective", 'diffusion, or decode for an mgig run')
+    if cfg.refiner is not None and (cfg.model != "mgig" or isinstance(cfg.refiner, bool)
+                                    or not isinstance(cfg.refiner, int) or cfg.refiner < 1):
+        fail("refiner", "null, or an integer width >= 1 for an mgig run")
     if cfg.lr is not None and (isinstance(cfg.lr, bool) or not isinstance(cfg.lr, (int, float)) or cfg.lr <= 0):
         fail("lr", "null or a positive number")
     if cfg.max_grad_norm is not None and (not isinstance(cfg.max_grad_norm, (int, float)) or cfg.max_grad_norm <= 0):
@@ -244,11 +261,11 @@ def _validate(cfg: TrainConfig) -> None:
         if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
                 and 1.0 <= v[0] <= v[1]):
             fail(key, "[lo, hi] with 1 <= lo <= hi")
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        fail("mixed_precision", "no | fp16 | bf16")
+    if cfg.mixed_precision not in ("no", "fp16", "bf16", "auto"):
+        fail("mixed_precision", "no | fp16 | bf16 | auto")
     if cfg.frozen_dtype not in (None, "fp16", "bf16", "fp32"):
         fail("frozen_dtype", "null | fp16 | bf16 | fp32")
-    if cfg.frozen_dtype in ("fp16", "bf16") and cfg.mixed_precision == "no":
+    if cfg.frozen_dtype in ("fp16", "bf16") and cfg.mixed_precision in ("no", "auto"):
         raise ConfigError("frozen_dtype: reduced-precision frozen parts need mixed_precision fp16 or bf16 "
                           "(autocast joins them to the fp32 trained parts)")
     if cfg.save_dtype not in ("fp32", "fp16", "bf16"):
@@ -276,6 +293,15 @@ def _validate(cfg: TrainConfig) -> None:
 
 def resolved_resolution(cfg: TrainConfig) -> int:
     return cfg.resolution or {"iamg": iamg.IMAGE_SIZE, "mgig": 512, "vae": 256}[cfg.model]
+
+
+def resolved_mixed_precision(cfg: TrainConfig, device_type: str) -> str:
+    """``mixed_precision`` for a run on a ``device_type`` device: "auto" is bf16 where it is
+    native there (`hardware.fast_bf16`; emulated bf16 on a CPU is 60-120x slower than fp32),
+    else "no"."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    return "bf16" if fast_bf16(device_type) else "no"
 
 
 def resolved_lr(cfg: TrainConfig) -> float:

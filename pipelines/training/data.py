@@ -268,10 +268,11 @@ class MGIGTrainData(_PositionData):
                 layout[crop_box.slices] = preprocess.perturb_mask(union[crop_box.slices], rng)
                 hint_kwargs["mask"] = layout
         built = preprocess.build_hint(background, union, detail, **hint_kwargs)
-        hint = built.hint
+        hint, scene = built.hint, built.scene
         if _draw(rng, self.background_dropout):
             blank = np.full_like(background, WHITE)
             hint = preprocess.build_hint(blank, union, detail, **hint_kwargs).hint
+            scene = np.zeros_like(scene)  # the hint shows white, not the target's scene
         hint = torch.from_numpy(hint).permute(2, 0, 1).contiguous()
         if _draw(rng, self.box_dropout):
             hint[3] = torch.where(hint[3] < 0, hint[3], torch.zeros_like(hint[3]))  # keep the -1 padding
@@ -280,7 +281,9 @@ class MGIGTrainData(_PositionData):
         target = torch.from_numpy(built.target).permute(2, 0, 1)
         return {
             "reference": torch.from_numpy(reference.astype(np.float32) / np.float32(255.0)).permute(2, 0, 1),
+            "reference_mask": torch.from_numpy(canvas.mask.astype(np.float32) / np.float32(255.0))[None],
             "hint": resize_hint(hint, self.size),
+            "scene": resize_square(torch.from_numpy(scene)[None], self.size, "nearest"),
             "target": resize_square(target, self.size, "area"),
             "figure": self.figure_in_crop(sample, built.crop_box),
         }

@@ -29,8 +29,9 @@ from torch import nn
 from .. import iamg, samplers
 from ..data.dataset import save_png
 from ..files import DTYPES, write_text_atomic
+from ..mgig.refiner import reference_colours
 from . import data as train_data
-from .config import ConfigError, TrainConfig, resolved_lr, resolved_resolution
+from .config import ConfigError, TrainConfig, resolved_lr, resolved_mixed_precision, resolved_resolution
 from .ema import EMA
 from .losses import LOSSES
 from .models import (WeightIO, build_model, calibrated_latent_scale, calibrated_latent_shift, cast_frozen,
@@ -131,7 +132,8 @@ def validation_rows(cfg: TrainConfig, model: nn.Module, items: list[dict], devic
                                  {"context": context, "hint": hint}, {"context": uncond, "hint": hint},
                                  cfg.validation_guidance)
     z = samplers.sample(eps_fn, x_T, model.alphas_cumprod.to(device), cfg.validation_steps, "ddim")
-    image = model.decode_latent(z)
+    colours = reference_colours(reference, batch["reference_mask"]) if "reference_mask" in batch else None
+    image = model.decode_latent(z, hint=hint, colours=colours, scene=batch.get("scene"))
     return [[_u8(reference[i] * 2 - 1), _u8(hint[i, :3]), _u8(hint[i, 3:]), _u8(image[i]), _u8(batch["target"][i])]
             for i in range(n)]
 
@@ -191,7 +193,11 @@ def train(cfg: TrainConfig, weights: WeightIO, *, resume: bool = False, progress
     the final IAMG / MGIG file (`cli.train.WEIGHTS`). Returns a `TrainResult`."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
+    on_cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    mixed_precision = resolved_mixed_precision(cfg, "cpu" if on_cpu else "cuda")
+    if cfg.mixed_precision == "auto":
+        print(f"mixed_precision auto: {mixed_precision} on this {'CPU' if on_cpu else 'GPU'}", file=sys.stderr)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cfg.device == "cpu")
     with samplers.flush_denormals(accelerator.device.type == "cpu"):
         return _train(cfg, accelerator, weights, resume=resume, progress=progress)
 

@@ -14,7 +14,12 @@ from torch import nn
 from .. import samplers
 from ..iamg import IAMGModel
 from ..mgig import MGIGModel
+from ..mgig.refiner import reference_colours
+from ..sampling_settings import RECOMMENDED
 from .config import TrainConfig
+
+# The guidance of the one-step predictions `MGIGLoss.predicted_latent` repairs: sampling's.
+DECODE_GUIDANCE = RECOMMENDED["mgig"].guidance
 
 
 # --------------------------------------------------------------------------------------
@@ -125,8 +130,12 @@ class MGIGLoss(nn.Module):
         super().__init__()
         self.model = model
         self.figure_weight = 1.0 if cfg is None else float(cfg.figure_loss_weight)
+        self.objective = "diffusion" if cfg is None else cfg.objective
+        self.sampled_prob = 0.0 if cfg is None else float(cfg.decode_sampled_prob)
 
     def forward(self, batch: dict, seed: int) -> torch.Tensor:
+        if self.objective == "decode":
+            return self.decode_loss(batch, seed)
         m = self.model
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -150,6 +159,54 @@ class MGIGLoss(nn.Module):
         return figure_weighted_mse(output.float(), target, batch["figure"], self.figure_weight)
 
 
+    def decode_loss(self, batch: dict, seed: int) -> torch.Tensor:
+        """★ ``objective: decode``: L1 between the target crop and what the decoding side
+        (VAE decoder, then the refiner with the hint, its scene plane and the references'
+        colours) makes of
+        the target's latent — a posterior sample, so the decoder also learns latents a little
+        off the encoder's — or, with probability ``decode_sampled_prob``, of the model's own
+        prediction of it (`predicted_latent`). The figure's pixels count
+        ``figure_loss_weight`` times."""
+        m = self.model
+        g = torch.Generator().manual_seed(seed)
+        target = batch["target"].float()
+        with torch.no_grad():
+            z = _sample_latent(m.vae, target, m.latent_scale, g)
+            pick = torch.rand(z.shape[0], generator=g) < self.sampled_prob
+            if pick.any():
+                z = torch.where(pick.view(-1, 1, 1, 1).to(z.device), self.predicted_latent(z, batch, g), z)
+        colours = reference_colours(batch["reference"], batch["reference_mask"])
+        decoded = m.decode_latent(z, hint=batch["hint"], colours=colours, scene=batch["scene"]).float()
+        return figure_weighted_error(decoded - target.to(decoded.device), batch["figure"], self.figure_weight, "l1")
+
+
+    def predicted_latent(self, x0: torch.Tensor, batch: dict, g: torch.Generator) -> torch.Tensor:
+        """The frozen diffusion model's one-step prediction x̂₀ of ``x0`` noised to a uniform
+        random t, with classifier-free guidance `DECODE_GUIDANCE` as sampling uses: the
+        blur, colour shifts and blotches of a sampled latent, the worse the larger t."""
+        m = self.model
+        n = x0.shape[0]
+        t = torch.randint(0, len(m.alphas_cumprod), (n,), generator=g).to(x0.device)
+        a = m.alphas_cumprod.to(x0.device)[t].view(n, 1, 1, 1)
+        x_t = samplers.add_noise(x0, torch.randn(x0.shape, generator=g).to(x0.device), a)
+        hint = batch["hint"].to(x_t.dtype)
+        cond = {"context": m.encode_id(batch["reference"]).to(x_t.dtype), "hint": hint}
+        uncond = {"context": m.uncond_context(n).to(x_t.dtype), "hint": hint}
+        eps = samplers.guided_eps(lambda x, tt, context, hint: m.predict_eps(x, tt, context, hint), cond, uncond,
+                                  DECODE_GUIDANCE)(x_t, t)
+        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def figure_weighted_error(diff: torch.Tensor, figure: torch.Tensor, weight: float, kind: str = "mse") -> torch.Tensor:
+    """Mean squared (``kind`` "mse") or absolute ("l1") error of ``diff`` [B,C,H,W] with
+    the pixels covered by ``figure`` ([B,1,S,S] in 0..1, area-pooled to H×W) counted
+    ``weight`` times, normalised by the total weight."""
+    cover = F.adaptive_avg_pool2d(figure.to(diff.device, diff.dtype), diff.shape[-2:])
+    w = 1.0 + (weight - 1.0) * cover
+    err = diff.pow(2) if kind == "mse" else diff.abs()
+    return (w * err).sum() / (w.sum() * diff.shape[1])
+
+
 def figure_weighted_mse(output: torch.Tensor, target: torch.Tensor, figure: torch.Tensor,
                         weight: float) -> torch.Tensor:
     """★ MSE with the latent pixels covered by the figure (``figure`` [B,1,S,S] in 0..1,
@@ -157,9 +214,7 @@ def figure_weighted_mse(output: torch.Tensor, target: torch.Tensor, figure: torc
     weight so the loss stays an average squared error. Around the figure the scene is
     either copied from the hint or inside the box and unknowable; the identity (colours,
     patterns) is only learnt from the figure's few pixels."""
-    cover = F.adaptive_avg_pool2d(figure.to(output.dtype), output.shape[-2:])
-    w = 1.0 + (weight - 1.0) * cover
-    return (w * (output - target).pow(2)).sum() / (w.sum() * output.shape[1])
+    return figure_weighted_error(output - target, figure, weight, "mse")
 
 
 class VAELoss(nn.Module):

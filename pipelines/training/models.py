@@ -116,6 +116,10 @@ def build_model(cfg: TrainConfig, weights: WeightIO) -> nn.Module:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model = MGIGModel(mgig_config(cfg.preset))
+        if cfg.refiner is not None and model.refiner is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                model.add_refiner(cfg.refiner)
         if cfg.init_id_encoder:
             sd, _ = part_tensors(weights, cfg.init_id_encoder, "id_encoder.", "init_id_encoder")
             load_strict(model.id_encoder, {k: v.float() for k, v in sd.items()},
@@ -169,7 +173,9 @@ def model_parts(kind: str, model: nn.Module) -> dict[str, list[nn.Module]]:
     unet = model.unet
     return {"controlnet": [model.controlnet], "unet": [unet],
             "unet_decoder": [unet.up_blocks, unet.conv_norm_out, unet.conv_out],
-            "projector": [model.id_encoder.projector], "id_encoder": [model.id_encoder]}
+            "projector": [model.id_encoder.projector], "id_encoder": [model.id_encoder],
+            "vae_decoder": [model.vae.decoder, model.vae.post_quant_conv],
+            "refiner": [] if model.refiner is None else [model.refiner]}
 
 
 def default_trainable(cfg: TrainConfig, model: nn.Module) -> list[str]:
@@ -179,6 +185,8 @@ def default_trainable(cfg: TrainConfig, model: nn.Module) -> list[str]:
         if cfg.init or not model.uses_text or model.text_encoder is None:
             return ["unet"]
         return ["unet", "text_encoder"]
+    if cfg.objective == "decode":
+        return ["refiner"] if model.refiner is not None else ["vae_decoder"]
     return ["controlnet", "unet_decoder", "projector"] if cfg.init else ["controlnet", "unet", "id_encoder"]
 
 
@@ -193,8 +201,8 @@ def set_trainable(cfg: TrainConfig, model: nn.Module) -> list[str]:
     model.requires_grad_(False)
     for name in names:
         if not parts[name]:
-            raise ConfigError(f"trainable: {name!r} selects nothing in this {cfg.model} model "
-                              "(no cross-attention? set text: true)")
+            hint = "set refiner: <width>" if name == "refiner" else "no cross-attention? set text: true"
+            raise ConfigError(f"trainable: {name!r} selects nothing in this {cfg.model} model ({hint})")
         for module in parts[name]:
             module.requires_grad_(True)
     return names

@@ -350,7 +350,8 @@ def check_against_stored(run: RunDir, cfg: TrainConfig) -> None:
     state_keys = ("model", "preset", "init", "init_vae", "init_id_encoder", "text", "trainable", "data_root",
                   "split", "data_limit", "resolution", "seed", "batch_size", "grad_accum", "lr", "lr_scheduler",
                   "lr_warmup_steps", "weight_decay", "adam_betas", "adam_eps", "mixed_precision", "ema_decay",
-                  "stage", "generated_masks", "latent_scale", "latent_shift", "prediction_type", "figure_loss_weight")
+                  "stage", "generated_masks", "latent_scale", "latent_shift", "prediction_type", "figure_loss_weight",
+                  "objective", "refiner")
     differ = [k for k in state_keys if k in stored and stored[k] != getattr(cfg, k)]
     if differ:
         print(f"warning: resuming {run.root} with a config that differs from the stored one in "
