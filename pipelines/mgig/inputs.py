@@ -380,7 +380,7 @@ class MGIGHint:
     crop_box: Box
     target_box: Box
     target_box_in_crop: Box
-    scene: np.ndarray | None = None
+    scene: np.ndarray
 
 
 def _cover(box: Box, inner: Box) -> Box:

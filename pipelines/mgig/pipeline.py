@@ -155,7 +155,7 @@ def _decode_and_paste(model: MGIGModel, z: torch.Tensor, hint: preprocess.MGIGHi
     to the official square and put each into the background: the whole crop (paste "crop")
     or the figure (`composite`)."""
     scene = None
-    if model.refiner is not None and hint.scene is not None:
+    if model.refiner is not None:
         scene = resize_square(torch.from_numpy(hint.scene)[None, None], hint_t.shape[-1], "nearest")
     decoded = model.decode_latent(z, hint=hint_t, colours=colours, scene=scene).float().cpu()
     decoded = resize_square(decoded, hint.hint.shape[0], "bilinear").permute(0, 2, 3, 1).numpy()
