@@ -151,9 +151,9 @@ def _model_hint(model: MGIGModel, hint: preprocess.MGIGHint) -> torch.Tensor:
 def _decode_and_paste(model: MGIGModel, z: torch.Tensor, hint: preprocess.MGIGHint, hint_t: torch.Tensor,
                       colours: torch.Tensor | None, union: np.ndarray, background: np.ndarray, paste: str,
                       paste_grow: int, paste_feather: int) -> ChoiResult:
-    """Decode the latents (a ★ refiner reads the hint and the references' colours), enlarge
-    to the official square and put each into the background: the whole crop (paste "crop")
-    or the figure (`composite`)."""
+    """Decode the latents (a ★ refiner reads the hint, its scene plane and the references'
+    colours), enlarge to the official square and put each into the background: the whole
+    crop (paste "crop") or the figure (`composite`)."""
     scene = None
     if model.refiner is not None:
         scene = resize_square(torch.from_numpy(hint.scene)[None, None], hint_t.shape[-1], "nearest")
@@ -185,7 +185,7 @@ def reconstruct(model: MGIGModel, target, interaction_mask, background, detail, 
     union = preprocess.as_mask(interaction_mask, "interaction_mask")
     background = preprocess.as_image(background, "background")
     target = preprocess.as_image(target, "target")
-    if not background.shape == target.shape or background.shape[:2] != union.shape:
+    if background.shape != target.shape or background.shape[:2] != union.shape:
         raise ValueError(f"target {target.shape}, background {background.shape} and interaction_mask "
                          f"{union.shape} must be the same size")
     hint = preprocess.build_hint(background, union, detail, mask_channel=mask_channel)

@@ -158,14 +158,12 @@ class MGIGLoss(nn.Module):
             return F.mse_loss(output.float(), target)
         return figure_weighted_mse(output.float(), target, batch["figure"], self.figure_weight)
 
-
     def decode_loss(self, batch: dict, seed: int) -> torch.Tensor:
         """★ ``objective: decode``: L1 between the target crop and what the decoding side
         (VAE decoder, then the refiner with the hint, its scene plane and the references'
-        colours) makes of
-        the target's latent — a posterior sample, so the decoder also learns latents a little
-        off the encoder's — or, with probability ``decode_sampled_prob``, of the model's own
-        prediction of it (`predicted_latent`). The figure's pixels count
+        colours) makes of the target's latent — a posterior sample, so it also learns
+        latents a little off the encoder's — or, with probability ``decode_sampled_prob``,
+        of the model's own prediction of it (`predicted_latent`). The figure's pixels count
         ``figure_loss_weight`` times."""
         m = self.model
         g = torch.Generator().manual_seed(seed)
@@ -178,7 +176,6 @@ class MGIGLoss(nn.Module):
         colours = reference_colours(batch["reference"], batch["reference_mask"])
         decoded = m.decode_latent(z, hint=batch["hint"], colours=colours, scene=batch["scene"]).float()
         return figure_weighted_error(decoded - target.to(decoded.device), batch["figure"], self.figure_weight, "l1")
-
 
     def predicted_latent(self, x0: torch.Tensor, batch: dict, g: torch.Generator) -> torch.Tensor:
         """The frozen diffusion model's one-step prediction x̂₀ of ``x0`` noised to a uniform
