@@ -8,7 +8,8 @@ Formats accepted by `load_mgig`:
   (UNet), `control_model.` (ControlNet), `cond_stage_model.model.` (DINOv2, original
   naming), `cond_stage_model.projector.`, `first_stage_model.` (LDM VAE) and the 13
   schedule buffers (`betas`, `alphas_cumprod`, ...).
-- native: `MGIGModel.state_dict()` names (`unet.*`, `controlnet.*`, `id_encoder.*`, `vae.*`).
+- native: `MGIGModel.state_dict()` names (`unet.*`, `controlnet.*`, `id_encoder.*`, `vae.*`, and
+  `refiner.*` for a model with a ★ scene refiner: detected from its tensors).
 
 Every architecture number is read from tensor shapes (`detect_mgig_config`), except the
 attention head width, which weights do not determine (see `pipelines.mgig.default_head_dim`;
@@ -639,7 +640,7 @@ def preset_name_of(config: MGIGConfig) -> str:
 def save_mgig(model: MGIGModel, path: str | os.PathLike, *, dtype: str = "fp16", preset: str | None = None,
               overwrite: bool = False, source: str | None = None) -> Path:
     """Write `model` in our safetensors format (`files.save_native`): the tensors of
-    `MGIGModel.state_dict()` (`unet.*`, `controlnet.*`, `id_encoder.*`, `vae.*`) and the
+    `MGIGModel.state_dict()` (`unet.*`, `controlnet.*`, `id_encoder.*`, `vae.*`, a ★ `refiner.*`) and the
     `MGIGConfig` as ``config`` metadata (head counts and the schedule, which shapes do not
     show). ``source`` (e.g. the official file name) is recorded as metadata."""
     extra = {"source": str(source)} if source else {}
