@@ -37,10 +37,8 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
     """`synthbench.prepare`, load the models (``iamg_source`` / ``mgig_source``: a file,
     None = the embedded default; IAMG only for ``mask="iamg"``) in ``dtype``, then
     `synthbench.generate_and_score`; returns its report."""
-    if ceiling and mask != "truth":
-        raise ValueError("--ceiling decodes the true target's latent: use it with --mask truth")
     dataset = synthbench.prepare(out, data=data, count=count, seed=seed, size=size, mask=mask, refs=refs,
-                                 dtype=dtype, overwrite=overwrite, log=log)
+                                 dtype=dtype, ceiling=ceiling, overwrite=overwrite, log=log)
     torch_dtype = DTYPES[dtype]
     mgig = load_mgig_model(mgig_source or EMBEDDED, dtype=torch_dtype)
     model_iamg = load_iamg_model(iamg_source or EMBEDDED, dtype=torch_dtype) if mask == "iamg" else None

@@ -84,7 +84,7 @@ def sample_sheet(rows: list[list[np.ndarray]], side: int = 128) -> np.ndarray:
 
 def prepare(out: str | Path, *, data: str | Path | None = None, count: int = DEFAULT_COUNT,
             seed: int = DEFAULT_SEED, size: int = 256, mask: str = "iamg", refs: str = "own",
-            dtype: str = "fp32", overwrite: bool = False, log=print) -> ChoiDataset:
+            dtype: str = "fp32", ceiling: bool = False, overwrite: bool = False, log=print) -> ChoiDataset:
     """Everything before the models are loaded: check the options, refuse an ``out`` that
     already holds a report (unless ``overwrite``), synthesise the held-out set into
     ``out/data`` when no ``data`` is given (see the module docstring), create the output
@@ -95,6 +95,7 @@ def prepare(out: str | Path, *, data: str | Path | None = None, count: int = DEF
         raise ValueError(f"refs: expected one of {', '.join(REFS)}, got {refs!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_ceiling(ceiling, mask)
     out = Path(out)
     report_dir = out / "report"
     if (report_dir / evaluate.REPORT_JSON).exists() and not overwrite:
@@ -130,8 +131,7 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
     target's own latent (`pipeline.reconstruct`), the best any sampler could reach on this
     latent; the colour and changes columns then measure what the VAE (and a ★ refiner) lose."""
     mask = "iamg" if iamg_model is not None else "truth"
-    if ceiling and iamg_model is not None:
-        raise ValueError("--ceiling decodes the true target's latent: use it with --mask truth")
+    check_ceiling(ceiling, mask)
     out = Path(out)
     report_dir = out / "report"
     indices = list(range(len(dataset)))[:limit]
@@ -187,7 +187,8 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
         "iamg": None if mask != "iamg" else iamg_source,
         "mgig": mgig_source, "mask": mask, "refs": refs, "paste": paste, "dtype": dtype,
         "ceiling": ceiling,
-        "mgig_sampling": None if ceiling else {"sampler": sampler, "steps": steps, "guidance": guidance, "batched_guidance": batched_guidance},
+        "mgig_sampling": None if ceiling else {"sampler": sampler, "steps": steps, "guidance": guidance,
+                                               "batched_guidance": batched_guidance},
         "iamg_sampling": None if mask != "iamg" else {"sampler": iamg_sampler, "steps": iamg_steps,
                                                       "guidance": iamg_guidance or iamg.DEFAULT_GUIDANCE},
         "iamg_empty_masks": len(empty), "iamg_empty_ids": empty, "samples": len(indices),
@@ -203,6 +204,12 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
     if rows:
         Image.fromarray(sample_sheet(rows)).save(out / "samples.png")
     return report
+
+
+def check_ceiling(ceiling: bool, mask: str) -> None:
+    """``ceiling`` decodes the true target's own latent: it needs the true masks."""
+    if ceiling and mask != "truth":
+        raise ValueError("--ceiling decodes the true target's latent: use it with --mask truth")
 
 
 def swapped_index(i: int, n: int) -> int:

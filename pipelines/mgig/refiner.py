@@ -9,16 +9,20 @@ pixels back instead of re-inventing them — the idea of an asymmetric (conditio
 decoder for inpainting latents. The latent space is untouched: the diffusion model needs
 no retraining, and a file without a refiner decodes as before.
 
-`SceneRefiner` takes the decoded crop (``[B, 3, S, S]``, ≈[-1, 1]), the hint at the
-same size (``[B, 4, S, S]``: collage RGB in [-1, 1], layout channel), where the hint shows
-the scene itself (``scene``, ``[B, 1, S, S]``: `inputs.MGIGHint.scene`, 1 outside the target
-box; without it the box, whose collage is mostly black, is ambiguous with a dark scene),
-and the references' colours (`reference_colours`: ``[B, 6]``, the mean RGB of the human and of the object
-reference, broadcast over the image; zeros when unknown) and returns the decoded crop plus
-a learnt correction. The colours let it pull a figure whose colours the latent lost (thin
-objects vanish in a small f8 latent) back towards its identity. A two-level convolutional U-Net (full and half
-resolution, ``width`` / ``2·width`` channels); its output convolution starts at zero, so
-a freshly added refiner is the identity and training starts from the plain decoder.
+`SceneRefiner` takes
+- the decoded crop (``[B, 3, S, S]``, ≈[-1, 1]);
+- the hint at the same size (``[B, 4, S, S]``: collage RGB in [-1, 1], layout channel);
+- where the hint shows the scene itself (``scene``, ``[B, 1, S, S]``: `inputs.MGIGHint.scene`,
+  1 outside the target box; without it the box, whose collage is mostly black, is
+  ambiguous with a dark scene);
+- the references' colours (`reference_colours`: ``[B, 6]``, the mean RGB of the human and
+  of the object reference, broadcast over the image; zeros when unknown), which let it pull
+  a figure whose colours the latent lost (thin objects vanish in a small f8 latent) back
+  towards its identity;
+and returns the decoded crop plus a learnt correction. A two-level convolutional U-Net
+(full and half resolution, ``width`` / ``2·width`` channels); its output convolution
+starts at zero, so a freshly added refiner is the identity and training starts from the
+plain decoder.
 """
 from __future__ import annotations
 

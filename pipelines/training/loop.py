@@ -132,8 +132,8 @@ def validation_rows(cfg: TrainConfig, model: nn.Module, items: list[dict], devic
                                  {"context": context, "hint": hint}, {"context": uncond, "hint": hint},
                                  cfg.validation_guidance)
     z = samplers.sample(eps_fn, x_T, model.alphas_cumprod.to(device), cfg.validation_steps, "ddim")
-    colours = reference_colours(reference, batch["reference_mask"]) if "reference_mask" in batch else None
-    image = model.decode_latent(z, hint=hint, colours=colours, scene=batch.get("scene"))
+    colours = reference_colours(reference, batch["reference_mask"])
+    image = model.decode_latent(z, hint=hint, colours=colours, scene=batch["scene"])
     return [[_u8(reference[i] * 2 - 1), _u8(hint[i, :3]), _u8(hint[i, 3:]), _u8(image[i]), _u8(batch["target"][i])]
             for i in range(n)]
 
