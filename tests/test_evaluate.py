@@ -219,6 +219,43 @@ def test_mask_shape_ignores_position_and_scale_and_verbs_vote():
     assert metrics.verb_accuracy_of_ground_truth([(str(i), s, v) for i, (s, v) in enumerate(refs)], k=1) == 1.0
 
 
+def test_mask_iou_mirror_forgives_only_the_way_the_figure_faces():
+    truth = _figure("reach", x=20)  # the arm reaches right, inside the box below
+    ys, xs = np.nonzero(truth)
+    box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    facing_left = metrics.mirror_in_box(truth, box)
+    assert facing_left.sum() == truth.sum() and not np.array_equal(facing_left, truth)
+    np.testing.assert_array_equal(metrics.mirror_in_box(facing_left, box), truth)
+    assert metrics.mask_iou(facing_left, truth) < 0.6
+    assert metrics.mask_iou_mirror(facing_left, truth, box) == 1.0
+    # A wrong pose stays wrong whichever way it faces: the arm 16 rows lower (upside down in
+    # the box) shares only the 8 x 40 bar, IoU 320 / (320 + 96 + 96); facing left, less.
+    upside_down = truth.copy()
+    upside_down[5:45] = truth[5:45][::-1]
+    assert metrics.mask_iou_mirror(upside_down, truth, box) == pytest.approx(320 / 512)
+
+
+def test_fit_to_box_and_pose_reference_by_hand():
+    a = np.zeros((20, 20), bool)
+    a[2:6, 2:4] = True  # a 4x2 figure in box (2, 2, 2, 4)
+    fitted = metrics.fit_to_box(a, [2, 2, 2, 4], [10, 8, 4, 8], (20, 20))
+    expected = np.zeros((20, 20), bool)
+    expected[8:16, 10:14] = True
+    np.testing.assert_array_equal(fitted, expected)
+    # Two samples of one verb and object: the same L facing opposite ways in different boxes.
+    el = np.zeros((20, 20), bool)
+    el[2:10, 2:4], el[8:10, 4:8] = True, True  # box (2, 2, 6, 8)
+    mirrored = metrics.mirror_in_box(metrics.fit_to_box(el, [2, 2, 6, 8], [10, 5, 6, 8], (20, 20)), [10, 5, 6, 8])
+    other = np.zeros((20, 20), bool)
+    samples = [("hold", "ball", el, [2, 2, 6, 8]), ("hold", "ball", mirrored, [10, 5, 6, 8]),
+               ("kick", "ball", other, [0, 0, 3, 3])]  # no peer: not paired
+    ref = metrics.pose_reference(samples)
+    assert ref["pairs"] == 2
+    assert ref["mask_iou_mirror"] == 1.0
+    assert ref["mask_iou"] == pytest.approx(metrics.mask_iou(el, metrics.mirror_in_box(el, [2, 2, 6, 8])))
+    assert metrics.pose_reference(samples[2:]) is None
+
+
 def test_confinement_known_answer():
     background = np.full((10, 10, 3), 100, np.uint8)
     image = background.copy()
@@ -287,8 +324,8 @@ def test_cli_writes_json_and_markdown_with_perfect_scores(bench, clip_dir, dino_
     report = json.loads((out / "metrics.json").read_text())
     assert report["evaluated"] == 4 and report["synthetic"] and report["mask_source"] == "interaction"
     m = report["metrics"]
-    for name in ("clip_score", "dino_human", "dino_object", "dino_pair", "mask_iou", "mask_in_box",
-                 "confinement_box"):  # mask_verb is the ground truth's own leave-one-out score here
+    for name in ("clip_score", "dino_human", "dino_object", "dino_pair", "mask_iou", "mask_iou_mirror",
+                 "mask_in_box", "confinement_box"):  # mask_verb is the ground truth's own leave-one-out score here
         assert m[name]["mean"] == pytest.approx(1.0, abs=1e-5), name
         assert m[name]["n"] == 4
     ref = report["mask_verb_reference"]
@@ -302,6 +339,9 @@ def test_cli_writes_json_and_markdown_with_perfect_scores(bench, clip_dir, dino_
     assert [s["id"] for s in report["samples"]] == ["000000", "000001", "000002", "000003"]
     md = (out / "metrics.md").read_text()
     assert "| clip_score | 1.0000 |" in md and "| mask_kl | 0.0000 |" in md
+    pose = report["mask_iou_reference"]  # the 4 samples: one object, verbs shared by some
+    assert pose is not None and pose["pairs"] >= 1 and 0.0 <= pose["mask_iou"] <= pose["mask_iou_mirror"] <= 1.0
+    assert f"mask_iou_mirror {pose['mask_iou_mirror']:.4f} ({pose['pairs']} pairs)" in md
     assert md in capsys.readouterr().out
     # An existing report is kept unless --overwrite.
     rc = cli.main(["evaluate", "--dataset", str(bench / "data"), "--generated", str(bench / "gen"),

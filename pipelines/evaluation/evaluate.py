@@ -77,6 +77,13 @@ Metrics (per sample, then mean / population std / count over the samples that ha
     dataset (similarity = IoU, the better of the shape and its mirror image); 1 when
     their vote is the sample's verb. The report gives the same classifier's
     leave-one-out accuracy on the ground-truth masks (the ceiling) and chance.
+  - ``mask_iou_mirror``: ``mask_iou`` against the ground truth or its mirror image in the
+    box, whichever is higher: how well the pose fits, whichever way the figure faces. The
+    synthetic data mirrors every pair at random and nothing IAMG sees (caption,
+    background, box) says which way, so a model that draws the right pose facing the
+    other way loses half its ``mask_iou``. The report gives, for reference, both measures
+    for a model that draws a right pose but not the sample's own (`metrics.pose_reference`:
+    the other samples' true masks of the same verb and object, fitted to the box).
   - ``confinement_box`` / ``confinement_mask``: of the pixels the generation changed
     (ΔE76 > ``CHANGE_DELTA_E`` = 10 against the sample's ``background``), the share inside
     the box / inside the mask (the generated mask when given, else the ground-truth union
@@ -108,9 +115,9 @@ from ..data.dataset import ChoiDataset
 from ..files import write_text_atomic
 from .encoders import DINO_SIZE, CLIPImageEncoder, DINOEncoder, clip_score, dino_scores
 from .metrics import (CHANGE_DELTA_E, COLOUR_BIN, COLOUR_ERODE, KL_EPS, MASK_GRID, SHAPE_K, box_mask,
-                      changed_pixels, colour_distance, confinement, mask_in_box, mask_iou, mask_shape,
-                      mean_colour_distance, nearest_verb, region_pixels, resize_image, resize_mask, spatial_kl,
-                      verb_accuracy_of_ground_truth, verb_references)
+                      changed_pixels, colour_distance, confinement, mask_in_box, mask_iou, mask_iou_mirror,
+                      mask_shape, mean_colour_distance, nearest_verb, pose_reference, region_pixels,
+                      resize_image, resize_mask, spatial_kl, verb_accuracy_of_ground_truth, verb_references)
 
 GENERATED_SUFFIX = ".png"       # generated image / mask of sample <id>: <folder>/<id>.png
 REPORT_JSON, REPORT_MD = "metrics.json", "metrics.md"
@@ -144,13 +151,15 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("confinement_mask", True, "share of changed pixels (vs background) inside the mask"),
     Metric("mask_verb", True, f"the generated mask's shape reads as the requested verb ({SHAPE_K}-NN over the "
                               "dataset's other GT masks, box-normalised, flip-invariant)"),
+    Metric("mask_iou_mirror", True, "mask_iou against the GT union mask or its mirror image in the box, "
+                                    "whichever is higher (the pose's fit, whichever way the figure faces)"),
     Metric("interaction", True, "mean HOI-judge score (only with a judge)"),
 )}
 GROUPS = {
     "clip": ("clip_score",),
     "dino": ("dino_human", "dino_object", "dino_pair"),
     "mask": ("mask_kl", "mask_iou"),
-    "synthetic": ("mask_in_box", "mask_verb", "colour_human", "colour_object", "colour_mean_human",
+    "synthetic": ("mask_in_box", "mask_verb", "mask_iou_mirror", "colour_human", "colour_object", "colour_mean_human",
                   "colour_mean_object", "confinement_box",
                   "confinement_mask"),
 }
@@ -231,7 +240,7 @@ def summarise(samples: Sequence[Mapping[str, Any]], names: Iterable[str]) -> dic
 
 
 # The columns of the per-verb table: which interactions a model draws well.
-BY_VERB_METRICS = ("mask_verb", "mask_iou", "colour_mean_human", "colour_mean_object", "confinement_mask")
+BY_VERB_METRICS = ("mask_verb", "mask_iou", "mask_iou_mirror", "colour_mean_human", "colour_mean_object", "confinement_mask")
 
 
 def by_verb(samples: Sequence[Mapping[str, Any]], names: Iterable[str] = BY_VERB_METRICS) -> dict[str, dict[str, Any]]:
@@ -331,6 +340,8 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
             if gen_mask is not None:
                 others = [(shape, verb) for sid, shape, verb in shapes if sid != s.id]
                 row["mask_verb"] = float(nearest_verb(mask_shape(gen_mask), others) == s.verb)
+                if s.box is not None:
+                    row["mask_iou_mirror"] = mask_iou_mirror(gen_mask, gt_union, s.box)
             row["colour_human"] = colour_distance(region_pixels(s.human_ref, s.human_ref_mask > 0),
                                                   region_pixels(gen, hm))
             row["colour_object"] = colour_distance(region_pixels(s.object_ref, s.object_ref_mask > 0),
@@ -360,6 +371,8 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
         "masks": None if mask_dir is None else str(mask_dir),
         "mask_source": None if mask_dir is None else mask_source, "missing_masks": missing_masks,
         "synthetic": synthetic,
+        "mask_iou_reference": None if not shapes else pose_reference(
+            [(s.verb, s.object, s.interaction_mask > 0, s.box) for s in data if s.box is not None]),
         "mask_verb_reference": None if not shapes else {
             "ground_truth_masks": verb_accuracy_of_ground_truth(shapes),
             "chance": 1.0 / len({verb for _, _, verb in shapes}),
@@ -398,6 +411,11 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         ceiling = ref["ground_truth_masks"]
         lines += ["", f"mask_verb for reference: the ground-truth masks themselves score "
                       f"{'n/a' if ceiling is None else f'{ceiling:.4f}'} (leave-one-out), guessing {ref['chance']:.4f}."]
+    pose = report.get("mask_iou_reference")
+    if pose and "mask_iou" in report["metrics"]:
+        lines += ["", f"mask_iou for reference: another sample's true mask of the same verb and object, fitted "
+                      f"to the box (a right pose, not this one), scores {pose['mask_iou']:.4f}, "
+                      f"mask_iou_mirror {pose['mask_iou_mirror']:.4f} ({pose['pairs']} pairs)."]
     verbs = report.get("by_verb") or {}
     columns = [m for m in BY_VERB_METRICS if any(m in v for v in verbs.values())]
     if len(verbs) > 1 and columns:

@@ -159,6 +159,63 @@ def verb_accuracy_of_ground_truth(references: Sequence[tuple[str, np.ndarray, st
     return float(np.mean(hits))
 
 
+# mask_iou_mirror and the pose reference: the synthetic data mirrors every pair at random
+# (`synth.make_scene`), and nothing IAMG sees (caption, background, box) tells which way.
+POSE_REFERENCE_OTHERS = 16      # pose reference: at most this many other samples per sample
+
+
+def _box_in(box_xywh: Sequence[int], shape_hw: Sequence[int]) -> Box:
+    return Box.from_xywh(*(int(v) for v in box_xywh)).clipped(int(shape_hw[0]), int(shape_hw[1]))
+
+
+def mirror_in_box(mask: np.ndarray, box_xywh: Sequence[int]) -> np.ndarray:
+    """``mask`` (bool) with its part inside the ``[x, y, w, h]`` box mirrored left to right:
+    the same figure facing the other way."""
+    m = np.asarray(mask, bool).copy()
+    box = _box_in(box_xywh, m.shape)
+    m[box.slices] = m[box.slices][:, ::-1]
+    return m
+
+
+def mask_iou_mirror(generated: np.ndarray, truth: np.ndarray, box_xywh: Sequence[int]) -> float:
+    """The better of the IoU with ``truth`` and with ``truth`` mirrored in its box: how
+    well the pose fits, whichever way the figure faces."""
+    return max(mask_iou(generated, truth), mask_iou(generated, mirror_in_box(truth, box_xywh)))
+
+
+def fit_to_box(mask: np.ndarray, box_xywh: Sequence[int], target_box_xywh: Sequence[int],
+               shape_hw: Sequence[int]) -> np.ndarray:
+    """The part of ``mask`` inside ``box_xywh`` resized (nearest) into ``target_box_xywh``
+    of an empty ``shape_hw`` mask: another sample's figure placed where this one goes."""
+    m = np.asarray(mask, bool)
+    src, dst = _box_in(box_xywh, m.shape), _box_in(target_box_xywh, shape_hw)
+    out = np.zeros((int(shape_hw[0]), int(shape_hw[1])), bool)
+    if not (src.is_empty or dst.is_empty):
+        out[dst.slices] = imgproc.resize_nearest(m[src.slices], (dst.height, dst.width))
+    return out
+
+
+def pose_reference(samples: Sequence[tuple[str, str, np.ndarray, Sequence[int]]],
+                   others: int = POSE_REFERENCE_OTHERS) -> dict | None:
+    """What ``mask_iou`` / ``mask_iou_mirror`` a model scores when it draws a *right* pose
+    that is not the sample's own: each sample's true union mask against the true masks of
+    up to ``others`` other samples with the same verb and object (in dataset order), each
+    fitted to this sample's box (`fit_to_box`). ``samples``: (verb, object, union mask,
+    box) per sample. Returns the means over all such pairs, ``{"mask_iou", "mask_iou_mirror",
+    "pairs"}``, or None when no two samples share a verb and object."""
+    iou, mirrored = [], []
+    for i, (verb, obj, truth, box) in enumerate(samples):
+        truth = np.asarray(truth, bool)
+        peers = [(m, b) for j, (v, o, m, b) in enumerate(samples) if j != i and (v, o) == (verb, obj)][:others]
+        for mask, peer_box in peers:
+            fitted = fit_to_box(mask, peer_box, box, truth.shape)
+            iou.append(mask_iou(fitted, truth))
+            mirrored.append(mask_iou_mirror(fitted, truth, box))
+    if not iou:
+        return None
+    return {"mask_iou": float(np.mean(iou)), "mask_iou_mirror": float(np.mean(mirrored)), "pairs": len(iou)}
+
+
 def changed_pixels(image: np.ndarray, background: np.ndarray, threshold: float = CHANGE_DELTA_E) -> np.ndarray:
     """Pixels where `image` differs from `background` by more than `threshold` ΔE76."""
     if image.shape != background.shape:

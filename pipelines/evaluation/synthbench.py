@@ -221,8 +221,8 @@ def summary_line(report: dict) -> str:
     """One line of the headline numbers."""
     m, b = report["metrics"], report["synthbench"]
     get = lambda k: f"{m[k]['mean']:.3f}" if k in m else "n/a"  # noqa: E731
-    return (f"mask_in_box {get('mask_in_box')} | mask_verb {get('mask_verb')} | mask_iou {get('mask_iou')} | "
-            f"ΔE human {get('colour_human')} object {get('colour_object')} | mean-colour ΔE human "
+    return (f"mask_in_box {get('mask_in_box')} | mask_verb {get('mask_verb')} | mask_iou {get('mask_iou')} "
+            f"(either facing {get('mask_iou_mirror')}) | ΔE human {get('colour_human')} object {get('colour_object')} | mean-colour ΔE human "
             f"{get('colour_mean_human')} object {get('colour_mean_object')} | confinement box "
             f"{get('confinement_box')} mask {get('confinement_mask')} | empty masks {b['iamg_empty_masks']}"
             f"/{b['samples']}" + _compositing_line(b.get("compositing")))
