@@ -125,8 +125,9 @@ class CHOIMaskGuidedSampler:
                                                     "(official draws 1.3..2.9 at random; 1.3 = tightest)."}),
                 "paste": (list(PASTE_MODES), {"default": DEFAULT_PASTE, "tooltip": (
                     "How the generation goes back into the background. mask = only the generated figure (the "
-                    f"interaction mask grown by {PASTE_GROW} px, feathered over {PASTE_FEATHER} px); the rest of "
-                    "your scene stays exactly as it was. crop = the whole square crop is replaced (official).")}),
+                    f"interaction mask grown by {PASTE_GROW} and feathered over {PASTE_FEATHER} of the model's "
+                    "pixels, so more background pixels on a large photo); the rest of your scene stays exactly as "
+                    "it was. crop = the whole square crop is replaced (official).")}),
             },
             "optional": {
                 "background": ("IMAGE", {"tooltip": "Scene to generate into (white canvas when absent)."}),

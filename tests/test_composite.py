@@ -87,12 +87,27 @@ def tiny_run():
     return bg, mask, crop, masked
 
 
+def test_paste_pixels_scale_with_the_enlargement():
+    assert composite.paste_pixels(2, 2, 1.0) == (2, 2)
+    assert composite.paste_pixels(2, 2, 3.6) == (7, 7)  # a photo: the crop is 3.6x the working size
+    assert composite.paste_pixels(2, 2, 0.2) == (0, 1)  # a feather never rounds to a hard cut
+    assert composite.paste_pixels(3, 0, 0.2) == (1, 0)
+    with pytest.raises(ValueError, match="paste scale"):
+        composite.paste_pixels(2, 2, 0.0)
+
+
 def test_paste_mask_is_the_default_and_keeps_the_scene_outside_the_figure(tiny_run):
     bg, mask, crop, masked = tiny_run
     alpha = masked.pasted_mask
     outside = alpha == 0
     dist = _chebyshev_distance(mask)
-    assert (outside[dist > composite.PASTE_GROW + 2 * composite.PASTE_FEATHER]).all()
+    # The tiny preset works at the official 512 px; the 96 x 128 scene's crop is far smaller,
+    # so 2 + 2 working pixels are narrower in background pixels.
+    scale = masked.hint.extra_sizes[2] / 512
+    grow, feather = composite.paste_pixels(composite.PASTE_GROW, composite.PASTE_FEATHER, scale)
+    assert grow + feather < composite.PASTE_GROW + composite.PASTE_FEATHER
+    assert (alpha[dist <= grow] == 1).all() and (outside[dist > grow + 2 * feather]).all()
+    assert not outside[dist == grow + 2 * feather - 1].all()
     assert np.array_equal(masked.images[0][outside], bg[outside])  # exactly the user's pixels
     assert np.array_equal(masked.images[0][alpha == 1], crop.images[0][alpha == 1])  # the same generation
     # The official crop-back changes the whole crop, far beyond the figure.

@@ -89,8 +89,9 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
       was trained on, and what makes the shape follow IAMG's mask); "box" feeds the box
       (the official inference path).
     paste: "mask" (default) pastes only the generated figure (the mask grown by
-      ``paste_grow`` px, feathered over ``paste_feather``) and keeps the background elsewhere;
-      "crop" replaces the whole crop, as the official code (`composite`).
+      ``paste_grow``, feathered over ``paste_feather``, both in the model's working pixels,
+      `composite.paste_pixels`) and keeps the background elsewhere; "crop" replaces the
+      whole crop, as the official code (`composite`).
     guidance: classifier-free guidance scale (official 5.0); the unconditional context is
       the encoder on an all-zero image. ``batched_guidance`` runs cond and uncond as one
       forward (same maths as the official two calls).
@@ -160,8 +161,11 @@ def _decode_and_paste(model: MGIGModel, z: torch.Tensor, hint: preprocess.MGIGHi
     decoded = model.decode_latent(z, hint=hint_t, colours=colours, scene=scene).float().cpu()
     decoded = resize_square(decoded, hint.hint.shape[0], "bilinear").permute(0, 2, 3, 1).numpy()
     region = preprocess.pasted_box(hint.crop_box).mask(*background.shape[:2])
-    alpha = region if paste == "crop" else composite.figure_alpha(union, region, grow=paste_grow,
-                                                                  feather=paste_feather)
+    if paste == "crop":
+        alpha = region
+    else:
+        grow, feather = composite.paste_pixels(paste_grow, paste_feather, paste_scale(model, hint))
+        alpha = composite.figure_alpha(union, region, grow=grow, feather=feather)
     images, crops = [], []
     for item in decoded:
         pred = preprocess.decoded_to_prediction(item)
@@ -169,6 +173,12 @@ def _decode_and_paste(model: MGIGModel, z: torch.Tensor, hint: preprocess.MGIGHi
         pasted = preprocess.crop_back(pred, background, hint.extra_sizes, hint.crop_box)
         images.append(pasted if paste == "crop" else composite.blend(pasted, background, alpha))
     return ChoiResult(images=images, crops=crops, pasted_mask=alpha, hint=hint)
+
+
+def paste_scale(model: MGIGModel, hint: preprocess.MGIGHint) -> float:
+    """How many background pixels one of the model's working pixels covers in the paste:
+    the generated square is enlarged to the crop's side."""
+    return hint.extra_sizes[2] / float(model.config.image_size)
 
 
 def reconstruct(model: MGIGModel, target, interaction_mask, background, detail, *,
