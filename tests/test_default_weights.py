@@ -26,6 +26,13 @@ RECOMMENDED = dict(steps=choi.RECOMMENDED_STEPS, sampler=choi.RECOMMENDED_SAMPLE
                    guidance=choi.RECOMMENDED_GUIDANCE)  # what the shipped workflows sample with
 
 
+def _references(model, refs):
+    """The ID features and detail map of a synthetic sample's references, as the nodes make them."""
+    features = choi.id_features(model, refs["human_ref"], refs["human_ref_mask"], refs["object_ref"],
+                                refs["object_ref_mask"])
+    return features, preprocess.detail_map(features.canvas.image, features.canvas.mask)
+
+
 def test_the_trained_default_ships_within_budget():
     from safetensors import safe_open
 
@@ -105,9 +112,7 @@ def test_mgig_default_runs_at_its_size_and_only_touches_the_crop(models, held_ou
     model_mgig = models[1]
     s = held_out[0]
     truth = (s["human_mask"] > 0) | (s["object_mask"] > 0)
-    features = choi.id_features(model_mgig, s["human_ref"], s["human_ref_mask"], s["object_ref"],
-                                s["object_ref_mask"])
-    detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
+    features, detail = _references(model_mgig, s)
     out = choi.generate(model_mgig, features, detail, truth, s["background"], steps=10,
                         sampler=choi.RECOMMENDED_SAMPLER)
     assert out.crops[0].shape == (512, 512, 3) and out.images[0].shape == s["background"].shape
@@ -138,9 +143,7 @@ def test_mgig_default_learned_to_keep_the_background_around_the_figure(models, h
         truth = (s["human_mask"] > 0) | (s["object_mask"] > 0)
         away = imgproc.dilate(truth.astype(np.uint8), 25) == 0
         for name, model in (("trained", trained), ("untrained", untrained)):
-            features = choi.id_features(model, s["human_ref"], s["human_ref_mask"], s["object_ref"],
-                                        s["object_ref_mask"])
-            detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
+            features, detail = _references(model, s)
             # paste="crop": what the model itself painted over the whole crop (the default
             # paste="mask" would keep these pixels from the background by construction).
             out = choi.generate(model, features, detail, truth, s["background"], **RECOMMENDED, seed=i,
@@ -168,9 +171,7 @@ def test_mgig_default_takes_the_human_colour_from_its_references(models):
         truth = (s["human_mask"] > 0) | (s["object_mask"] > 0)
         human = ev.region_pixels(s["target"], s["human_mask"] > 0)
         for refs, scores in ((s, own), (pairs[(i + 1) % 3], swapped)):
-            features = choi.id_features(model, refs["human_ref"], refs["human_ref_mask"], refs["object_ref"],
-                                        refs["object_ref_mask"])
-            detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
+            features, detail = _references(model, refs)
             out = choi.generate(model, features, detail, truth, s["background"], **RECOMMENDED, seed=i)
             scores.append(ev.mean_colour_distance(human, ev.region_pixels(out.images[0], s["human_mask"] > 0)))
     assert all(a < b for a, b in zip(own, swapped)), (own, swapped)
@@ -189,9 +190,7 @@ def test_mgig_default_refiner_gives_the_scene_back_around_the_figure(models, hel
     refined_err, plain_err = [], []
     for i, s in enumerate(held_out[:3]):
         truth = (s["human_mask"] > 0) | (s["object_mask"] > 0)
-        features = choi.id_features(model, s["human_ref"], s["human_ref_mask"], s["object_ref"],
-                                    s["object_ref_mask"])
-        detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
+        features, detail = _references(model, s)
         refined = choi.generate(model, features, detail, truth, s["background"], **RECOMMENDED, seed=i, paste="crop")
         refiner, model.refiner = model.refiner, None
         try:
@@ -222,9 +221,7 @@ def test_mgig_default_paste_leaves_little_of_the_rim_it_paints(models, held_out)
     errors = {"default": [], "wide": []}
     for i, s in enumerate(held_out[:3]):
         truth = (s["human_mask"] > 0) | (s["object_mask"] > 0)
-        features = choi.id_features(model, s["human_ref"], s["human_ref_mask"], s["object_ref"],
-                                    s["object_ref_mask"])
-        detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
+        features, detail = _references(model, s)
         crop = choi.generate(model, features, detail, truth, s["background"], **RECOMMENDED, seed=i, paste="crop")
         scale = choi.paste_scale(model, crop.hint)
         for name, (grow, feather) in (("default", (composite.PASTE_GROW, composite.PASTE_FEATHER)),
