@@ -33,7 +33,8 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
                   iamg_steps: int = IAMG.steps, iamg_sampler: str = IAMG.sampler,
                   guidance: float = MGIG.guidance, iamg_guidance: float | None = None,
                   batched_guidance: bool = True, dtype: str = "fp32", limit: int | None = None,
-                  paste: str = "crop", ceiling: bool = False, overwrite: bool = False, log=print) -> dict:
+                  paste: str = "crop", collage: str = "box", ceiling: bool = False, overwrite: bool = False,
+                  log=print) -> dict:
     """`synthbench.prepare`, load the models (``iamg_source`` / ``mgig_source``: a file,
     None = the embedded default; IAMG only for ``mask="iamg"``) in ``dtype``, then
     `synthbench.generate_and_score`; returns its report."""
@@ -45,7 +46,7 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
     return synthbench.generate_and_score(
         out, dataset, mgig, model_iamg, refs=refs, steps=steps, sampler=sampler, iamg_steps=iamg_steps,
         iamg_sampler=iamg_sampler, guidance=guidance, iamg_guidance=iamg_guidance,
-        batched_guidance=batched_guidance, limit=limit, paste=paste, mgig_source=str(mgig_source or EMBEDDED),
+        batched_guidance=batched_guidance, limit=limit, paste=paste, collage=collage, mgig_source=str(mgig_source or EMBEDDED),
         iamg_source=None if mask != "iamg" else str(iamg_source or EMBEDDED), dtype=dtype, ceiling=ceiling,
         log=log)
 
@@ -80,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paste", choices=["crop", "mask"], default="crop",
                         help="crop-back (default crop: the official one, so the changes columns measure the model; "
                              "mask: the product default that keeps the scene outside the figure)")
+    parser.add_argument("--collage", choices=["box", "figure"], default="box",
+                        help="where MGIG's hint covers the scene with the detail map: the whole target box "
+                             "(default, official) or ★ the grown interaction mask only")
     parser.add_argument("--ceiling", action="store_true",
                         help="with --mask truth: no sampling; decode each true target's own latent (what the VAE "
                              "and a refiner alone lose: the best any MGIG on this latent can score)")
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                                sampler=args.sampler, iamg_steps=args.iamg_steps, iamg_sampler=args.iamg_sampler,
                                guidance=args.guidance, iamg_guidance=args.iamg_guidance,
                                batched_guidance=not args.separate_guidance, dtype=args.dtype, limit=args.limit,
-                               paste=args.paste, ceiling=args.ceiling, overwrite=args.overwrite)
+                               paste=args.paste, collage=args.collage, ceiling=args.ceiling, overwrite=args.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"synthbench: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from .loaders import CATEGORY
 from .masks import check_box
 from .sampling import resolve_sampling, sampling_inputs
 from ..pipelines.composite import DEFAULT_PASTE, PASTE_FEATHER, PASTE_GROW, PASTE_MODES
+from ..pipelines.mgig.inputs import COLLAGES, DEFAULT_COLLAGE
 
 
 def _references(image, mask, name: str, warnings: list[str]) -> tuple[list, list]:
@@ -128,6 +129,11 @@ class CHOIMaskGuidedSampler:
                     f"interaction mask grown by {PASTE_GROW} and feathered over {PASTE_FEATHER} of the model's "
                     "pixels, so more background pixels on a large photo); the rest of your scene stays exactly as "
                     "it was. crop = the whole square crop is replaced (official).")}),
+                "collage": (list(COLLAGES), {"default": DEFAULT_COLLAGE, "tooltip": (
+                    "Where MGIG's hint covers your scene with the detail map. box = the whole target box "
+                    "(official: the model repaints the scene around the figure inside the box). figure = only the "
+                    "interaction mask and a small margin: the model sees (and gives back) the scene around the "
+                    "figure inside the box too.")}),
             },
             "optional": {
                 "background": ("IMAGE", {"tooltip": "Scene to generate into (white canvas when absent)."}),
@@ -136,7 +142,8 @@ class CHOIMaskGuidedSampler:
         }
 
     def sample(self, mgig_model, id_features, detail_map, interaction_mask, steps, sampler, guidance,
-               control_strength, seed, batch_size, mask_channel, crop_ratio, paste, background=None, box=None):
+               control_strength, seed, batch_size, mask_channel, crop_ratio, paste, collage, background=None,
+               box=None):
         from ..pipelines.mgig import pipeline as choi
         from ..pipelines.mgig.inputs import confine_to_box
 
@@ -162,7 +169,7 @@ class CHOIMaskGuidedSampler:
                 result = choi.generate(model, feat, detail, mask, bg, steps=steps, sampler=sampler,
                                        guidance=guidance, control_scale=control_strength, seed=seed,
                                        batch=batch_size, crop_ratio=crop_ratio, mask_channel=mask_channel,
-                                       paste=paste, callback=callback)
+                                       paste=paste, collage=collage, callback=callback)
                 images += result.images
                 crops += result.crops
                 pasted += [result.pasted_mask] * len(result.images)

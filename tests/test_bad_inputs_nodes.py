@@ -149,6 +149,7 @@ def test_retrieval_refuses_queries_it_cannot_read(query, match):
     ("guidance", float("nan"), "guidance: expected a finite number >= 0, got nan"),
     ("control_strength", -1.0, "control strength: expected a finite number >= 0, got -1.0"),
     ("steps", -3, "steps: expected a whole number from 1 to 500 for the euler_a sampler, got -3"),
+    ("collage", "mask", "collage: expected one of box, figure, got 'mask'"),
 ])
 def test_sampler_node_refuses_settings_it_cannot_run(mgig, refs, setting, value, says):
     # (they used to paste a black square / noise); `steps 0` means auto, so -3 is the bad one

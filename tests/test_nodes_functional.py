@@ -47,7 +47,7 @@ def node(key: str):
 
 def sampler_args(**overrides) -> dict:
     args = dict(steps=STEPS, sampler="dpmpp_2m", guidance=5.0, control_strength=1.0, seed=42, batch_size=1,
-                mask_channel="mask", crop_ratio=1.3, paste="crop")
+                mask_channel="mask", crop_ratio=1.3, paste="crop", collage="box")
     args.update(overrides)
     return args
 

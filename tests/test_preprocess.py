@@ -330,6 +330,36 @@ def test_mask_channel_mask_uses_the_interaction_mask():
         pp.build_hint(bg, union, detail, mask_channel="perturbed")
 
 
+
+def test_figure_collage_shows_the_scene_in_the_box_off_the_figure():
+    """★ collage="figure": the detail map covers only the interaction mask grown by
+    COLLAGE_GROW hint pixels; elsewhere in the target box the hint is the scene itself, and
+    the scene plane says so. The mask channel, the target and the geometry are unchanged."""
+    bg, human, obj = _scene(200, 260, (30, 170, 40, 60), (90, 100, 60, 200))  # a thin L: mostly scene
+    union = np.maximum(human, obj)
+    detail = np.full((16, 16, 3), 90, np.uint8)
+    box = pp.build_hint(bg, union, detail, mask_channel="mask")
+    fig = pp.build_hint(bg, union, detail, mask_channel="mask", collage="figure")
+    np.testing.assert_array_equal(fig.hint[..., 3], box.hint[..., 3])
+    np.testing.assert_array_equal(fig.target, box.target)
+    assert (fig.crop_box, fig.target_box, fig.extra_sizes) == (box.crop_box, box.target_box, box.extra_sizes)
+    in_box = (box.scene == 0) & (box.hint[..., 3] >= 0)
+    shown = (fig.scene == 1) & in_box
+    assert fig.scene.min() == 0 and (fig.scene >= box.scene).all() and shown.sum() > 0.5 * in_box.sum()
+    # Where the box collage shows the detail map (grey 90), the figure collage shows the scene;
+    # away from the covered part's edge (one resampling tap) it is the scene exactly.
+    grey = np.float32(90 / 127.5 - 1)
+    inner = ip.erode(shown.astype(np.uint8), 5) > 0
+    np.testing.assert_allclose(box.hint[..., :3][inner], grey, atol=1e-6)
+    np.testing.assert_allclose(fig.hint[..., :3][inner], fig.target[inner], atol=1e-6)
+    # The whole mask (and a margin) stays under the detail map.
+    on_mask = fig.hint[..., 3] == 1
+    assert (fig.scene[on_mask] == 0).all()
+    np.testing.assert_allclose(fig.hint[..., :3][ip.erode(on_mask.astype(np.uint8), 3) > 0], grey, atol=1e-6)
+    assert ((fig.scene == 0) & ~on_mask & in_box).any()  # the grown margin
+    with pytest.raises(ValueError, match="collage"):
+        pp.build_hint(bg, union, detail, collage="mask")
+
 @pytest.mark.parametrize("shape, rows, cols", [
     ((64, 64), slice(30, 31), slice(20, 21)),     # one pixel
     ((64, 64), slice(21, 23), slice(23, 25)),     # 2 x 2

@@ -46,11 +46,12 @@ def scene_and_figure():
     return bg, mask
 
 
-def generate(model, bg, mask):
+def generate(model, bg, mask, collage="box"):
     features = choi.id_features(model, np.full((40, 20, 3), 200, np.uint8), np.ones((40, 20)),
                                 np.full((20, 20, 3), 60, np.uint8), np.ones((20, 20)))
     detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
-    return choi.generate(model, features, detail, mask, bg, steps=2, sampler="ddim", seed=0, paste="crop")
+    return choi.generate(model, features, detail, mask, bg, steps=2, sampler="ddim", seed=0, paste="crop",
+                         collage=collage)
 
 
 def test_a_fresh_refiner_is_the_identity():
@@ -99,6 +100,23 @@ def test_the_refiner_gets_the_hint_and_its_output_is_what_is_pasted(monkeypatch)
     err_plain = np.abs(plain.images[0].astype(int) - bg.astype(int)).max(-1)
     assert np.median(err[scene]) <= 3 and err_plain[scene].mean() > 10 * max(err[scene].mean(), 1)
 
+
+def test_with_the_figure_collage_the_scene_comes_back_in_the_box_too(monkeypatch):
+    # ★ collage="figure": the hint shows the scene in the target box off the grown mask, and
+    # the scene plane marks it; a refiner that copies the hint gives the scene back there.
+    bg, mask = scene_and_figure()
+    model = tiny_model()
+    monkeypatch.setattr(model.refiner, "forward", lambda decoded, hint, colours=None, scene=None:
+                        hint[:, :3].to(decoded.dtype))
+    boxed, figured = generate(model, bg, mask), generate(model, bg, mask, collage="figure")
+    h, w = bg.shape[:2]
+    box = figured.hint.target_box.clipped(h, w).mask(h, w).astype(bool)
+    off_figure = box & (imgproc.dilate(mask, 2 * preprocess.COLLAGE_GROW + 9) == 0)
+    assert off_figure.sum() > 150
+    err = {name: np.abs(out.images[0].astype(int) - bg.astype(int)).max(-1)[off_figure]
+           for name, out in (("box", boxed), ("figure", figured))}
+    assert np.median(err["figure"]) <= 3 and err["box"].mean() > 10 * max(err["figure"].mean(), 1), \
+        {k: float(v.mean()) for k, v in err.items()}
 
 def test_reference_colours_are_the_human_and_object_means():
     # The canvas puts the human top-left and the object bottom-right: the top half's masked
@@ -173,6 +191,17 @@ def test_training_items_say_where_the_hint_shows_the_target_scene(data):
     rng = np.random.RandomState(0)
     assert float(dropped.item(0, rng)["scene"].sum()) == 0.0
     assert kept["reference_mask"].shape == (1, 224, 224) and 0 < float(kept["reference_mask"].mean()) < 1
+    # ★ figure_collage_prob: the detail map covers only the grown layout mask, so the hint
+    # shows (and the plane marks) the target scene in the box off the figure too.
+    # Same random draws (the collage is drawn last), so the same crop as the official item.
+    boxed = train_data.MGIGTrainData(data, size=128, mask_channel_prob=0.0).item(0, np.random.RandomState(0))
+    figured = train_data.MGIGTrainData(data, size=128, mask_channel_prob=0.0, figure_collage_prob=1.0)
+    item = figured.item(0, np.random.RandomState(0))
+    assert torch.equal(item["target"], boxed["target"])
+    scene, plane = boxed["scene"][0] > 0.5, item["scene"][0] > 0.5
+    assert plane.sum() > scene.sum() and (plane | ~scene).all()
+    diff = (item["hint"][:3] - item["target"]).abs().amax(0)
+    assert diff[plane & ~scene].mean() < 0.1 and diff[~plane].mean() > 4 * diff[plane].mean()
 
 
 def test_objective_decode_trains_the_refiner_alone(data, tmp_path):

@@ -3,7 +3,7 @@
     python -m interact_custom synthbench --out DIR [--data DIR | --count 64 --seed 1000]
         [--iamg FILE] [--mgig FILE] [--mask iamg|truth] [--refs own|swapped] [--steps 20] [--sampler euler_a]
         [--guidance 3] [--iamg-steps 20] [--iamg-sampler euler_a] [--dtype fp32|bf16] [--paste crop|mask]
-        [--ceiling] [--overwrite]
+        [--collage box|figure] [--ceiling] [--overwrite]
 
 What it does, per sample of the dataset (``--data``, else a fresh `pipelines.data.synth` set
 written to ``DIR/data`` with ``--seed``: synthetic identities are random colours and
@@ -118,6 +118,7 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
                        iamg_steps: int = IAMG_SETTINGS.steps, iamg_sampler: str = IAMG_SETTINGS.sampler,
                        guidance: float = MGIG_SETTINGS.guidance, iamg_guidance: float | None = None,
                        batched_guidance: bool = True, limit: int | None = None, paste: str = "crop",
+                       collage: str = "box",
                        mgig_source: str = "", iamg_source: str | None = None, dtype: str = "fp32",
                        ceiling: bool = False, log=print) -> dict:
     """Generate and score (see the module docstring) a dataset from `prepare` with the
@@ -125,7 +126,8 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
     masks, ``--mask truth``); returns the evaluation report with the benchmark's settings
     and timings added under ``"synthbench"``. ``paste`` defaults to "crop" (the official
     crop-back) so that the "changes" columns measure what the model painted; "mask" scores
-    the product's default compositing (`composite`). ``mgig_source`` / ``iamg_source`` /
+    the product's default compositing (`composite`). ``collage``: MGIG's hint collage
+    (`inputs.build_hint`). ``mgig_source`` / ``iamg_source`` /
     ``dtype``: what the report names the models by and the dtype they were loaded in.
     ``ceiling`` (true masks only): no sampling — each image is MGIG's decoding of the true
     target's own latent (`pipeline.reconstruct`), the best any sampler could reach on this
@@ -161,10 +163,12 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
         detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
         background = s.background if s.background is not None else choi.blank_background(union.shape)
         if ceiling:
-            gen = choi.reconstruct(mgig, s.target, union, background, detail, canvas=features.canvas, paste=paste)
+            gen = choi.reconstruct(mgig, s.target, union, background, detail, canvas=features.canvas, paste=paste,
+                                   collage=collage)
         else:
             gen = choi.generate(mgig, features, detail, union, background, steps=steps, sampler=sampler,
-                                guidance=guidance, seed=i, batched_guidance=batched_guidance, paste=paste)
+                                guidance=guidance, seed=i, batched_guidance=batched_guidance, paste=paste,
+                                collage=collage)
         timing["mgig_s"].append(time.perf_counter() - t0)
         image = gen.images[0]
         if paste == "mask":
@@ -185,7 +189,7 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
                                synthetic=True)
     report["synthbench"] = {
         "iamg": None if mask != "iamg" else iamg_source,
-        "mgig": mgig_source, "mask": mask, "refs": refs, "paste": paste, "dtype": dtype,
+        "mgig": mgig_source, "mask": mask, "refs": refs, "paste": paste, "collage": collage, "dtype": dtype,
         "ceiling": ceiling,
         "mgig_sampling": None if ceiling else {"sampler": sampler, "steps": steps, "guidance": guidance,
                                                "batched_guidance": batched_guidance},

@@ -55,6 +55,9 @@ HINT_SIZE = 512             # ControlNet hint / target crop size
 TARGET_BOX_RATIO = 1.1      # union-mask box grown x1.1 (official: randint(11, 12) / 10)
 CROP_RATIO = 1.3            # crop box grown from the target box; official draws 1.3..2.9
 CROP_MARGIN = 5             # crop_back keeps the background in a 5-px band inside the crop
+COLLAGES = ("box", "figure")  # build_hint: where the detail map covers the scene
+DEFAULT_COLLAGE = "box"     # generate's default (build_hint's is always the official "box")
+COLLAGE_GROW = 4            # ★ collage "figure": the mask grown by this many hint (512-px) pixels
 PAD_MASK_VALUE = 2          # hint mask channel: padding marked 2 before resizing, then -1
 WHITE = 255
 
@@ -370,8 +373,8 @@ class MGIGHint:
     target_box: the expanded target box in background coordinates.
     target_box_in_crop: the same box relative to the crop.
     scene: (512, 512) float32 -- ★ 1 where the hint's RGB is the background itself (the
-        crop outside the target box), 0 in the target box and on the padding: what a ★
-        refiner (`refiner`) may copy.
+        crop outside the target box; with the ★ "figure" collage also the box off the grown
+        mask), 0 under the detail map and on the padding: what a ★ refiner (`refiner`) may copy.
     """
 
     hint: np.ndarray
@@ -404,7 +407,7 @@ def hint_boxes(union_mask, shape, box_ratio: float = TARGET_BOX_RATIO,
 
 def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_RATIO,
                crop_ratio: float = CROP_RATIO, mask_channel: str = "box",
-               mask=None) -> MGIGHint:
+               mask=None, collage: str = "box") -> MGIGHint:
     """Build the MGIG hint around the interaction (the second half of
     ``hico_process_pairs``).
 
@@ -420,12 +423,18 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
     mask_channel: "box" (official inference: 1 inside the target box) or "mask" (the
         interaction mask: ``mask``, by default ``union_mask``, cut to the crop -- what the
         official training feeds, there randomly perturbed).
+    collage: "box" (official: the detail map covers the whole target box) or ★ "figure":
+        only where ``mask`` (by default ``union_mask``) grown by `COLLAGE_GROW` hint pixels
+        lies in the box; elsewhere in the box the hint shows the scene itself, as it does
+        outside the box, and ``scene`` says so.
     """
     background = as_image(background, "background")
     union_mask = as_mask(union_mask, "union_mask", background.shape)
     detail = as_image(detail, "detail")
     if mask_channel not in ("box", "mask"):
         raise ValueError(f"mask_channel: expected 'box' or 'mask', got {mask_channel!r}")
+    if collage not in COLLAGES:
+        raise ValueError(f"collage: expected one of {', '.join(COLLAGES)}, got {collage!r}")
     channel_mask = union_mask if mask is None else as_mask(mask, "mask", background.shape)
 
     target_box, crop_box = hint_boxes(union_mask, background.shape, box_ratio, crop_ratio)
@@ -436,8 +445,14 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
     target_box_in_crop = target_box.relative_to(crop_box).clipped(crop_h, crop_w)
     ty1, ty2, tx1, tx2 = target_box_in_crop.yyxx
 
-    collage = crop.copy()
-    collage[ty1:ty2, tx1:tx2] = imgproc.resize_linear(detail, (ty2 - ty1, tx2 - tx1))
+    covered = np.zeros((crop_h, crop_w), dtype=bool)  # where the detail map replaces the scene
+    covered[ty1:ty2, tx1:tx2] = True
+    if collage == "figure":
+        grow = max(1, round(COLLAGE_GROW * max(crop_h, crop_w) / HINT_SIZE))
+        covered &= imgproc.dilate(channel_mask[crop_box.slices].astype(np.uint8), 2 * grow + 1) > 0
+    collage_img = crop.copy()
+    detail_in_box = imgproc.resize_linear(detail, (ty2 - ty1, tx2 - tx1))
+    collage_img[ty1:ty2, tx1:tx2][covered[ty1:ty2, tx1:tx2]] = detail_in_box[covered[ty1:ty2, tx1:tx2]]
     if mask_channel == "box":
         collage_mask = np.zeros((crop_h, crop_w), dtype=np.uint8)
         collage_mask[ty1:ty2, tx1:tx2] = 1
@@ -446,15 +461,13 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
 
     size = (HINT_SIZE, HINT_SIZE)
     target = imgproc.resize_linear(pad_to_square(crop, 0), size).astype(np.float32)
-    collage = imgproc.resize_linear(pad_to_square(collage, 0), size).astype(np.float32)
+    collage_img = imgproc.resize_linear(pad_to_square(collage_img, 0), size).astype(np.float32)
     collage_mask = imgproc.resize_nearest(pad_to_square(collage_mask, PAD_MASK_VALUE), size)
     collage_mask = collage_mask.astype(np.float32)
     collage_mask[collage_mask == PAD_MASK_VALUE] = -1.0
-    scene = np.ones((crop_h, crop_w), dtype=np.uint8)
-    scene[ty1:ty2, tx1:tx2] = 0
-    scene = imgproc.resize_nearest(pad_to_square(scene, 0), size).astype(np.float32)
+    scene = imgproc.resize_nearest(pad_to_square((~covered).astype(np.uint8), 0), size).astype(np.float32)
     side = max(crop_h, crop_w)
-    hint = np.concatenate([collage / 127.5 - 1.0, collage_mask[:, :, None]], axis=-1)
+    hint = np.concatenate([collage_img / 127.5 - 1.0, collage_mask[:, :, None]], axis=-1)
     return MGIGHint(
         hint=hint.astype(np.float32),
         target=(target / 127.5 - 1.0).astype(np.float32),

@@ -80,7 +80,8 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
              steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
              control_scale: float = 1.0, seed: int = 0, batch: int = 1,
              crop_ratio: float = preprocess.CROP_RATIO, box_ratio: float = preprocess.TARGET_BOX_RATIO,
-             mask_channel: str = "mask", batched_guidance: bool = True, paste: str = composite.DEFAULT_PASTE,
+             mask_channel: str = "mask", collage: str = preprocess.DEFAULT_COLLAGE, batched_guidance: bool = True,
+             paste: str = composite.DEFAULT_PASTE,
              paste_grow: int = composite.PASTE_GROW, paste_feather: int = composite.PASTE_FEATHER,
              callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> ChoiResult:
     """Paint the identities into ``interaction_mask`` (background coordinates).
@@ -88,6 +89,9 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
     mask_channel: "mask" feeds the interaction mask as the hint's 4th channel (what MGIG
       was trained on, and what makes the shape follow IAMG's mask); "box" feeds the box
       (the official inference path).
+    collage: where the hint's detail map covers the scene (`inputs.build_hint`): "box"
+      (official: the whole target box) or ★ "figure" (the grown mask only: the model sees
+      the scene around the figure inside the box too, and a ★ refiner may copy it).
     paste: "mask" (default) pastes only the generated figure (the mask grown by
       ``paste_grow``, feathered over ``paste_feather``, both in the model's working pixels,
       `composite.paste_pixels`) and keeps the background elsewhere; "crop" replaces the
@@ -112,7 +116,7 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
         raise ValueError(f"interaction_mask is {union.shape[1]}x{union.shape[0]} but the background is "
                          f"{background.shape[1]}x{background.shape[0]}; resize the mask to the background")
     hint = preprocess.build_hint(background, union, detail, box_ratio=box_ratio, crop_ratio=crop_ratio,
-                                 mask_channel=mask_channel)
+                                 mask_channel=mask_channel, collage=collage)
 
     device, dtype = _device_dtype(model)
     hint_t = _model_hint(model, hint)
@@ -184,7 +188,8 @@ def paste_scale(model: MGIGModel, hint: preprocess.MGIGHint) -> float:
 def reconstruct(model: MGIGModel, target, interaction_mask, background, detail, *,
                 canvas: preprocess.ReferenceCanvas | None = None,
                 paste: str = composite.DEFAULT_PASTE, mask_channel: str = "mask",
-                paste_grow: int = composite.PASTE_GROW, paste_feather: int = composite.PASTE_FEATHER) -> ChoiResult:
+                collage: str = preprocess.DEFAULT_COLLAGE, paste_grow: int = composite.PASTE_GROW,
+                paste_feather: int = composite.PASTE_FEATHER) -> ChoiResult:
     """The latent's ceiling: what `generate` would give if sampling found the latent of the
     true ``target`` exactly. The target's crop (the one `generate` regenerates) is
     encoded (posterior mean) and decoded — through a ★ refiner with the hint built from
@@ -198,7 +203,7 @@ def reconstruct(model: MGIGModel, target, interaction_mask, background, detail, 
     if background.shape != target.shape or background.shape[:2] != union.shape:
         raise ValueError(f"target {target.shape}, background {background.shape} and interaction_mask "
                          f"{union.shape} must be the same size")
-    hint = preprocess.build_hint(background, union, detail, mask_channel=mask_channel)
+    hint = preprocess.build_hint(background, union, detail, mask_channel=mask_channel, collage=collage)
     crop = preprocess.build_hint(target, union, detail, mask_channel=mask_channel).target  # same geometry
     hint_t = _model_hint(model, hint)
     device, dtype = _device_dtype(model)

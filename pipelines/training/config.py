@@ -111,6 +111,9 @@ class TrainConfig:
     crop_ratio: list = _key(list(train_data.OFFICIAL_CROP_RATIO), "MGIG: crop growth [lo, hi) (official 1.3..2.9)")
     mask_channel_prob: float = _key(train_data.OFFICIAL_MASK_CHANNEL_PROB,
                                     "MGIG: probability that the layout channel is the union mask, else the box")
+    figure_collage_prob: float = _key(0.0, "MGIG: ★ probability that the hint's detail map covers only the "
+                                           "(grown) layout mask and the scene stays visible in the rest of the "
+                                           "target box (inference: collage 'figure'; 0 = official)")
     perturb_prob: float = _key(train_data.OFFICIAL_PERTURB_PROB,
                                "MGIG: probability of perturbing that mask (official 1; stage 2: the generated "
                                "mask is imperfect already)")
@@ -220,8 +223,8 @@ def _validate(cfg: TrainConfig) -> None:
             fail(key, "null or an integer >= 1")
     if cfg.resolution is not None and cfg.resolution % 8:
         fail("resolution", "a multiple of 8 (the VAE downsamples by 8)")
-    for key in ("background_dropout", "box_dropout", "text_dropout", "id_dropout", "mask_channel_prob", "decode_sampled_prob",
-                "perturb_prob", "hflip_prob", "color_prob"):
+    for key in ("background_dropout", "box_dropout", "text_dropout", "id_dropout", "mask_channel_prob",
+                "decode_sampled_prob", "figure_collage_prob", "perturb_prob", "hflip_prob", "color_prob"):
         v = getattr(cfg, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
             fail(key, "a probability in [0, 1]")

@@ -12,7 +12,9 @@ one per model that `pipelines.training` trains.
   is taken from it, the target box grown ×1.1, the crop ×1.3…2.9 (official
   ``randint(13, 30) / 10``), and the hint's 4th channel (the layout) the union mask
   with p 0.7 (``mask_channel_prob``) — perturbed (``perturb_prob``, official 1) —
-  else the box. ★ Paper additions: *background dropout* (the hint shows a white
+  else the box; ★ with ``figure_collage_prob`` the detail map covers only that layout
+  mask grown a little, the scene staying visible in the rest of the box (`build_hint`'s
+  "figure" collage). ★ Paper additions: *background dropout* (the hint shows a white
   canvas around the detail map, as inference without a background does), *box dropout*
   (the layout channel is zeroed inside the crop: neither box nor mask is given), *ID
   dropout* (the reference becomes the all-zero image whose encoding is the unconditional
@@ -221,7 +223,7 @@ class MGIGTrainData(_PositionData):
 
     def __init__(self, root, *, size: int = preprocess.HINT_SIZE, box_ratio=OFFICIAL_BOX_RATIO,
                  crop_ratio=OFFICIAL_CROP_RATIO, mask_channel_prob: float = OFFICIAL_MASK_CHANNEL_PROB,
-                 perturb_prob: float = OFFICIAL_PERTURB_PROB,
+                 perturb_prob: float = OFFICIAL_PERTURB_PROB, figure_collage_prob: float = 0.0,
                  hflip_prob: float = OFFICIAL_HFLIP_PROB, color_prob: float = OFFICIAL_COLOR_PROB,
                  background_dropout: float = 0.0, box_dropout: float = 0.0, id_dropout: float = 0.0,
                  generated_masks: str | os.PathLike | None = None, **kwargs):
@@ -229,6 +231,7 @@ class MGIGTrainData(_PositionData):
         self.size = int(size)
         self.box_ratio, self.crop_ratio = tuple(box_ratio), tuple(crop_ratio)
         self.mask_channel_prob, self.perturb_prob = mask_channel_prob, perturb_prob
+        self.figure_collage_prob = figure_collage_prob
         self.hflip_prob, self.color_prob = hflip_prob, color_prob
         self.background_dropout, self.box_dropout, self.id_dropout = background_dropout, box_dropout, id_dropout
         self.generated_masks = Path(generated_masks) if generated_masks else None
@@ -267,6 +270,8 @@ class MGIGTrainData(_PositionData):
                 layout = np.zeros_like(union)
                 layout[crop_box.slices] = preprocess.perturb_mask(union[crop_box.slices], rng)
                 hint_kwargs["mask"] = layout
+        if _draw(rng, self.figure_collage_prob):  # drawn last: p = 0 leaves the official stream as it was
+            hint_kwargs["collage"] = "figure"
         built = preprocess.build_hint(background, union, detail, **hint_kwargs)
         hint, scene = built.hint, built.scene
         if _draw(rng, self.background_dropout):

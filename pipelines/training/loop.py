@@ -65,7 +65,8 @@ def build_dataset(cfg: TrainConfig, model: nn.Module, *, split: str | None = Non
                                         tokenize=tokenize, **common)
     return train_data.MGIGTrainData(
         cfg.data_root, size=size, box_ratio=cfg.box_ratio, crop_ratio=cfg.crop_ratio,
-        mask_channel_prob=cfg.mask_channel_prob, perturb_prob=cfg.perturb_prob, hflip_prob=cfg.hflip_prob,
+        mask_channel_prob=cfg.mask_channel_prob, perturb_prob=cfg.perturb_prob,
+        figure_collage_prob=cfg.figure_collage_prob, hflip_prob=cfg.hflip_prob,
         color_prob=cfg.color_prob,
         background_dropout=cfg.background_dropout, box_dropout=cfg.box_dropout, id_dropout=cfg.id_dropout,
         generated_masks=cfg.generated_masks if (generated and cfg.stage == 2) else None, **common)
