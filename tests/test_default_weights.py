@@ -126,9 +126,10 @@ def test_mgig_default_learned_to_keep_the_background_around_the_figure(models, h
     the interaction mask, the generated image reproduces the background the hint shows.
     Against the same architecture untrained (seeded; the trained VAE, refiner and latent
     scale, so only what the UNet / ControlNet / ID encoder learned differs). Measured on these three
-    with the recommended sampling: trained (v-prediction, README steps 4-7) mean |Δ| 6.1-8.4
-    levels (8.1-9.1 before step 7's refiner), untrained 72.5-72.6. With DPM-Solver++ 20, guidance 5: the step-6 model at 4000
-    steps 8-14; after step 4 alone 11-20; the earlier ε-prediction default 26-53."""
+    with the recommended sampling: trained (v-prediction, README steps 4-7) mean |Δ| 5.5-7.8
+    levels (6.1-8.4 with step 7's refiner at 800 steps, 8.1-9.1 before it), untrained 67.1-69.8.
+    With DPM-Solver++ 20, guidance 5: the step-6 model at 4000 steps 8-14; after step 4 alone
+    11-20; the earlier ε-prediction default 26-53."""
     trained = models[1]
     config = mgig_config("small")
     config.image_size, config.vae, config.refiner = trained.config.image_size, trained.config.vae, trained.config.refiner
@@ -160,9 +161,10 @@ def test_mgig_default_takes_the_human_colour_from_its_references(models):
     in runs of four samples), each generated on its true mask once with its own references
     and once with the next pair's. The mean CIELAB colour of the generated human region is
     scored against the sample's ground truth (`evaluate.mean_colour_distance`). Measured on
-    these three with the recommended sampling: own references 20.6 / 5.1 / 21.0, the next
-    pair's 66.7 / 39.1 / 28.3 (before step 7's refiner 19.7 / 12.4 / 18.0 and 59.6 / 36.8 /
-    32.1); on the 48-sample held-out split see the README."""
+    these three with the recommended sampling: own references 22.0 / 5.5 / 21.2, the next
+    pair's 67.8 / 39.1 / 25.8 (with step 7's refiner at 800 steps 20.6 / 5.1 / 21.0 and 66.7 /
+    39.1 / 28.3; before it 19.7 / 12.4 / 18.0 and 59.6 / 36.8 / 32.1); on the 48-sample
+    held-out split see docs/TRAINING.md."""
     model = models[1]
     samples = list(synth.iter_samples(12, seed=HELD_OUT_SEED, size=256, val_fraction=0.0))
     pairs = [samples[0], samples[4], samples[8]]
@@ -183,8 +185,9 @@ def test_mgig_default_refiner_gives_the_scene_back_around_the_figure(models, hel
     the shipped scene refiner, pasted with the official crop-back. In the crop outside the
     target box the hint shows the scene itself; the refiner brings the decoded crop closer
     to it than the plain VAE decode. Only partly: measured on these three, mean max-channel
-    |Δ| to the background there 11.8 / 14.2 / 10.0 with the refiner, 13.2 / 16.1 / 12.8
-    without (held-out split, changes in box 0.681 → 0.725: docs/TRAINING.md, step 7)."""
+    |Δ| to the background there 8.3 / 12.6 / 8.8 with the refiner (11.8 / 14.2 / 10.0 at 800
+    steps), 13.2 / 16.1 / 12.8 without (held-out split, changes in box 0.681 → 0.831:
+    docs/TRAINING.md, step 7)."""
     model = models[1]
     assert model.refiner is not None and model.config.refiner == {"width": 16}
     refined_err, plain_err = [], []
@@ -212,7 +215,7 @@ def test_mgig_default_paste_leaves_little_of_the_rim_it_paints(models, held_out)
     MGIG paints a pale rim around the figure, and the wider edge of earlier versions (6 + 4)
     pasted it into the scene. Scored against the true target (the scene itself beyond the
     true mask) over the whole image, the same generation: measured on these three, mean
-    ΔE76 2.3 / 3.2 / 4.8 with the default, 2.6 / 3.8 / 5.5 with 6 + 4 (held-out split:
+    ΔE76 2.4 / 3.3 / 4.7 with the default, 2.7 / 3.9 / 5.4 with 6 + 4 (held-out split:
     docs/TRAINING.md)."""
     from interact_custom.pipelines import composite
     from interact_custom.pipelines.evaluation.metrics import rgb_to_lab
