@@ -20,6 +20,7 @@ from ..pipelines import samplers
 from ..pipelines.evaluation import synthbench
 from ..pipelines.evaluation.evaluate import markdown_report
 from ..pipelines.evaluation.synthbench import DEFAULT_COUNT, DEFAULT_SEED, DTYPES, REFS
+from ..pipelines.mgig.inputs import COLLAGES, DEFAULT_COLLAGE
 from ..pipelines.sampling_settings import RECOMMENDED
 from ..weights_manager.loader import EMBEDDED, load_iamg_model, load_mgig_model
 
@@ -33,8 +34,8 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
                   iamg_steps: int = IAMG.steps, iamg_sampler: str = IAMG.sampler,
                   guidance: float = MGIG.guidance, iamg_guidance: float | None = None,
                   batched_guidance: bool = True, dtype: str = "fp32", limit: int | None = None,
-                  paste: str = "crop", collage: str = "box", ceiling: bool = False, overwrite: bool = False,
-                  log=print) -> dict:
+                  paste: str = "crop", collage: str = DEFAULT_COLLAGE, ceiling: bool = False,
+                  overwrite: bool = False, log=print) -> dict:
     """`synthbench.prepare`, load the models (``iamg_source`` / ``mgig_source``: a file,
     None = the embedded default; IAMG only for ``mask="iamg"``) in ``dtype``, then
     `synthbench.generate_and_score`; returns its report."""
@@ -81,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paste", choices=["crop", "mask"], default="crop",
                         help="crop-back (default crop: the official one, so the changes columns measure the model; "
                              "mask: the product default that keeps the scene outside the figure)")
-    parser.add_argument("--collage", choices=["box", "figure"], default="box",
+    parser.add_argument("--collage", choices=list(COLLAGES), default=DEFAULT_COLLAGE,
                         help="where MGIG's hint covers the scene with the detail map: the whole target box "
                              "(default, official) or ★ the grown interaction mask only")
     parser.add_argument("--ceiling", action="store_true",

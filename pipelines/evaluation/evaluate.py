@@ -159,9 +159,8 @@ GROUPS = {
     "clip": ("clip_score",),
     "dino": ("dino_human", "dino_object", "dino_pair"),
     "mask": ("mask_kl", "mask_iou"),
-    "synthetic": ("mask_in_box", "mask_verb", "mask_iou_mirror", "colour_human", "colour_object", "colour_mean_human",
-                  "colour_mean_object", "confinement_box",
-                  "confinement_mask"),
+    "synthetic": ("mask_in_box", "mask_verb", "mask_iou_mirror", "colour_human", "colour_object",
+                  "colour_mean_human", "colour_mean_object", "confinement_box", "confinement_mask"),
 }
 
 
@@ -240,7 +239,8 @@ def summarise(samples: Sequence[Mapping[str, Any]], names: Iterable[str]) -> dic
 
 
 # The columns of the per-verb table: which interactions a model draws well.
-BY_VERB_METRICS = ("mask_verb", "mask_iou", "mask_iou_mirror", "colour_mean_human", "colour_mean_object", "confinement_mask")
+BY_VERB_METRICS = ("mask_verb", "mask_iou", "mask_iou_mirror", "colour_mean_human", "colour_mean_object",
+                   "confinement_mask")
 
 
 def by_verb(samples: Sequence[Mapping[str, Any]], names: Iterable[str] = BY_VERB_METRICS) -> dict[str, dict[str, Any]]:

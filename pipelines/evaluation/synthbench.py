@@ -118,7 +118,7 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
                        iamg_steps: int = IAMG_SETTINGS.steps, iamg_sampler: str = IAMG_SETTINGS.sampler,
                        guidance: float = MGIG_SETTINGS.guidance, iamg_guidance: float | None = None,
                        batched_guidance: bool = True, limit: int | None = None, paste: str = "crop",
-                       collage: str = "box",
+                       collage: str = preprocess.DEFAULT_COLLAGE,
                        mgig_source: str = "", iamg_source: str | None = None, dtype: str = "fp32",
                        ceiling: bool = False, log=print) -> dict:
     """Generate and score (see the module docstring) a dataset from `prepare` with the
@@ -226,8 +226,8 @@ def summary_line(report: dict) -> str:
     m, b = report["metrics"], report["synthbench"]
     get = lambda k: f"{m[k]['mean']:.3f}" if k in m else "n/a"  # noqa: E731
     return (f"mask_in_box {get('mask_in_box')} | mask_verb {get('mask_verb')} | mask_iou {get('mask_iou')} "
-            f"(either facing {get('mask_iou_mirror')}) | ΔE human {get('colour_human')} object {get('colour_object')} | mean-colour ΔE human "
-            f"{get('colour_mean_human')} object {get('colour_mean_object')} | confinement box "
+            f"(either facing {get('mask_iou_mirror')}) | ΔE human {get('colour_human')} object "
+            f"{get('colour_object')} | mean-colour ΔE human {get('colour_mean_human')} object {get('colour_mean_object')} | confinement box "
             f"{get('confinement_box')} mask {get('confinement_mask')} | empty masks {b['iamg_empty_masks']}"
             f"/{b['samples']}" + _compositing_line(b.get("compositing")))
 
