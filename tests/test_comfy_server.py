@@ -236,7 +236,8 @@ def mgig_sampling_prompt(steps: int, *, box=None, mask_value: float = 1.0) -> di
         "6": {"class_type": "InteractCustomMaskGuidedSampler", "inputs": {
             "mgig_model": ["1", 0], "id_features": ["4", 0], "detail_map": ["5", 0], "interaction_mask": ["3", 0],
             "steps": steps, "sampler": "ddim", "guidance": 5.0, "control_strength": 1.0, "seed": 0,
-            "batch_size": 1, "mask_channel": "mask", "crop_ratio": 1.3, "paste": "mask", "background": ["2", 0]}},
+            "batch_size": 1, "mask_channel": "mask", "crop_ratio": 1.3, "paste": "mask", "collage": "box",
+            "background": ["2", 0]}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
     }
     if box is not None:
