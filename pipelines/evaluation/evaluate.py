@@ -311,7 +311,10 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
                               f"{GENERATED_SUFFIX}")
     missing_masks: list[str] = []
     samples: list[dict[str, Any]] = []
-    shapes = verb_references(data) if synthetic and mask_dir is not None else []
+    # The dataset's true union masks, read once: what mask_verb and mask_iou_mirror compare with.
+    truths = ([(s.id, s.verb, s.object, s.interaction_mask > 0, s.box) for s in data]
+              if synthetic and mask_dir is not None else [])
+    shapes = verb_references((sid, union, verb) for sid, verb, _, union, _ in truths)
     for n, i in enumerate(indices, start=1):
         s = data[i]
         h, w = s.target.shape[:2]
@@ -372,7 +375,7 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
         "mask_source": None if mask_dir is None else mask_source, "missing_masks": missing_masks,
         "synthetic": synthetic,
         "mask_iou_reference": None if not shapes else pose_reference(
-            [(s.verb, s.object, s.interaction_mask > 0, s.box) for s in data if s.box is not None]),
+            [(verb, obj, union, box) for _, verb, obj, union, box in truths if box is not None]),
         "mask_verb_reference": None if not shapes else {
             "ground_truth_masks": verb_accuracy_of_ground_truth(shapes),
             "chance": 1.0 / len({verb for _, _, verb in shapes}),

@@ -8,16 +8,13 @@ this way: `pipelines.evaluation.evaluate` (module notes), which runs them over a
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from .. import imgproc
 from ..geometry import Box
-
-if TYPE_CHECKING:
-    from ..data.dataset import ChoiDataset
 
 MASK_GRID = 64                  # occupancy-map resolution of mask_kl
 KL_EPS = 1e-3                   # per-cell mass added before normalising (finite KL)
@@ -139,13 +136,14 @@ def nearest_verb(shape: np.ndarray | None, references: Sequence[tuple[np.ndarray
     return next(verb for _, verb in scored if votes[verb] == best)
 
 
-def verb_references(dataset: ChoiDataset) -> list[tuple[str, np.ndarray, str]]:
-    """(sample id, shape, verb) of every ground-truth union mask of ``dataset``."""
+def verb_references(truths: Iterable[tuple[str, np.ndarray, str]]) -> list[tuple[str, np.ndarray, str]]:
+    """(sample id, shape, verb) of every non-empty ground-truth union mask in ``truths``,
+    (sample id, union mask, verb) triples."""
     out = []
-    for s in dataset:
-        shape = mask_shape((s.human_mask > 0) | (s.object_mask > 0))
+    for sid, union, verb in truths:
+        shape = mask_shape(np.asarray(union) > 0)
         if shape is not None:
-            out.append((s.id, shape, s.verb))
+            out.append((sid, shape, verb))
     return out
 
 
