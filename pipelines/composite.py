@@ -14,8 +14,8 @@ the generated square is enlarged to the crop before it is pasted, and its soft e
 pale rim it paints around a figure grow with it. On the held-out synthetic split (256-px
 scenes, the crop about the working size) 6 + 4 background pixels pasted a rim of ≈ 10 ΔE
 around every figure; 2 + 2 working pixels halve the pasted rim and lower the whole image's
-ΔE to the true target from 5.30 to 4.55 (true masks) while the step across the blend border
-stays 2.1 grey levels (docs/TRAINING.md).
+ΔE to the true target from 5.30 to 4.55 (true masks), while the step across the blend border
+goes from 1.6 to 2.4 grey levels (the scene's own: 0.7; docs/TRAINING.md).
 """
 from __future__ import annotations
 

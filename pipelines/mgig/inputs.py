@@ -452,7 +452,8 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
         covered &= imgproc.dilate(channel_mask[crop_box.slices].astype(np.uint8), 2 * grow + 1) > 0
     collage_img = crop.copy()
     detail_in_box = imgproc.resize_linear(detail, (ty2 - ty1, tx2 - tx1))
-    collage_img[ty1:ty2, tx1:tx2][covered[ty1:ty2, tx1:tx2]] = detail_in_box[covered[ty1:ty2, tx1:tx2]]
+    in_box = covered[ty1:ty2, tx1:tx2]
+    collage_img[ty1:ty2, tx1:tx2][in_box] = detail_in_box[in_box]
     if mask_channel == "box":
         collage_mask = np.zeros((crop_h, crop_w), dtype=np.uint8)
         collage_mask[ty1:ty2, tx1:tx2] = 1

@@ -80,8 +80,8 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
              steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
              control_scale: float = 1.0, seed: int = 0, batch: int = 1,
              crop_ratio: float = preprocess.CROP_RATIO, box_ratio: float = preprocess.TARGET_BOX_RATIO,
-             mask_channel: str = "mask", collage: str = preprocess.DEFAULT_COLLAGE, batched_guidance: bool = True,
-             paste: str = composite.DEFAULT_PASTE,
+             mask_channel: str = "mask", collage: str = preprocess.DEFAULT_COLLAGE,
+             batched_guidance: bool = True, paste: str = composite.DEFAULT_PASTE,
              paste_grow: int = composite.PASTE_GROW, paste_feather: int = composite.PASTE_FEATHER,
              callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> ChoiResult:
     """Paint the identities into ``interaction_mask`` (background coordinates).
