@@ -209,6 +209,7 @@ def server(request) -> ch.ComfyServer:
 
 @pytest.fixture(scope="module")
 def page(request) -> ComfyPage:
+    ch.skip_without_comfyui()
     browser, driver = find_browser()
     if not browser or not driver:
         ch.unavailable("Debian chromium/chromium-driver not installed (apt-get install -y chromium chromium-driver)")
