@@ -93,6 +93,49 @@ def check_device(device: str, option: str = "--device") -> str:
     return name
 
 
+def output_folder(text: str) -> Path:
+    """argparse ``type`` of an output folder option: an empty path is refused (it would
+    silently mean the current folder; ``.`` says so on purpose)."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("empty path; name the output folder (. for the current folder)")
+    return Path(text)
+
+
+def whole_number(low: int):
+    """argparse ``type`` of a count option: a whole number >= ``low``, checked when the
+    command line is read (before any work), the error naming the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+
+def number_in(low: float, high: float = float("inf"), *, below: bool = False):
+    """argparse ``type`` of a real-valued option: a finite number in [low, high] (``below``:
+    [low, high)), checked when the command line is read, the error naming the option."""
+    span = f"[{low:g}, {high:g}{')' if below else ']'}" if high != float("inf") else f">= {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {span}, got {text!r}") from None
+        if not (low <= value < high if below else low <= value <= high) or value != value or value == float("inf"):
+            what = f"a number in {span}" if high != float("inf") else f"a finite number {span}"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = f"number {span}"
+    return parse
+
+
 def missing_dirs(path) -> list[Path]:
     """``path`` and its ancestors that do not exist yet, deepest first (what creating
     ``path`` would create)."""

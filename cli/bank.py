@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from PIL import Image
 
-from ..pipelines.files import check_output_dir
+from ..pipelines.files import OutputPathError, atomic_path, check_output_dir
 from ..pipelines.retrieval import MaskBank, build_bank, candidates_grid, make_encoder, retrieve
 
 
@@ -23,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--out", required=True, help="bank folder to create")
     b.add_argument("--split", default=None, help="dataset split (default: all)")
     b.add_argument("--no-parts", action="store_true", help="store only union masks, not human/object")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing bank index")
+    b.add_argument("--overwrite", action="store_true", help="build into a folder that already holds a bank "
+                   "(or other files), replacing its index and same-named masks")
     q = sub.add_parser("query", help="rank bank masks by caption similarity")
     q.add_argument("--bank", required=True, help="bank folder (with bank.json or bank.jsonl)")
     q.add_argument("--text", required=True, help='query caption, e.g. "a person is riding the bicycle"')
@@ -35,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--heads", type=int, default=None, help="attention heads of the CLIP text model "
                    "(default width/64)")
     q.add_argument("--similarity", choices=("cosine", "dot"), default="cosine")
-    q.add_argument("--grid", default=None, help="also write a PNG preview of the candidates here")
+    q.add_argument("--grid", default=None, help="also write a PNG preview of the candidates to this new file")
+    q.add_argument("--overwrite", action="store_true", help="replace the --grid file if it exists")
     q.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
 
 
@@ -48,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
                               save_parts=not args.no_parts, overwrite=args.overwrite)
             print(f"built mask bank {bank.root}: {len(bank)} entries, {len(bank.categories)} categories")
             return 0
+        if args.grid:
+            _check_new_file(Path(args.grid), "--grid", args.overwrite)
         bank = MaskBank.load(args.bank)
         encoder = make_encoder(args.encoder, clip_weights=args.clip_weights,
                                tokenizer_dir=args.tokenizer, num_attention_heads=args.heads)
@@ -61,6 +66,16 @@ def run(args: argparse.Namespace) -> int:
         caption = c.caption if len(c.caption) <= 70 else c.caption[:67] + "..."
         print(f"{c.rank:>4}  {c.score:>7.4f}  {c.id:<20}  {c.category:<22}  {caption}")
     if args.grid:
-        Image.fromarray(candidates_grid(cands)).save(args.grid)
+        with atomic_path(args.grid) as tmp:  # never a half-written preview
+            Image.fromarray(candidates_grid(cands)).save(tmp, format="PNG")
         print(f"preview written to {args.grid}")
     return 0
+
+
+def _check_new_file(path: Path, what: str, overwrite: bool) -> None:
+    """Before any work: ``path`` can be written, and replaces nothing unless ``overwrite``."""
+    if path.is_dir():
+        raise OutputPathError(f"{what} {path}: is a folder; give a file name, e.g. {path / 'candidates.png'}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{what} {path} already exists; pass --overwrite to replace it, or choose a new file")
+    check_output_dir(path.parent, f"{what} {path}: its folder")

@@ -29,7 +29,10 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..pipelines import iamg
+from . import output_folder, whole_number
+from ..pipelines import iamg, samplers
+from ..pipelines.files import check_output_dir
+from ..pipelines.memory import available_bytes
 from ..pipelines.evaluation.benchmark import (COLUMNS, DTYPES, MODELS, OFFICIAL_STEPS, PRESETS, RECOMMENDED_SAMPLER,
                                               RECOMMENDED_STEPS, TIMED_STEPS, VARIANTS, compare_outputs,
                                               evict_from_page_cache, machine_info, matmul_tflops, meta_iamg,
@@ -165,23 +168,13 @@ class _Runner:
         return out
 
 
-def _mem_available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _official_files_fit(params: int, folder: Path) -> tuple[bool, str]:
     # official fp32 + ours fp16 on disk; the fp32 model + an fp16 copy in memory.
     need_disk, need_ram = 6 * params + 2 ** 30, 7 * params
     free = shutil.disk_usage(folder).free
     if free < need_disk:
         return False, f"needs {need_disk / 2 ** 30:.1f} GiB of disk in {folder}, {free / 2 ** 30:.1f} GiB free"
-    ram = _mem_available_bytes()
+    ram = available_bytes()
     if ram is not None and ram < need_ram:
         return False, f"needs ~{need_ram / 2 ** 30:.1f} GiB of free memory, {ram / 2 ** 30:.1f} GiB available"
     return True, ""
@@ -343,18 +336,18 @@ def _checkpoint_loads(runner: _Runner, presets: list[str], tmp: Path, notes: lis
 # ---------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", help="output folder for benchmark.json and benchmark.md")
+    parser.add_argument("--out", type=output_folder, help="output folder for benchmark.json and benchmark.md")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test (< 2 min): small presets plus one official-size fp32 forward per model")
     parser.add_argument("--presets", nargs="+", default=None, choices=list(PRESETS),
                         help="benchmark presets (default: official small; official = the released sizes, "
                              "extrapolated from a few steps)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=whole_number(1), default=None,
                         help="override the official 50 sampling steps of columns 1 and 2")
-    parser.add_argument("--fast-steps", type=int, default=RECOMMENDED_STEPS,
+    parser.add_argument("--fast-steps", type=whole_number(1), default=RECOMMENDED_STEPS,
                         help=f"column 3's {RECOMMENDED_SAMPLER} steps (default {RECOMMENDED_STEPS})")
-    parser.add_argument("--timed-steps", type=int, default=TIMED_STEPS,
-                        help=f"steps timed at the official size before extrapolating (default {TIMED_STEPS})")
+    parser.add_argument("--timed-steps", type=whole_number(2), default=TIMED_STEPS,
+                        help=f"steps timed before extrapolating, >= 2 (default {TIMED_STEPS})")
     parser.add_argument("--no-checkpoints", action="store_true", help="skip the checkpoint load-time comparison")
     parser.add_argument("--tmp", default=None, help="folder for temporary checkpoint files (default: system temp)")
     parser.add_argument("--in-process", action="store_true",
@@ -381,6 +374,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         print("benchmark: --out DIR is required", file=sys.stderr)
         return 2
+    # Everything the measurements will use, before the first one (they take minutes).
+    official_steps = args.steps or max(OFFICIAL_STEPS.values())
+    for option, sampler, steps in (("--fast-steps", RECOMMENDED_SAMPLER, args.fast_steps),
+                                   ("--steps", "plms", official_steps), ("--steps", "ddim", official_steps)):
+        try:
+            samplers.check_settings(sampler, steps)
+        except samplers.SettingsError as e:
+            print(f"benchmark: {option}: {e}", file=sys.stderr)
+            return 2
+    if args.tmp is not None and not Path(args.tmp).is_dir():
+        print(f"benchmark: --tmp {args.tmp}: no such folder; create it or leave --tmp out", file=sys.stderr)
+        return 2
+    check_output_dir(args.out, "--out")
     out = Path(args.out)
     existing = [n for n in ("benchmark.json", "benchmark.md") if (out / n).exists()]
     if existing and not args.overwrite:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import number_in, output_folder, whole_number
 from ..pipelines.data.builders import (DEFAULT_BOX_EXPAND, DEFAULT_MARGIN, DEFAULT_MAX_IOU, DEFAULT_MIN_AREA,
                                        DEFAULT_MIN_GAP, DEFAULT_PAIRS_PER_CLIP, BuildError, build_hoi_dataset,
                                        build_video_dataset, list_clip_folders, load_callable, prepare_out,
@@ -23,24 +24,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     video = sub.add_parser("video", help="samples from frame pairs of video clips (paper §4.2)")
     video.add_argument("--clips", type=Path, required=True,
                        help="folder of clips: <clip_id>/frames/*.png, human_masks/, object_masks/, clip.json")
-    video.add_argument("--min-gap", type=int, default=DEFAULT_MIN_GAP,
+    video.add_argument("--min-gap", type=whole_number(1), default=DEFAULT_MIN_GAP,
                        help=f"minimum frame distance of target and reference (default {DEFAULT_MIN_GAP})")
-    video.add_argument("--max-iou", type=float, default=DEFAULT_MAX_IOU,
+    video.add_argument("--max-iou", type=number_in(0, 1), default=DEFAULT_MAX_IOU,
                        help=f"maximum human-mask IoU of target and reference (default {DEFAULT_MAX_IOU})")
-    video.add_argument("--pairs-per-clip", type=int, default=DEFAULT_PAIRS_PER_CLIP,
+    video.add_argument("--pairs-per-clip", type=whole_number(1), default=DEFAULT_PAIRS_PER_CLIP,
                        help=f"samples per clip at most (default {DEFAULT_PAIRS_PER_CLIP})")
     hoi = sub.add_parser("hoi", help="samples from HOI images with masks and person ids (paper §4.1)")
     hoi.add_argument("--annotations", type=Path, required=True, help="annotations.jsonl (one image per line)")
     hoi.add_argument("--pose-changer", metavar="MOD:FN", default=None,
                      help="pose_change(human_crop, mask) -> (image, mask) or None, for the human reference")
     for p in (video, hoi):
-        p.add_argument("--out", type=Path, required=True, help="dataset folder to create (must be empty)")
+        p.add_argument("--out", type=output_folder, required=True, help="dataset folder to create (must be empty)")
         p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same dataset (default 0)")
-        p.add_argument("--min-area", type=float, default=DEFAULT_MIN_AREA,
+        p.add_argument("--min-area", type=number_in(0, 1, below=True), default=DEFAULT_MIN_AREA,
                        help=f"skip masks under this share of the image's pixels (default {DEFAULT_MIN_AREA})")
-        p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+        p.add_argument("--margin", type=number_in(0), default=DEFAULT_MARGIN,
                        help=f"reference crop margin, share of the mask box's longer side (default {DEFAULT_MARGIN})")
-        p.add_argument("--box-expand", type=float, default=DEFAULT_BOX_EXPAND,
+        p.add_argument("--box-expand", type=number_in(1), default=DEFAULT_BOX_EXPAND,
                        help="scale of the union-mask box written as the sample's box (default 1)")
         p.add_argument("--segmenter", metavar="MOD:FN", default=None,
                        help="segment(image, prompt) -> mask for absent masks (prompt 'person' / the object)")
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="caption(image, verb, object) -> str (default: 'a person is <verb>ing the <object>')")
         p.add_argument("--inpainter", metavar="MOD:FN", default=None,
                        help="inpaint(image, union_mask) -> RGB background (default: no background)")
-        p.add_argument("--split-val", type=float, default=0.0, metavar="FRACTION",
+        p.add_argument("--split-val", type=number_in(0, 1, below=True), default=0.0, metavar="FRACTION",
                        help="share of clips / identities put in the 'val' split (default 0)")
         p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
 

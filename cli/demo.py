@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import check_device
+from . import check_device, output_folder
 from ..pipelines import composite, samplers
 from ..pipelines.files import check_output_dir, check_weights_file
 from ..pipelines.mgig import pipeline as choi
@@ -87,7 +87,7 @@ def interaction_mask(ex: dict, args) -> tuple[np.ndarray, str]:
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", required=True, help="output folder (created; existing files are not overwritten)")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder (created; existing files are not overwritten)")
     parser.add_argument("--mask", choices=["auto", "iamg", "retrieval", "example"], default="auto",
                         help="interaction mask source: IAMG, IAMG-R retrieval from the shipped bank, or the shipped "
                              "example mask (auto = IAMG, falling back to retrieval if its mask is empty)")

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import check_device
+from . import check_device, output_folder, whole_number
 from ..pipelines.data.dataset import DatasetError
 from ..pipelines.evaluation.evaluate import (GENERATED_SUFFIX, REPORT_JSON, REPORT_MD, EvaluationError, evaluate,
                                              markdown_report, write_report)
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, required=True, help="CHOI dataset folder (ground truth)")
     parser.add_argument("--generated", type=Path, required=True,
                         help=f"folder of generated images named <sample id>{GENERATED_SUFFIX}")
-    parser.add_argument("--out", type=Path, required=True, help=f"folder for {REPORT_JSON} and {REPORT_MD}")
+    parser.add_argument("--out", type=output_folder, required=True, help=f"folder for {REPORT_JSON} and {REPORT_MD}")
     parser.add_argument("--split", default=None, help="evaluate only this split of the dataset (e.g. val)")
     parser.add_argument("--clip", type=Path, default=None,
                         help="local CLIP vision model (transformers folder or weight file); omit to skip CLIP-Score")
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="folder of the interaction masks the images were generated from (<id>.png)")
     parser.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=None,
                         help="synthetic-benchmark measures (default: on for a dataset made by `synth`)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many samples")
+    parser.add_argument("--limit", type=whole_number(1), default=None, help="evaluate at most this many samples")
     parser.add_argument("--device", default="cpu", help="torch device for the CLIP / DINOv2 models (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
 

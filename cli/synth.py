@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from . import number_in, output_folder, whole_number
 from ..pipelines.files import OutputPathError, check_output_dir
 from ..pipelines.data.synth import EXAMPLE_FILES, EXAMPLES_SEED, generate, write_examples
 
@@ -16,14 +16,14 @@ from ..pipelines.data.synth import EXAMPLE_FILES, EXAMPLES_SEED, generate, write
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m interact_custom synth``."""
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--out", type=Path, help="folder to write the dataset into (must be empty)")
-    mode.add_argument("--examples", type=Path, metavar="DIR",
+    mode.add_argument("--out", type=output_folder, help="folder to write the dataset into (must be empty)")
+    mode.add_argument("--examples", type=output_folder, metavar="DIR",
                       help="instead of a dataset, write the demo inputs (human.png, object.png, ...) to DIR")
-    parser.add_argument("--count", type=int, default=1000, help="number of samples (default 1000)")
+    parser.add_argument("--count", type=whole_number(1), default=1000, help="number of samples (default 1000)")
     parser.add_argument("--seed", type=int, default=None,
                         help=f"random seed; same seed, same data (default 0; {EXAMPLES_SEED} with --examples)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
+    parser.add_argument("--val-fraction", type=number_in(0, 1, below=True), default=0.1,
                         help="share of identity pairs put in the 'val' split (default 0.1)")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
 

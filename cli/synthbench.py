@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import output_folder, whole_number
 from ..pipelines import samplers
 from ..pipelines.evaluation import synthbench
 from ..pipelines.evaluation.evaluate import markdown_report
@@ -53,12 +54,12 @@ def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder (data/, masks/, generated/, report/, samples.png)")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder (data/, masks/, generated/, report/, samples.png)")
     parser.add_argument("--data", default=None, help="a CHOI dataset to use instead of synthesising one")
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help=f"samples to synthesise (default {DEFAULT_COUNT})")
+    parser.add_argument("--count", type=whole_number(1), default=DEFAULT_COUNT, help=f"samples to synthesise (default {DEFAULT_COUNT})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"synthesis seed (default {DEFAULT_SEED}; the shipped default trained on seed 1)")
-    parser.add_argument("--size", type=int, default=256, help="synthesised image size (default 256)")
+    parser.add_argument("--size", type=whole_number(48), default=256, help="synthesised image size (default 256)")
     parser.add_argument("--iamg", default=None, help="IAMG weights (default: embedded)")
     parser.add_argument("--mgig", default=None, help="MGIG weights (default: embedded)")
     parser.add_argument("--mask", choices=["iamg", "truth"], default="iamg",
@@ -78,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"IAMG sampler (default {IAMG.sampler})")
     parser.add_argument("--iamg-guidance", type=float, default=None, help="IAMG CFG scale (default: IAMG's)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model dtype (default fp32)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    parser.add_argument("--limit", type=whole_number(1), default=None, help="use only the first N samples")
     parser.add_argument("--paste", choices=["crop", "mask"], default="crop",
                         help="crop-back (default crop: the official one, so the changes columns measure the model; "
                              "mask: the product default that keeps the scene outside the figure)")

@@ -14,14 +14,13 @@ core's functions with it bound.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from torch import nn
 
-from . import check_device, missing_dirs, remove_empty
+from . import check_device, missing_dirs, output_folder, remove_empty, whole_number
 from ..pipelines import iamg, samplers
 from ..pipelines.data.dataset import DatasetError
 from ..pipelines.files import WeightsError, check_finite, check_output_dir, check_weights_file, load_strict, read_weights
@@ -30,6 +29,7 @@ from ..pipelines.training import loop, models
 from ..pipelines.training.config import MODEL_KINDS, ConfigError, TrainConfig, describe_keys, load_config
 from ..pipelines.training.runs import CHECKPOINTS
 from ..pipelines.vae import build_vae
+from ..weights_manager import stored_config
 from ..weights_manager.ldm_vae import detect_diffusers_vae_config
 from ..weights_manager.native_iamg import load_iamg, save_iamg
 from ..weights_manager.official_mgig import load_mgig, native_for_installed_transformers, save_mgig
@@ -49,7 +49,8 @@ def load_vae_file(path: str | os.PathLike) -> nn.Module:
     """The VAE (diffusers `AutoencoderKL`) stored as `vae.*` in any of our files — a
     `train vae` result, or an IAMG/MGIG file in our format."""
     sd, metadata = models.part_tensors(WEIGHTS, path, "vae.", "VAE file")
-    stored = (json.loads(metadata["config"]).get("vae") or {}) if metadata.get("config") else {}
+    stored = (stored_config.parse_config(metadata, Path(path).name) or {}).get("vae") or {}
+    stored_config.check_vae_settings(stored, Path(path).name)
     vae = build_vae(detect_diffusers_vae_config(sd, scaling_factor=float(stored.get("scaling_factor",
                                                                                   iamg.VAE_SCALE_FACTOR)),
                                                 norm_num_groups=stored.get("norm_num_groups")))
@@ -74,9 +75,10 @@ def _save_final(kind: str, model: nn.Module, path: Path, *, dtype: str, source: 
 WEIGHTS = models.WeightIO(load_init=_load_init, read_tensors=_read_tensors, save_final=_save_final)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> loop.TrainResult:
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> loop.TrainResult:
     """`loop.train` with the weight files read and written by `weights_manager`."""
-    return loop.train(cfg, WEIGHTS, resume=resume, progress=progress)
+    return loop.train(cfg, WEIGHTS, resume=resume, progress=progress, overwrite=overwrite)
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -97,19 +99,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in output_dir from its latest checkpoint (start fresh if none)")
     parser.add_argument("--list-keys", action="store_true", help="print every config key, its default and meaning")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="vae/iamg/mgig: train into an output_dir that holds files other than a run (its "
+                             "config.json is replaced, log.jsonl appended to); masks: regenerate masks that exist")
     masks = parser.add_argument_group("masks (MGIG stage 2 input)")
     masks.add_argument("--iamg", help="IAMG weights (official iamg.pth or ours)")
     masks.add_argument("--data", help="CHOI dataset folder")
-    masks.add_argument("--out", help="folder for <sample id>.png masks")
+    masks.add_argument("--out", type=output_folder, help="folder for <sample id>.png masks")
     masks.add_argument("--split", default="train", help="dataset split (default train)")
     masks.add_argument("--steps", type=int, default=iamg.DEFAULT_STEPS, help="sampler steps")
     masks.add_argument("--sampler", default=iamg.DEFAULT_SAMPLER, choices=samplers.SAMPLER_NAMES)
     masks.add_argument("--guidance", type=float, default=iamg.DEFAULT_GUIDANCE)
     masks.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    masks.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    masks.add_argument("--limit", type=whole_number(1), default=None, help="only the first N samples")
     masks.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     masks.add_argument("--tokenizer-dir", default=None, help="prompt tokenizer folder (CLIP-vocabulary IAMG)")
-    masks.add_argument("--overwrite", action="store_true", help="regenerate masks that exist")
 
 
 def _run_masks(args) -> int:
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.output_dir:
             check_output_dir(cfg.output_dir, "output_dir")  # before building the model
             created = missing_dirs(cfg.output_dir)
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, WeightsError, DatasetError, FileNotFoundError) as e:
         print(f"interact-custom train: {e}", file=sys.stderr)
         remove_empty(created)

@@ -9,6 +9,7 @@ from .loaders import LoadIAMG, LoadMGIG
 from .masks import CHOIBox, CHOIBoxFromMask, FitMaskToBox, IAMGGenerateMask, IAMGRRetrieveMask
 
 comfy_bridge.register_model_folder()
+comfy_bridge.register_bank_folder()
 # The shipped workflows load these by name (inside ComfyUI only; never overwrites a file).
 comfy_bridge.install_example_inputs()
 

@@ -2,7 +2,9 @@
 
 Everything has a standalone fallback so the nodes import and are tested without ComfyUI:
 model folders fall back to `$INTERACT_CUSTOM_MODELS` (or `models/interact_custom` under the
-current directory), progress to a no-op, devices to CUDA-if-available, interrupts to none.
+current directory), mask-bank folders to `$INTERACT_CUSTOM_BANKS` (or
+`models/interact_custom_banks`), the embedding cache to the user cache folder, progress to
+a no-op, devices to CUDA-if-available, interrupts to none.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..pipelines.hardware import cpu_has_fast_bf16  # noqa: F401  (the loaders' warning reads it here)
-from ..pipelines.paths import EXAMPLES_DIR
+from ..pipelines.paths import CACHE_ENV, EXAMPLES_DIR
 
 log = logging.getLogger("interact_custom")
 
@@ -35,6 +37,13 @@ except ImportError:  # standalone (tests, scripts)
 
 MODEL_FOLDER = "interact_custom"
 WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".ckpt", ".pth", ".pt", ".bin"}
+# IAMG-R mask banks: each a sub-folder (with bank.json) of a folder registered under this
+# name, like model files; the node offers only these, never a path a workflow sends.
+BANK_FOLDER = "interact_custom_banks"
+BANKS_ENV = "INTERACT_CUSTOM_BANKS"  # standalone: the bank folders, os.pathsep-separated
+# The bank-embedding cache inside ComfyUI: under models/, not ComfyUI's temp folder, which
+# GET /view serves to every user (and ComfyUI empties at start).
+CACHE_FOLDER = "interact_custom_cache"
 
 
 def clip_tokenizer_dir() -> Path | None:
@@ -58,6 +67,40 @@ def register_model_folder() -> None:
     if default not in paths:
         paths.insert(0, default)
     _folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(WEIGHT_EXTENSIONS))
+
+
+def register_bank_folder() -> None:
+    """Register `models/interact_custom_banks/` for IAMG-R mask banks. Paths a user added
+    for the same name in extra_model_paths.yaml (loaded before custom nodes) are kept."""
+    if not IN_COMFYUI:
+        return
+    default = os.path.join(_folder_paths.models_dir, BANK_FOLDER)
+    entry = _folder_paths.folder_names_and_paths.get(BANK_FOLDER)
+    paths = list(entry[0]) if entry else []
+    if default not in paths:
+        paths.insert(0, default)
+    _folder_paths.folder_names_and_paths[BANK_FOLDER] = (paths, set(entry[1]) if entry else set())
+
+
+def bank_folders() -> list[str]:
+    """Folders whose sub-folders are the mask banks the IAMG-R node offers: ComfyUI's
+    `interact_custom_banks` folders; standalone `$INTERACT_CUSTOM_BANKS` (os.pathsep-
+    separated) or `models/interact_custom_banks` under the current directory."""
+    if IN_COMFYUI:
+        return list(_folder_paths.folder_names_and_paths.get(BANK_FOLDER, ([],))[0])
+    own = os.environ.get(BANKS_ENV)
+    if own:
+        return [p for p in own.split(os.pathsep) if p]
+    return [os.path.join("models", BANK_FOLDER)]
+
+
+def embedding_cache_root() -> str | None:
+    """Where the IAMG-R node caches bank embeddings: None (the library's user cache
+    folder) standalone or when `$INTERACT_CUSTOM_CACHE` names one; inside ComfyUI
+    `models/interact_custom_cache/`, so a server keeps what it writes in its own folders."""
+    if not IN_COMFYUI or os.environ.get(CACHE_ENV):
+        return None
+    return os.path.join(_folder_paths.models_dir, CACHE_FOLDER)
 
 
 # Example inputs (pipelines/assets/examples/*.png) are offered in ComfyUI's input folder under this
@@ -143,28 +186,39 @@ def model_folders() -> list[str]:
 
 
 def list_model_files() -> list[str]:
-    """Weight files found in the model folders (relative names, sorted)."""
+    """Weight files found in the model folders (relative names, sorted): files only — a
+    folder named like a weight file is not listed. Symbolic links are followed, as ComfyUI
+    does for every model folder (users link big files in from other disks); what a load
+    error says about a file never quotes its content (`pipelines.files`)."""
     if IN_COMFYUI:
         return sorted(_folder_paths.get_filename_list(MODEL_FOLDER))
     names = []
     for folder in model_folders():
         root = Path(folder)
         if root.is_dir():
-            names += [str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in WEIGHT_EXTENSIONS]
+            names += [str(p.relative_to(root)) for p in root.rglob("*")
+                      if p.suffix.lower() in WEIGHT_EXTENSIONS and p.is_file()]
     return sorted(names)
 
 
 def model_file_path(name: str) -> str:
-    """Absolute path of a listed model file, or an error naming the folders to put it in."""
+    """Absolute path of a listed model file, or an error naming the folders to put it in.
+    ``name`` is relative to a model folder: like ComfyUI, a name cannot leave the folder
+    ("../x", "/etc/x" are looked up inside it)."""
+    inside = os.path.relpath(os.path.join(os.sep, str(name)), os.sep)  # ComfyUI's normalisation
     if IN_COMFYUI:
-        path = _folder_paths.get_full_path(MODEL_FOLDER, name)
+        path = _folder_paths.get_full_path(MODEL_FOLDER, inside)
         if path:
             return path
     else:
         for folder in model_folders():
-            candidate = os.path.join(folder, name)
+            candidate = os.path.join(folder, inside)
             if os.path.isfile(candidate):
                 return candidate
+    for folder in model_folders():
+        if os.path.isdir(os.path.join(folder, inside)):
+            raise IsADirectoryError(f"model file {name!r} is a folder in {folder}, not a weight file; choose a "
+                                    "file (.safetensors, .ckpt, .pth, ...)")
     raise FileNotFoundError(
         f"model file {name!r} not found. Put it in one of: {', '.join(model_folders())} "
         "(or add a folder for 'interact_custom' in extra_model_paths.yaml), then refresh the node list.")
@@ -212,18 +266,31 @@ class PatcherRoot(torch.nn.Module):
         self.device = None  # ModelPatcher sets it to the offload device
 
 
+_root_classes: dict[str, type] = {}
+
+
+def named_root(module: torch.nn.Module, label: str) -> PatcherRoot:
+    """A PatcherRoot whose class is named `label`: ComfyUI's memory manager logs models by
+    class name ("Requested to load MGIG[mgig.ckpt]"), so the console says what it loads."""
+    cls = _root_classes.get(label)
+    if cls is None:
+        cls = _root_classes[label] = type(label, (PatcherRoot,), {"__doc__": PatcherRoot.__doc__})
+    return cls(module)
+
+
 class ManagedModel:
     """A model registered with ComfyUI's memory manager (ModelPatcher), so it is moved to
     the GPU when used and offloaded when other models need the memory. Standalone it is
-    a plain module on one device."""
+    a plain module on one device. `label` names it in ComfyUI's log (e.g. "MGIG[mgig.ckpt]")."""
 
-    def __init__(self, module: torch.nn.Module, load_device: torch.device, keep_loaded: bool = True):
+    def __init__(self, module: torch.nn.Module, load_device: torch.device, keep_loaded: bool = True,
+                 label: str = "PatcherRoot"):
         self.module = module
         self.load_device = load_device
         self.keep_loaded = keep_loaded
         self.patcher = None
         if IN_COMFYUI:
-            self.patcher = _patcher.ModelPatcher(PatcherRoot(module), load_device=load_device,
+            self.patcher = _patcher.ModelPatcher(named_root(module, label), load_device=load_device,
                                                  offload_device=offload_device())
 
     def load(self) -> torch.nn.Module:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from . import comfy_bridge as bridge
 from . import tensors
 from .loaders import CATEGORY
-from .masks import check_box
+from .masks import MAX_BATCH, check_box
 from .sampling import resolve_sampling, sampling_inputs
 from ..pipelines.composite import DEFAULT_PASTE, PASTE_FEATHER, PASTE_GROW, PASTE_MODES
 from ..pipelines.mgig.inputs import COLLAGES, DEFAULT_COLLAGE
@@ -46,8 +47,17 @@ class CHOIIDFeatures:
         }}
 
     def extract(self, mgig_model, human_image, human_mask, object_image, object_mask):
+        from ..pipelines import memory
         from ..pipelines.mgig import pipeline as choi
 
+        need, sizes = 0, []
+        for name, image in (("human", human_image), ("object", object_image)):
+            count, height, width = tensors.image_size(image, f"{name}_image")
+            sizes.append(f"{name}_image {width}x{height}" + (f" x {count}" if count > 1 else ""))
+            need += sum(memory.estimate(kind, height, width, count)
+                        for kind in ("image_input", "mask_input", "id_reference"))
+        memory.check_fits(need, f"CHOI ID Features ({', '.join(sizes)})",
+                          "use smaller photos (e.g. Upscale Image By < 1; the canvas is 224x224) or smaller batches")
         warnings: list[str] = []
         humans = list(zip(*_references(human_image, human_mask, "human", warnings)))
         objects = list(zip(*_references(object_image, object_mask, "object", warnings)))
@@ -56,7 +66,7 @@ class CHOIIDFeatures:
         with mgig_model as model:
             for (h_img, h_mask), (o_img, o_mask) in zip(humans, objects):
                 bridge.check_interrupt()
-                features.append(choi.id_features(model, h_img, h_mask, o_img, o_mask))
+                features.append(choi.id_features(model, h_img, h_mask, o_img, o_mask, model_name=mgig_model.source))
         canvases = tensors.to_image([f.canvas.image for f in features])
         masks = tensors.to_mask([f.canvas.mask.astype(np.float32) / 255.0 for f in features])
         if warnings:  # also shown on the node (ComfyUI sends "ui" to the front end)
@@ -83,8 +93,14 @@ class CHOIDetailMap:
         }}
 
     def compute(self, reference_canvas, canvas_mask, threshold):
+        from ..pipelines import memory
         from ..pipelines.mgig.inputs import detail_map
 
+        count, height, width = tensors.image_size(reference_canvas, "reference_canvas")
+        memory.check_fits(sum(memory.estimate(kind, height, width, count)
+                              for kind in ("image_input", "mask_input", "detail_map")),
+                          f"CHOI Detail Map: {count} canvas(es) of {width}x{height}",
+                          "use the 224x224 canvas of CHOI ID Features (or a smaller image)")
         images = tensors.image_batch(reference_canvas, "reference_canvas")
         masks = tensors.mask_batch(canvas_mask, "canvas_mask", size_hw=images[0].shape[:2])
         images, masks = tensors.pair_batches("reference_canvas", images, "canvas_mask", masks)
@@ -117,7 +133,8 @@ class CHOIMaskGuidedSampler:
                                                "tooltip": "Scale of the ControlNet residuals (official 1.0)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Same seed, same images."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per identity pair."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_BATCH, "tooltip": "Images per identity "
+                                       "pair (and per background, for a batch of backgrounds)."}),
                 "mask_channel": (["mask", "box"], {"default": "mask", "tooltip": "What MGIG's 4th hint channel "
                                  "holds: the interaction mask (shape follows the mask) or its box (official "
                                  "inference; shape left to the model)."}),
@@ -136,7 +153,9 @@ class CHOIMaskGuidedSampler:
                     "figure inside the box too.")}),
             },
             "optional": {
-                "background": ("IMAGE", {"tooltip": "Scene to generate into (white canvas when absent)."}),
+                "background": ("IMAGE", {"tooltip": "Scene to generate into (white canvas when absent). A batch of "
+                                         "backgrounds is generated into one by one (or paired with a batch of "
+                                         "masks / identities of the same size)."}),
                 "box": ("CHOI_BOX", {"tooltip": "Restrict the interaction mask to this box of the background."}),
             },
         }
@@ -144,33 +163,59 @@ class CHOIMaskGuidedSampler:
     def sample(self, mgig_model, id_features, detail_map, interaction_mask, steps, sampler, guidance,
                control_strength, seed, batch_size, mask_channel, crop_ratio, paste, collage, background=None,
                box=None):
+        from ..pipelines import memory
         from ..pipelines.mgig import pipeline as choi
         from ..pipelines.mgig.inputs import confine_to_box
 
-        bg = tensors.image_batch(background, "background")[0] if background is not None else None
-        masks = tensors.mask_batch(interaction_mask, "interaction_mask",
-                                   size_hw=bg.shape[:2] if bg is not None else None, threshold=0.5)
+        features = list(id_features)
+        if not features:
+            raise ValueError("id_features is empty (0 identity pairs); connect CHOI ID Features")
+        bg_count, *bg_size = tensors.image_size(background, "background") if background is not None else (1, None)
+        size_hw = tuple(bg_size) if background is not None else None
+        masks = tensors.mask_batch(interaction_mask, "interaction_mask", size_hw=size_hw, threshold=0.5)
+        size_hw = masks[0].shape
         if box is not None:
-            box_px = check_box(box, masks[0].shape)
+            box_px = check_box(box, size_hw)
             masks = [confine_to_box(m, box_px) for m in masks]
         details = tensors.image_batch(detail_map, "detail_map")
-        features, details = tensors.pair_batches("id_features", list(id_features), "detail_map", details)
+        features, details = tensors.pair_batches("id_features", features, "detail_map", details)
         pairs, masks = tensors.pair_batches("id_features", list(zip(features, details)), "interaction_mask", masks)
+        # A batch of backgrounds: each gets its own generation (index lists: converted after the memory check).
+        jobs, which_bg = tensors.pair_batches("id_features / interaction_mask", list(zip(pairs, masks)),
+                                              "background", list(range(bg_count)))
+        items = len(jobs) * batch_size
+        what = (f"Mask-Guided Sampler: {items} image(s) of {size_hw[1]}x{size_hw[0]} ({len(jobs)} x batch_size "
+                f"{batch_size})")
+        advice = ("lower batch_size, use fewer identity pairs / masks / backgrounds, or a smaller background "
+                  "(e.g. Upscale Image By < 1)")
+        memory.check_fits(memory.estimate("mgig_images", *size_hw, items)
+                          + memory.estimate("image_input", *size_hw, bg_count if background is not None else 0),
+                          what, advice)
+        backgrounds = tensors.image_batch(background, "background") if background is not None else [None]
 
-        images, crops, pasted = [], [], []
-        with mgig_model as model:
+        with memory.explained_out_of_memory(what, advice), mgig_model as model:
+            for feat in {id(f): f for f, _ in pairs}.values():
+                choi.check_features(model, feat, mgig_model.source)
             run = resolve_sampling("mgig", model, sampler, steps, guidance)
             steps, sampler, guidance = run.steps, run.sampler, run.guidance
-            progress = bridge.Progress(steps * len(pairs))
-            for k, ((feat, detail), mask) in enumerate(zip(pairs, masks)):
+            progress = bridge.Progress(steps * len(jobs))
+            images = alphas = crops = None
+            for k, (((feat, detail), mask), b) in enumerate(zip(jobs, which_bg)):
                 def callback(i, total, x, x0, k=k):
                     progress.update(k * steps + i + 1, tensors.latent_preview(x0))
 
-                result = choi.generate(model, feat, detail, mask, bg, steps=steps, sampler=sampler,
+                result = choi.generate(model, feat, detail, mask, backgrounds[b], steps=steps, sampler=sampler,
                                        guidance=guidance, control_scale=control_strength, seed=seed,
                                        batch=batch_size, crop_ratio=crop_ratio, mask_channel=mask_channel,
                                        paste=paste, collage=collage, callback=callback)
-                images += result.images
-                crops += result.crops
-                pasted += [result.pasted_mask] * len(result.images)
-        return (tensors.to_image(images), tensors.to_image(crops), tensors.to_mask(pasted))
+                if images is None:  # outputs filled job by job (one job's full-size arrays in work at a time)
+                    images = torch.empty((items, *result.images[0].shape))
+                    crops = torch.empty((items, *result.crops[0].shape))
+                    alphas = torch.empty((items, *result.pasted_mask.shape))
+                first = k * batch_size
+                for j, (image, crop) in enumerate(zip(result.images, result.crops)):
+                    images[first + j] = torch.from_numpy(image)
+                    crops[first + j] = torch.from_numpy(crop)
+                alphas[first:first + batch_size] = torch.from_numpy(np.asarray(result.pasted_mask, np.float32))
+                del result
+        return (images.div_(255.0), crops.div_(255.0), alphas)

@@ -87,7 +87,8 @@ class _ModelLoader:
     def load(self, model_name, dtype, device, keep_model_loaded):
         path, load_device, torch_dtype = _resolve(model_name, dtype, device)
         module = self._load_module(path, torch_dtype)
-        managed = bridge.ManagedModel(module, load_device, keep_model_loaded)
+        managed = bridge.ManagedModel(module, load_device, keep_model_loaded,
+                                      label=f"{self.KIND.upper()}[{model_name}]")
         return (LoadedModel(self.KIND, managed, model_name, torch_dtype),)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import comfy_bridge as bridge
 from . import tensors
@@ -14,8 +15,35 @@ from .loaders import CATEGORY
 from .sampling import resolve_sampling, sampling_inputs
 
 MAX_RES = 8192
+# Canvas sizes and batches the widgets offer: what a machine with a few GiB to spare can
+# hold (`pipelines.memory` estimates each run and refuses, naming the inputs, what does not
+# fit; a background's size is taken as it comes).
+MAX_CANVAS = 4096
+MAX_BATCH = 16
 SHIPPED_BANK = "(shipped) example bank"
 SHIPPED_BANK_DIR = BANK_DIR
+
+
+def available_banks() -> dict[str, Path]:
+    """The mask banks the IAMG-R node offers, by dropdown name: the shipped example bank,
+    then each bank folder (with bank.json) in the registered bank folders
+    (`comfy_bridge.bank_folders`). A workflow can pick only these, never a path."""
+    from ..pipelines.retrieval import find_banks
+
+    found = find_banks(bridge.bank_folders())
+    found.pop(SHIPPED_BANK, None)
+    return {SHIPPED_BANK: SHIPPED_BANK_DIR, **found}
+
+
+def check_bank_name(bank, banks: dict[str, Path]) -> Path:
+    """The folder of the bank chosen by ``bank``; an error listing the banks there are for
+    any other value (the API accepts any string; the message says nothing about files)."""
+    if isinstance(bank, str) and bank in banks:
+        return banks[bank]
+    shown = str(bank) if len(str(bank)) <= 80 else str(bank)[:77] + "..."
+    raise ValueError(f"mask bank {shown!r} is not one of the available banks: {', '.join(banks)}. To add a bank, "
+                     f"put its folder (with bank.json) into ComfyUI's models/{bridge.BANK_FOLDER}/ folder (or a "
+                     f"folder registered as '{bridge.BANK_FOLDER}' in extra_model_paths.yaml), then refresh")
 
 
 def check_box(box, size_hw: tuple[int, int]) -> Box:
@@ -64,12 +92,20 @@ class CHOIBoxFromMask:
         }}
 
     def make(self, mask, padding):
-        m = tensors.mask_batch(mask, "mask", threshold=0.5)[0]
+        count = tensors.mask_size(mask, "mask")[0]
+        first = mask if mask.ndim == 2 else mask[:1]
+        m = tensors.mask_batch(first, "mask", threshold=0.5)[0]
         box = mask_box(m)
         if box is None:
             raise ValueError("mask is empty (no pixel >= 0.5): paint the region in the mask editor, or invert "
                              "a Load Image alpha mask with InvertMask")
-        return (box.grown(int(padding)).clipped(*m.shape).xywh,)
+        out = (box.grown(int(padding)).clipped(*m.shape).xywh,)
+        if count > 1:  # one box out: say which mask it is the box of
+            warning = (f"mask is a batch of {count} masks; the box is the first one's (the others are not used): "
+                       "connect a single mask to box another one")
+            bridge.warn(warning)
+            return {"ui": {"text": [warning]}, "result": out}
+        return out
 
 
 class IAMGGenerateMask:
@@ -96,49 +132,77 @@ class IAMGGenerateMask:
                 **sampling_inputs("iamg"),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Same seed, same mask."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Masks to generate."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_BATCH, "tooltip": "Masks to generate "
+                                       "(per background, for a batch of backgrounds)."}),
                 "threshold": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 0.99, "step": 0.01,
                                         "tooltip": "Foreground where the soft mask exceeds this."}),
                 "clip_to_box": ("BOOLEAN", {"default": True, "tooltip": "Zero the mask outside the box, so the "
                                             "pair never spills over the scene (no effect without a box)."}),
-                "width": ("INT", {"default": 512, "min": 64, "max": MAX_RES, "step": 8,
+                "width": ("INT", {"default": 512, "min": 64, "max": MAX_CANVAS, "step": 8,
                                   "tooltip": "Mask width when no background is connected."}),
-                "height": ("INT", {"default": 512, "min": 64, "max": MAX_RES, "step": 8,
+                "height": ("INT", {"default": 512, "min": 64, "max": MAX_CANVAS, "step": 8,
                                    "tooltip": "Mask height when no background is connected."}),
             },
             "optional": {
-                "background": ("IMAGE", {"tooltip": "Scene to place the pair in; the mask is generated to fit it."}),
+                "background": ("IMAGE", {"tooltip": "Scene to place the pair in; the mask is generated to fit it. A "
+                                         "batch of backgrounds gets batch_size masks each."}),
                 "box": ("CHOI_BOX", {"tooltip": "Where in the background the pair goes (needs a background)."}),
             },
         }
 
     def generate(self, iamg_model, interaction, steps, sampler, guidance, seed, batch_size, threshold, clip_to_box,
                  width, height, background=None, box=None):
-        from ..pipelines import iamg
+        from ..pipelines import iamg, memory
 
-        bg = tensors.image_batch(background, "background")[0] if background is not None else None
-        if box is not None and bg is None:
+        if box is not None and background is None:
             raise ValueError("box is connected but background is not: the box is in background pixels, so "
                              "connect the background image too (or remove the box)")
-        size_hw = bg.shape[:2] if bg is not None else (height, width)
+        if background is not None:
+            count, *size_hw = tensors.image_size(background, "background")
+        else:
+            count, size_hw = 1, [height, width]
+        size_hw = tuple(size_hw)
         if box is not None:
             box = check_box(box, size_hw).xywh
-        with iamg_model as model:
+        items = count * batch_size
+        what = (f"IAMG Generate Mask: {items} mask(s) of {size_hw[1]}x{size_hw[0]} ("
+                + (f"{count} backgrounds x " if count > 1 else "") + f"batch_size {batch_size})")
+        advice = ("lower batch_size" + (", use fewer backgrounds" if count > 1 else "")
+                  + (" or a smaller background (e.g. Upscale Image By < 1)" if background is not None
+                     else " or width / height"))
+        memory.check_fits(memory.estimate("iamg_masks", *size_hw, items)
+                          + memory.estimate("image_input", *size_hw, count if background is not None else 0),
+                          what, advice)
+        backgrounds = tensors.image_batch(background, "background") if background is not None else [None]
+        # Outputs filled background by background (one set of full-size arrays in work at a time).
+        masks, softs = torch.empty((items, *size_hw)), torch.empty((items, *size_hw))
+        previews = torch.empty((items, *size_hw, 3))
+        warnings: list[str] = []
+        with memory.explained_out_of_memory(what, advice), iamg_model as model:
             run = resolve_sampling("iamg", model, sampler, steps, guidance)
             steps, sampler, guidance = run.steps, run.sampler, run.guidance
-            progress = bridge.Progress(steps)
-            result = iamg.generate_mask(
-                model, prompt=interaction, background=bg, box=box, size_hw=size_hw, steps=steps,
-                sampler=sampler, guidance=guidance, seed=seed, batch=batch_size, threshold=threshold,
-                clip_to_box=clip_to_box, callback=lambda i, total, x, x0: progress.update(i + 1, tensors.latent_preview(x0)))
-        soft, binary = np.asarray(result.soft), np.asarray(result.binary)
-        base = bg if bg is not None else np.zeros((*size_hw, 3), np.uint8)
-        previews = [tensors.overlay(base, m) for m in binary]
-        outputs = (tensors.to_mask(list(binary)), tensors.to_mask(list(soft)), tensors.to_image(previews))
-        for warning in result.warnings:
+            progress = bridge.Progress(steps * count)
+            for k, bg in enumerate(backgrounds):
+                def callback(i, total, x, x0, k=k):
+                    progress.update(k * steps + i + 1, tensors.latent_preview(x0))
+
+                result = iamg.generate_mask(
+                    model, prompt=interaction, background=bg, box=box, size_hw=size_hw, steps=steps,
+                    sampler=sampler, guidance=guidance, seed=seed, batch=batch_size, threshold=threshold,
+                    clip_to_box=clip_to_box, callback=callback)
+                first = k * batch_size
+                masks[first:first + batch_size] = result.binary
+                softs[first:first + batch_size] = result.soft
+                base = bg if bg is not None else np.zeros((*size_hw, 3), np.uint8)
+                for j, m in enumerate(result.binary):
+                    previews[first + j] = torch.from_numpy(tensors.overlay(base, m.numpy()))
+                warnings += [w for w in result.warnings if w not in warnings]
+                del result
+        outputs = (masks, softs, previews.div_(255.0))
+        for warning in warnings:
             bridge.warn(warning)
-        if result.warnings:  # also shown on the node (ComfyUI sends "ui" to the front end)
-            return {"ui": {"text": result.warnings}, "result": outputs}
+        if warnings:  # also shown on the node (ComfyUI sends "ui" to the front end)
+            return {"ui": {"text": warnings}, "result": outputs}
         return outputs
 
 
@@ -156,8 +220,12 @@ class IAMGRRetrieveMask:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "bank": ("STRING", {"default": SHIPPED_BANK, "tooltip": "Mask bank folder (with bank.json), or the "
-                                "shipped example bank. Build one with: python -m interact_custom bank build."}),
+            "bank": (list(available_banks()), {
+                "default": SHIPPED_BANK,
+                "tooltip": f"Mask bank: the shipped example bank, or a bank folder (with bank.json) in ComfyUI's "
+                           f"models/{bridge.BANK_FOLDER}/ (or an '{bridge.BANK_FOLDER}' path in "
+                           "extra_model_paths.yaml); refresh after adding one. Build one with: "
+                           "python -m interact_custom bank build."}),
             "query": ("STRING", {"default": "a person is pushing the bicycle", "multiline": True,
                                  "tooltip": "Describe the interaction; paraphrases work."}),
             "category": ("STRING", {"default": "", "tooltip": "Optional HOI category filter, e.g. 'ride bicycle' "
@@ -170,12 +238,12 @@ class IAMGRRetrieveMask:
     def retrieve(self, bank, query, category, top_k, candidate):
         from ..pipelines import retrieval
 
-        folder = SHIPPED_BANK_DIR if bank.strip() in ("", SHIPPED_BANK) else Path(bank.strip()).expanduser()
+        folder = check_bank_name(bank, available_banks())
         if candidate > top_k:
             raise ValueError(f"candidate {candidate} is beyond top_k {top_k}; raise top_k or pick a lower candidate")
-        mask_bank = retrieval.MaskBank.load(folder)
+        mask_bank = retrieval.MaskBank.load(folder, name=bank)  # messages name the bank, not its folder
         found = retrieval.retrieve(mask_bank, query, encoder=retrieval.LexicalEncoder(), top_k=top_k,
-                                   category=category.strip() or None)
+                                   category=category.strip() or None, cache_root=bridge.embedding_cache_root())
         if candidate > len(found):
             raise ValueError(f"only {len(found)} candidate(s) match; pick candidate <= {len(found)}")
         chosen = found[candidate - 1]
@@ -201,18 +269,25 @@ class FitMaskToBox:
                 "mode": (["keep_aspect", "stretch"], {"default": "keep_aspect",
                                                       "tooltip": "keep_aspect centres and scales to fit; "
                                                                  "stretch fills the box."}),
-                "width": ("INT", {"default": 512, "min": 8, "max": MAX_RES,
+                "width": ("INT", {"default": 512, "min": 8, "max": MAX_CANVAS,
                                   "tooltip": "Canvas width when no image is connected."}),
-                "height": ("INT", {"default": 512, "min": 8, "max": MAX_RES,
+                "height": ("INT", {"default": 512, "min": 8, "max": MAX_CANVAS,
                                    "tooltip": "Canvas height when no image is connected."}),
             },
             "optional": {"image": ("IMAGE", {"tooltip": "Canvas (e.g. the background): its size is used."})},
         }
 
     def fit(self, mask, box, mode, width, height, image=None):
+        from ..pipelines import memory
         from ..pipelines.retrieval import fit_mask_to_box
 
-        size_hw = tuple(image.shape[1:3]) if image is not None else (height, width)
+        size_hw = tuple(tensors.image_size(image, "image")[1:]) if image is not None else (height, width)
         box = check_box(box, size_hw).xywh
+        count = tensors.mask_size(mask, "mask")[0]
+        memory.check("fit_masks", *size_hw, count, f"Fit Mask To Box: {count} mask(s) on a {size_hw[1]}x{size_hw[0]} "
+                     "canvas", "use a smaller canvas (width / height, or a smaller image) or fewer masks")
         masks = tensors.mask_batch(mask, "mask")
-        return (tensors.to_mask([fit_mask_to_box(m, box, size_hw, mode=mode) for m in masks]),)
+        out = torch.empty((len(masks), *size_hw))
+        for i, m in enumerate(masks):
+            out[i] = torch.from_numpy(np.asarray(fit_mask_to_box(m, box, size_hw, mode=mode), np.float32))
+        return (out,)

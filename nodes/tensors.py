@@ -23,20 +23,34 @@ MAX_UNIT_VALUE = 2.0
 WHOLE_IMAGE_FRACTION = 0.98
 
 
-def _check_values(t: torch.Tensor, name: str, kind: str) -> None:
-    finite = torch.isfinite(t)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise ValueError(f"{name}: {bad} of {t.numel()} {kind} values are NaN or infinite; check the node that "
+def _count_bad(t: torch.Tensor) -> tuple[int, float]:
+    """(non-finite values, largest value: counted only when all are finite) of a tensor."""
+    bad = int(t.numel() - int(torch.isfinite(t).sum()))
+    return bad, (float(t.max()) if t.numel() and not bad else 0.0)
+
+
+def _raise_bad_values(name: str, kind: str, bad: int, total: int, top: float) -> None:
+    if bad:
+        raise ValueError(f"{name}: {bad} of {total} {kind} values are NaN or infinite; check the node that "
                          "produced it (e.g. a math or blend node dividing by zero)")
-    top = float(t.max()) if t.numel() else 0.0
     if top > MAX_UNIT_VALUE:
         raise ValueError(f"{name}: values go up to {top:g}, but a ComfyUI {kind} holds 0..1; it looks like "
                          "0..255 data — divide it by 255 (or load the file with Load Image / Load Image Mask)")
 
 
-def image_batch(image: torch.Tensor, name: str) -> list[np.ndarray]:
-    """IMAGE → list of uint8 HxWx3 arrays (alpha dropped)."""
+def _check_batch(t: torch.Tensor, name: str, kind: str) -> None:
+    """An empty batch, or items without pixels, as an error naming the input."""
+    what = "images" if kind == "IMAGE" else "masks"
+    if t.shape[0] == 0:
+        raise ValueError(f"{name}: the {kind} batch is empty (0 {what}); connect a node that outputs at least "
+                         "one (a batch, filter or crop node before it may have removed them all)")
+    if t.shape[1] == 0 or t.shape[2] == 0:
+        raise ValueError(f"{name}: the {kind} has no pixels ({t.shape[2]}x{t.shape[1]}); check the crop or "
+                         "resize node before it")
+
+
+def image_size(image: torch.Tensor, name: str) -> tuple[int, int, int]:
+    """(batch, height, width) of an IMAGE input, checked (no conversion)."""
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
         raise ValueError(f"{name}: expected an IMAGE tensor [batch, height, width, channels], "
                          f"got {getattr(image, 'shape', type(image).__name__)}")
@@ -44,21 +58,63 @@ def image_batch(image: torch.Tensor, name: str) -> list[np.ndarray]:
         image = image[None]
     if image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"{name}: expected 1, 3 or 4 channels in the last dimension, got {image.shape[-1]}")
-    _check_values(image[..., :3].float(), name, "IMAGE")
-    arr = (image[..., :3].float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return list(arr)
+    _check_batch(image, name, "IMAGE")
+    return int(image.shape[0]), int(image.shape[1]), int(image.shape[2])
+
+
+def image_batch(image: torch.Tensor, name: str) -> list[np.ndarray]:
+    """IMAGE → list of uint8 HxWx3 arrays (alpha dropped). Converted a block of rows at a
+    time, so the only full-size memory is the uint8 result (`memory` checks it fits)."""
+    from ..pipelines import memory
+
+    count, height, width = image_size(image, name)
+    if image.ndim == 3:
+        image = image[None]
+    memory.check("image_input", height, width, count, f"{name}: {count} image(s) of {width}x{height}",
+                 "use a smaller image (e.g. Upscale Image By < 1) or a smaller batch")
+    rows = max(1, memory.CONVERSION_BLOCK_PIXELS // width)
+    out = np.empty((count, height, width, 3), np.uint8)
+    bad = total = 0
+    top = 0.0
+    for i in range(count):
+        for r in range(0, height, rows):
+            block = image[i, r:r + rows, :, :3].float().cpu()
+            b, t = _count_bad(block)
+            bad, top, total = bad + b, max(top, t), total + block.numel()
+            if bad:  # an error once counted: nothing to convert
+                continue
+            arr = block.clamp(0, 1).numpy() * 255.0
+            out[i, r:r + rows] = arr.round().astype(np.uint8)  # broadcasts 1 channel to 3
+    _raise_bad_values(name, "IMAGE", bad, total, top)
+    return list(out)
 
 
 def to_image(arrays: list[np.ndarray]) -> torch.Tensor:
-    """uint8 HxWx3 arrays (same size) → IMAGE [B,H,W,3]."""
-    return torch.from_numpy(np.stack([np.asarray(a, dtype=np.uint8) for a in arrays])).float() / 255.0
+    """uint8 HxWx3 arrays (same size) → IMAGE [B,H,W,3], filled item by item (no stacked copy)."""
+    first = np.asarray(arrays[0])
+    out = torch.empty((len(arrays), *first.shape[:2], 3), dtype=torch.float32)
+    for i, a in enumerate(arrays):
+        out[i] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))
+    return out.div_(255.0)
 
 
 def to_mask(arrays: list[np.ndarray]) -> torch.Tensor:
-    """HxW arrays in 0..1 (or bool) → MASK [B,H,W] float32."""
-    return torch.from_numpy(np.stack([np.asarray(a, dtype=np.float32) for a in arrays]))
+    """HxW arrays in 0..1 (or bool) → MASK [B,H,W] float32, filled item by item."""
+    first = np.asarray(arrays[0])
+    out = torch.empty((len(arrays), *first.shape[:2]), dtype=torch.float32)
+    for i, a in enumerate(arrays):
+        out[i] = torch.as_tensor(np.asarray(a))
+    return out
+
+
+def mask_size(mask: torch.Tensor, name: str) -> tuple[int, int, int]:
+    """(batch, height, width) of a MASK input, checked (no conversion)."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        raise ValueError(f"{name}: expected a MASK tensor [height, width] or [batch, height, width], "
+                         f"got {getattr(mask, 'shape', type(mask).__name__)}")
+    m = mask[None] if mask.ndim == 2 else mask
+    _check_batch(m, name, "MASK")
+    return int(m.shape[0]), int(m.shape[1]), int(m.shape[2])
 
 
 def mask_batch(mask: torch.Tensor, name: str, size_hw: tuple[int, int] | None = None,
@@ -69,15 +125,23 @@ def mask_batch(mask: torch.Tensor, name: str, size_hw: tuple[int, int] | None = 
     means the mask came from another image. An all-zero mask is an error that explains
     how to make one (LoadImage's 64×64 zero mask for images without alpha included).
     """
-    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
-        raise ValueError(f"{name}: expected a MASK tensor [height, width] or [batch, height, width], "
-                         f"got {getattr(mask, 'shape', type(mask).__name__)}")
-    m = mask.float().cpu()
-    if m.ndim == 2:
-        m = m[None]
-    _check_values(m, name, "MASK")
+    from ..pipelines import memory
+
+    count, height, width = mask_size(mask, name)
+    m = mask[None] if mask.ndim == 2 else mask
+    out_h, out_w = size_hw if size_hw is not None else (height, width)
+    memory.check("mask_input", max(height, out_h), max(width, out_w), count,
+                 f"{name}: {count} mask(s) of {max(width, out_w)}x{max(height, out_h)}",
+                 "use a smaller mask or image, or a smaller batch")
+    bad = total = 0
+    top = 0.0
+    for item in m:  # checked before any conversion
+        b, t = _count_bad(item.float())
+        bad, top, total = bad + b, max(top, t), total + item.numel()
+    _raise_bad_values(name, "MASK", bad, total, top)
     out = []
     for i, item in enumerate(m):
+        item = item.float().cpu()
         if float(item.max()) <= 0.0:
             raise ValueError(empty_mask_message(name, tuple(item.shape), i, len(m)))
         if size_hw is not None and tuple(item.shape) != tuple(size_hw):
@@ -138,9 +202,14 @@ def pair_batches(name_a: str, a: list, name_b: str, b: list) -> tuple[list, list
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 64), alpha: float = 0.5) -> np.ndarray:
-    """Preview: ``mask`` (0..1) tinted over ``image`` (uint8 HxWx3)."""
-    m = np.clip(mask, 0, 1)[..., None] * alpha
-    return (image * (1 - m) + np.asarray(color, np.float32) * m).round().astype(np.uint8)
+    """Preview: ``mask`` (0..1) tinted over ``image`` (uint8 HxWx3), blended in place in
+    one float32 copy (previews are made at a photo's size)."""
+    weight = np.clip(np.asarray(mask, dtype=np.float32), 0, 1) * np.float32(alpha)
+    out = np.asarray(image).astype(np.float32)
+    out *= (1 - weight)[..., None]
+    for c in range(3):
+        out[..., c] += np.float32(color[c]) * weight
+    return np.rint(out, out=out).astype(np.uint8)
 
 
 def latent_preview(latent: torch.Tensor, size: int = 256):

@@ -1,23 +1,39 @@
 """Reading and writing weight files safely.
 
-- Reading: `.safetensors` through safetensors; every other extension through
-  ``torch.load(weights_only=True)`` — a file that needs pickled code is refused, never
-  executed. Truncated/corrupt files, and files that are no checkpoint at all (a text or
-  JSON file, an HTML error page, random bytes), give one clear error naming the file.
-  `check_finite` refuses weights holding NaN / Inf, naming the tensor.
+- Reading (`read_weights`): the file is opened once and everything is read from that one
+  descriptor into memory — never memory-mapped, so a file truncated or rewritten while it
+  loads cannot kill the process with SIGBUS, and a file renamed over (an atomic replace)
+  does not affect a load under way. Its size and modification time are compared before
+  and after: a file that changed while it was read gives one `FileChangedError` ("try
+  again"), never a mix of two files. `.safetensors` is parsed here (header validated, then
+  tensor by tensor into its own memory: one copy of the weights); every other extension
+  goes through ``torch.load(weights_only=True)`` — a file that needs pickled code is
+  refused, never executed. Truncated/corrupt files, and files that are no checkpoint at
+  all (a text or JSON file, an HTML error page, random bytes), give one clear error naming
+  the file; an error never quotes the file's content (a model folder may hold a symlink to
+  any file of the machine). `check_finite` refuses weights holding NaN / Inf, or stored in
+  a non-floating dtype, naming the tensor.
 - Writing: our single-file safetensors format (component-prefixed keys + metadata),
   written atomically (temp file in the same folder, then ``os.replace``), with the
   permissions of an ordinary new file (0o666 & ~umask), and never over an existing file
-  unless asked. `check_output_dir` says up front when an output folder cannot be written.
+  unless asked. `check_output_dir` says up front when an output folder cannot be written;
+  a disk that fills up during a write gives an `OSError` (ENOSPC) naming the file
+  (`write_failure`), and no partial file is left behind.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import pickle
 import pickletools
+import re
+import stat
+import struct
+import sys
 import tempfile
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,14 +55,20 @@ class WeightsError(ValueError):
 
 
 def check_weights_file(path: str | os.PathLike, what: str | None = None) -> Path:
-    """The checks `read_weights` starts with (the file exists, its extension is one we
-    read), for a caller that wants them before doing any work; ``what`` (e.g. an option
-    name) prefixes the message."""
+    """The checks `read_weights` starts with (the file exists and is a regular file, its
+    extension is one we read), for a caller that wants them before doing any work;
+    ``what`` (e.g. an option name) prefixes the message."""
     path = Path(path)
     lead = f"{what}: " if what else ""
     if not path.is_file():
-        raise WeightsError(f"{lead}weight file not found: {path}"
-                           + (" (it is a folder)" if path.is_dir() else ""))
+        if path.is_dir():
+            raise WeightsError(f"{lead}{path} is a folder, not a weight file; choose a file")
+        if path.exists():
+            raise WeightsError(f"{lead}{path} is not a regular file (a device, pipe or socket); choose a "
+                               "weight file")
+        if path.is_symlink():
+            raise WeightsError(f"{lead}{path} is a symbolic link to a file that does not exist")
+        raise WeightsError(f"{lead}weight file not found: {path}")
     ext = path.suffix.lower()
     if ext not in SUPPORTED_EXT:
         raise WeightsError(f"{lead}{path.name}: unsupported extension {ext!r}; expected one of "
@@ -54,34 +76,183 @@ def check_weights_file(path: str | os.PathLike, what: str | None = None) -> Path
     return path
 
 
+class FileChangedError(WeightsError):
+    """A weight file that changed (was written, truncated or replaced in place) while it
+    was being read: nothing is wrong with the request, try again."""
+
+
+# A file modified this recently that fails to parse is probably still being written.
+_RECENT_S = 60.0
+
+
 def read_weights(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     """Read a weight file → (object, metadata).
 
     For safetensors the object is the flat tensor dict and metadata its header metadata;
     for torch files it is whatever dict was saved (e.g. a Lightning checkpoint) and
-    metadata is empty.
+    metadata is empty. The file is opened once and read into memory (see the module
+    docstring); a file that changes meanwhile raises `FileChangedError`.
     """
     path = check_weights_file(path)
-    ext = path.suffix.lower()
-    if ext in SAFETENSORS_EXT:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
+    try:  # O_NONBLOCK: a pipe swapped in after the check above must not block the open
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise WeightsError(f"{path.name}: cannot open it ({e.strerror or type(e).__name__})") from e
+    with os.fdopen(fd, "rb") as f:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise WeightsError(f"{path.name}: is not a regular file; choose a weight file")
         try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = dict(f.metadata() or {})
-            return load_file(str(path)), metadata
-        except Exception as e:  # safetensors raises several error types for a bad header
-            raise WeightsError(f"{path.name}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+            if path.suffix.lower() in SAFETENSORS_EXT:
+                result = _read_safetensors(f, before.st_size, path.name)
+            else:
+                result = _read_torch(f, path.name), {}
+        except MemoryError:
+            raise
+        except Exception as e:
+            if _changed(fd, before):
+                raise _changed_error(path.name) from e
+            if isinstance(e, WeightsError) and not isinstance(e, PickledCodeError):
+                age = time.time() - before.st_mtime
+                if 0 <= age < _RECENT_S:
+                    when = "moments ago" if age < 1 else f"{age:.0f} s ago"
+                    raise WeightsError(f"{e} — the file was modified {when}: if it is still being written or "
+                                       "copied, try again once that has finished") from e
+            raise
+        if _changed(fd, before):
+            raise _changed_error(path.name)
+    obj, metadata = result
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path.name}: expected a dict of tensors, found {type(obj).__name__}")
+    return dict(obj), metadata
+
+
+def _changed(fd: int, before: os.stat_result) -> bool:
+    # Size and modification time of the open file: a truncation or write changes them; a
+    # rename over the path does not touch the inode this descriptor reads.
+    now = os.fstat(fd)
+    return (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+
+
+def _changed_error(name: str) -> FileChangedError:
+    return FileChangedError(f"{name}: the file changed while it was being loaded (it is being written, copied or "
+                            "replaced); try again once that has finished")
+
+
+# safetensors dtype names → torch dtypes (those this torch has).
+_SAFETENSORS_DTYPES = {name: getattr(torch, attr) for name, attr in (
+    ("F64", "float64"), ("F32", "float32"), ("F16", "float16"), ("BF16", "bfloat16"),
+    ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("I64", "int64"), ("I32", "int32"),
+    ("I16", "int16"), ("I8", "int8"), ("U64", "uint64"), ("U32", "uint32"), ("U16", "uint16"),
+    ("U8", "uint8"), ("BOOL", "bool")) if hasattr(torch, attr)}
+_SAFETENSORS_MAX_HEADER = 100 * 2**20  # the safetensors library's own limit
+_READ_CHUNK = 2**30  # one read() call of a large tensor (Linux reads at most ~2 GiB at once)
+
+
+def _not_safetensors(name: str, why: str) -> WeightsError:
+    return WeightsError(f"{name}: not a readable safetensors file (truncated or corrupt?): {why}")
+
+
+def _read_safetensors_header(f, size: int, name: str) -> tuple[int, dict, dict[str, str]]:
+    """(data start, tensor entries, metadata) of the safetensors file ``f`` (``size``
+    bytes), validated: every entry has a known dtype, a shape and data offsets that hold
+    exactly that many bytes, and the entries tile the data area (what the safetensors
+    library checks). Messages describe the structure, never quote the bytes."""
+    f.seek(0)
+    head = f.read(8)
+    if len(head) < 8:
+        raise _not_safetensors(name, f"{size} bytes, no header")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8 or n > _SAFETENSORS_MAX_HEADER:  # (n is not shown: it is 8 bytes of whatever the file holds)
+        raise _not_safetensors(name, f"it does not start with a safetensors header (a {size}-byte file whose first "
+                                     "8 bytes announce a longer header); expected a .safetensors file")
+    raw = f.read(n)
+    if len(raw) < n:
+        raise _not_safetensors(name, "the header is cut short")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_can_mmap(path))
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _not_safetensors(name, "the header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _not_safetensors(name, "the header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise _not_safetensors(name, "its __metadata__ is not a map of strings")
+    data_start, data_size = 8 + n, size - 8 - n
+    spans = []
+    for key, info in header.items():
+        where = f"tensor {key[:80]!r}"
+        if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"}:
+            raise _not_safetensors(name, f"{where}: expected {{dtype, shape, data_offsets}}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise _not_safetensors(name, f"{where}: unsupported dtype (expected one of "
+                                         f"{', '.join(_SAFETENSORS_DTYPES)})")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise _not_safetensors(name, f"{where}: the shape is not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise _not_safetensors(name, f"{where}: its data offsets lie outside the file's {data_size} data bytes")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offsets[1] - offsets[0] != numel * _SAFETENSORS_DTYPES[dtype].itemsize:
+            raise _not_safetensors(name, f"{where}: its data offsets do not hold a {dtype} tensor of shape {shape}")
+        spans.append((offsets[0], offsets[1], key))
+    spans.sort()
+    end = 0
+    for begin, stop, key in spans:
+        if begin != end:
+            raise _not_safetensors(name, f"tensor {key[:80]!r}: its data overlaps another or leaves a gap")
+        end = stop
+    if end != data_size:
+        raise _not_safetensors(name, f"the tensors hold {end} of its {data_size} data bytes")
+    return data_start, header, metadata
+
+
+def _read_safetensors(f, size: int, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file, read from ``f`` tensor by tensor,
+    each straight into its own memory (the weights exist once)."""
+    if sys.byteorder != "little":  # safetensors stores little-endian data
+        raise WeightsError(f"{name}: reading safetensors files needs a little-endian machine")
+    data_start, header, metadata = _read_safetensors_header(f, size, name)
+    tensors = {}
+    for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        begin, stop = info["data_offsets"]
+        buf = torch.empty(stop - begin, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        f.seek(data_start + begin)
+        done = 0
+        while done < len(view):
+            got = f.readinto(view[done:done + _READ_CHUNK])
+            if not got:
+                raise _not_safetensors(name, f"the file ends inside tensor {key[:80]!r}")
+            done += got
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        tensors[key] = (buf.view(dtype) if len(buf) else torch.empty(0, dtype=dtype)).reshape(info["shape"])
+    return tensors, dict(metadata)
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape of a safetensors file, from its validated header only (no
+    memory map, nothing else read); a `WeightsError` for a damaged header."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        _, header, _ = _read_safetensors_header(f, os.fstat(f.fileno()).st_size, path.name)
+    return {k: tuple(v["shape"]) for k, v in header.items()}
+
+
+def _read_torch(f, name: str):
+    """``torch.load(weights_only=True)`` of the open file ``f`` (no memory map: the
+    storages are read into memory through this one descriptor)."""
+    f.seek(0)
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except Exception as e:  # torch.load fails on foreign bytes with any error type (KeyError: 101, ...)
-        raise _torch_load_error(path, e) from e
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path.name}: expected a dict of tensors, found {type(obj).__name__}")
-    return dict(obj), {}
+        raise _torch_load_error(f, name, e) from e
 
 
 # The first bytes of a legacy (non-zip) torch.save file: its pickled magic number.
@@ -91,26 +262,38 @@ _IMPORT_OPS = {"GLOBAL", "STACK_GLOBAL", "INST"}
 _SCAN_BYTES = 16 * 2**20  # pickles scanned for imports: this much of the file at most
 
 
-def _torch_load_error(path: Path, e: Exception) -> WeightsError:
-    """The `WeightsError` for a file ``torch.load(weights_only=True)`` failed on: pickled
-    code (refused), a damaged torch file, or something that is no checkpoint at all."""
-    name = path.name
-    imports = _pickled_imports(path)
+class PickledCodeError(WeightsError):
+    """A torch file refused because loading it could execute pickled code."""
+
+
+def _torch_load_error(f, name: str, e: Exception) -> WeightsError:
+    """The `WeightsError` for the open file ``f`` that ``torch.load(weights_only=True)``
+    failed on: pickled code (refused), a damaged torch file, or something that is no
+    checkpoint at all. The message describes the file; it never quotes its bytes."""
+    imports = _pickled_imports(f)
     foreign = _disallowed(imports) if isinstance(e, pickle.UnpicklingError) else []
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
-        return WeightsError(
+        names = [n if _PY_NAME.fullmatch(n) else "(an unreadable name)" for n in foreign]
+        shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+        return PickledCodeError(
             f"{name}: refused — the file contains pickled Python objects beyond plain tensors ({shown}), "
             "and loading it could execute code. Only weights_only files are accepted; convert it in "
             "a trusted environment (e.g. save its state_dict with safetensors)")
-    if _looks_like_torch(path):
-        detail = str(e) if isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile, OSError,
-                                          pickle.UnpicklingError)) else f"{type(e).__name__}: {e}"
-        return WeightsError(f"{name}: cannot read this checkpoint (truncated or corrupt download?): "
-                            f"{detail.splitlines()[0] if detail else type(e).__name__}")
-    return WeightsError(f"{name}: not a checkpoint (unreadable): {_describe_bytes(path, imports)}. Expected a "
+    if _looks_like_torch(f):
+        if isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile, OSError)) and str(e).strip():
+            detail = re.split(r"(?<=[a-z])\. ", str(e).strip().splitlines()[0])[0][:200]  # its first sentence
+        elif isinstance(e, pickle.UnpicklingError):
+            detail = "its pickled structure is damaged or holds objects weights_only loading does not allow"
+        else:
+            detail = type(e).__name__
+        return WeightsError(f"{name}: cannot read this checkpoint (truncated or corrupt download?): {detail}")
+    return WeightsError(f"{name}: not a checkpoint (unreadable): {_describe_bytes(f, imports)}. Expected a "
                         "PyTorch checkpoint (torch.save) or a .safetensors file: check the path, or download "
                         "the file again")
+
+
+# What a pickled import looks like ("module.sub.name"); anything else is not shown.
+_PY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,8}")
 
 
 def _disallowed(imports: list[str] | None) -> list[str]:
@@ -125,34 +308,36 @@ def _disallowed(imports: list[str] | None) -> list[str]:
     return [n for n in names if n not in allowed]
 
 
-def _looks_like_torch(path: Path) -> bool:
+def _looks_like_torch(f) -> bool:
     """A torch.save file, possibly cut short: a zip archive (or the start of one), or the
     legacy format's magic number."""
     try:
-        if zipfile.is_zipfile(path):
+        if zipfile.is_zipfile(f):
             return True
-        with open(path, "rb") as f:
-            head = f.read(len(_LEGACY_TORCH_MAGIC))
+        f.seek(0)
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
         return head.startswith(b"PK\x03\x04") or head == _LEGACY_TORCH_MAGIC
     except OSError:
         return False
 
 
-def _pickled_imports(path: Path) -> list[str] | None:
-    """The names the file's pickles import ("module.name"), read with `pickletools` (which
-    parses, never executes); None when the file does not start with a complete pickle.
-    Looks at ``data.pkl`` of a torch zip, else at the pickles the file starts with."""
+def _pickled_imports(f) -> list[str] | None:
+    """The names the pickles of the open file ``f`` import ("module.name"), read with
+    `pickletools` (which parses, never executes); None when the file does not start with
+    a complete pickle. Looks at ``data.pkl`` of a torch zip, else at the pickles the file
+    starts with."""
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
+        if zipfile.is_zipfile(f):
+            f.seek(0)
+            with zipfile.ZipFile(f) as z:
                 member = next((n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
                 if member is None:
                     return None
-                with z.open(member) as f:
-                    data = f.read(_SCAN_BYTES)
+                with z.open(member) as m:
+                    data = m.read(_SCAN_BYTES)
         else:
-            with open(path, "rb") as f:
-                data = f.read(_SCAN_BYTES)
+            f.seek(0)
+            data = f.read(_SCAN_BYTES)
     except Exception:  # a damaged zip: no pickle to look at
         return None
     stream = io.BytesIO(data)
@@ -188,18 +373,20 @@ def _pickled_imports(path: Path) -> list[str] | None:
     return imports if complete else None
 
 
-def _describe_bytes(path: Path, imports: list[str] | None) -> str:
-    """What a file that is no checkpoint looks like, in a few words."""
+def _describe_bytes(f, imports: list[str] | None) -> str:
+    """What the open file ``f``, which is no checkpoint, looks like, in a few words — its
+    kind and size, never its content (it may be any file of the machine, e.g. through a
+    symbolic link in a model folder)."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(4096)
+        size = os.fstat(f.fileno()).st_size
+        f.seek(0)
+        head = f.read(4096)
     except OSError as e:
-        return f"cannot read it ({e.strerror or e})"
+        return f"cannot read it ({e.strerror or type(e).__name__})"
     if size == 0:
         return "the file is empty (0 bytes)"
     if size < 16:
-        return f"only {size} bytes ({head!r})"
+        return f"only {size} bytes"
     if imports is not None:
         return "a Python pickle, not a torch.save checkpoint"
     try:
@@ -208,43 +395,56 @@ def _describe_bytes(path: Path, imports: list[str] | None) -> str:
         text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 and e.start else None
     if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
         stripped = text.lstrip()
-        if stripped[:1] in ("{", "["):
+        if stripped[:1] in ("{", "[") and size <= 2**20:
             try:
-                if size <= 2**20:
-                    json.loads(path.read_text(encoding="utf-8"))
-                    return "a JSON file"
+                f.seek(0)
+                json.loads(f.read(2**20).decode("utf-8"))
+                return "a JSON file"
             except (ValueError, OSError):
                 pass
         if stripped[:1] == "<":
-            return f"a text file, HTML/XML (starts {stripped[:40]!r}; an error page saved in place of the download?)"
-        return f"a text file (starts {stripped[:40]!r})"
-    return f"unrecognised binary data (first bytes {head[:8].hex(' ')})"
+            return (f"a text file of {size} bytes that looks like HTML/XML (an error page saved in place of the "
+                    "download?)")
+        return f"a text file of {size} bytes"
+    return f"unrecognised binary data ({size} bytes)"
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    if t.dtype in (torch.float16, torch.bfloat16) and t.device.type == "cpu":
+        # torch.isfinite on half-precision CPU tensors is several times slower than on float32:
+        # check float32 copies of bounded chunks instead.
+        flat = t.reshape(-1)
+        return all(bool(torch.isfinite(flat[i:i + 2**22].float()).all()) for i in range(0, flat.numel(), 2**22))
+    return bool(torch.isfinite(t).all())
+
+
+# Integer tensors a checkpoint may hold besides its weights: index buffers (CLIP's
+# position_ids, BatchNorm's counter, an EMA's update count), never used as weights.
+_INDEX_TENSORS = ("position_ids", "num_batches_tracked", "num_updates")
 
 
 def check_finite(tensors: Mapping, what: str, *, prefix: str = "") -> None:
-    """Raise a `WeightsError` naming the first floating-point tensor of ``tensors`` (nested
-    dicts included, their keys joined with '.') that holds NaN or Inf: a damaged file or a
-    diverged training run, which would otherwise load silently and give black or noise
-    images. One ``torch.isfinite(t).all()`` per tensor, on the tensors already read."""
+    """Raise a `WeightsError` naming the first tensor of ``tensors`` (nested dicts
+    included, their keys joined with '.') that cannot be a weight: a floating-point one
+    holding NaN or Inf (a damaged file or a diverged training run, which would otherwise
+    load silently and give black or noise images), or one stored in a non-floating dtype
+    (uint8 weights would be converted to garbage floats without a word); integer index
+    buffers (`_INDEX_TENSORS`) are allowed. One ``torch.isfinite(t).all()`` per tensor,
+    on the tensors already read."""
     for key, value in tensors.items():
         name = f"{prefix}{key}"
         if isinstance(value, torch.Tensor):
-            if (value.is_floating_point() and value.numel() and not value.is_meta
-                    and not bool(torch.isfinite(value).all())):
+            if not (value.is_floating_point() or str(key).rsplit(".", 1)[-1] in _INDEX_TENSORS):
+                raise WeightsError(f"{what}: tensor {name!r} is stored as {str(value.dtype).replace('torch.', '')}; "
+                                   "weights must be floating point (fp32, fp16 or bf16) — the file is damaged or "
+                                   "was edited; refusing to load it")
+            if value.is_floating_point() and value.numel() and not value.is_meta and not _all_finite(value):
                 kinds = [k for k, bad in (("NaN", torch.isnan(value).any()), ("Inf", torch.isinf(value).any()))
                          if bool(bad)]
                 raise WeightsError(f"{what}: tensor {name!r} holds {' and '.join(kinds)} values; the file is "
                                    "damaged or comes from a diverged training run — refusing to load it")
         elif isinstance(value, Mapping):
             check_finite(value, what, prefix=f"{name}.")
-
-
-def _can_mmap(path: Path) -> bool:
-    # mmap avoids a second copy of multi-GB checkpoints; it needs the zip format.
-    try:
-        return zipfile.is_zipfile(path)
-    except OSError:
-        return False
 
 
 @contextmanager
@@ -257,12 +457,63 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:
+            failure = write_failure(e, path)
+            if failure is None or failure is e:
+                raise
+            raise failure from e
         os.chmod(tmp, new_file_mode())  # a writer may create it private (safetensors' save_file: 0o600)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# A folder whose file system has less than this left is full, as far as a writer that
+# failed without saying why is concerned (torch.save's zip writer reports no errno).
+_FULL_BELOW = 16 * 2**20
+
+
+def write_failure(exc: BaseException, path: str | os.PathLike, note: str = "") -> OSError | None:
+    """The `OSError` (errno, strerror, ``path``) to report when writing ``path`` failed with
+    ``exc``; None when ``exc`` is no I/O failure (a bug: keep it as it is).
+
+    An `OSError` carrying an errno is returned as is when it names its file, else with
+    ``path`` added; the I/O errors writer libraries report their own way are translated:
+    safetensors' ``SafetensorError("... (os error 28)")``, and torch.save's zip-writer
+    `RuntimeError` (no errno: read as "no space left" when ``path``'s file system has less
+    than 16 MiB free). ``note`` is appended to the reason (e.g. what was kept)."""
+    code = None
+    if isinstance(exc, OSError):
+        if exc.errno is None:
+            return None
+        if exc.filename is not None and not note:
+            return exc
+        code = exc.errno
+    elif type(exc).__name__ == "SafetensorError":
+        found = re.search(r"os error (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    elif isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("PytorchStreamWriter", "inline_container",
+                                                                      "file write failed")):
+        code = errno.ENOSPC if _free_bytes(Path(path).parent) < _FULL_BELOW else errno.EIO
+    if code is None:
+        return None
+    reason = os.strerror(code) + (" (the disk is full)" if code in (errno.ENOSPC, errno.EDQUOT) else "")
+    return OSError(code, reason + (f"; {note}" if note else ""), str(path))
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes a new file in ``folder`` may still take (root may use the reserved blocks)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return _FULL_BELOW  # unknown: not "full"
+    blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
 
 
 def new_file_mode() -> int:
@@ -344,7 +595,13 @@ def save_native(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except Exception as e:  # safetensors reports a full disk as its own error type
+            failure = write_failure(e, path, "nothing was written")
+            if failure is None:
+                raise
+            raise failure from e
         os.chmod(tmp, new_file_mode())  # mkstemp's (and save_file's) 0o600 would make the file private
         if path.exists() and not overwrite:  # created meanwhile by someone else
             raise FileExistsError(f"{path} appeared while writing; refusing to overwrite it")

@@ -7,10 +7,11 @@ BPE folder (``vocab.json`` + ``merges.txt``) the user or the host application na
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -26,6 +27,9 @@ CLIP_VOCAB_SIZE = 49408
 # Token-embedding rows of the small presets: the shipped vocabulary (~840 words) with
 # room to append words without changing the weights' shapes.
 WORDS_VOCAB_CAPACITY = 1024
+# Stored with a trained word-level tokenizer's files (and so in the model file's metadata):
+# the words of the captions the model was trained on (`PromptTokenizer.trained_words`).
+TRAINED_WORDS_FILE = "trained_words.json"
 
 
 class PromptTokenizer:
@@ -110,16 +114,63 @@ class PromptTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def unknown_words(self, prompt: str) -> tuple[int, int] | None:
-        """(unknown, total) words of ``prompt`` for the word-level tokenizer (words outside
-        its vocabulary become ``<|unk|>`` and carry no meaning); None for CLIP's BPE, which
-        spells any text."""
+    def unknown_words(self, prompt: str) -> tuple[list[str], int] | None:
+        """(the words of ``prompt`` outside the vocabulary, as written, in order; the number
+        of words) for the word-level tokenizer: such words become ``<|unk|>`` and carry no
+        meaning. None for CLIP's BPE, which spells any text."""
         if self.kind != "words":
             return None
+        prompt = str(prompt)
+        unk = self._tok.token_to_id("<|unk|>")
+        enc = self._tok.encode(prompt)
+        spans = [(i, span) for i, span, m in zip(enc.ids, enc.offsets, enc.attention_mask) if m][1:-1]  # no start / end
+        return [prompt[a:b] for i, (a, b) in spans if i == unk], len(spans)
+
+    def words(self, prompt: str) -> list[str]:
+        """The words of ``prompt`` as the word-level tokenizer reads them (normalised, in
+        its vocabulary; punctuation left out); [] for CLIP's BPE."""
+        if self.kind != "words":
+            return []
         unk = self._tok.token_to_id("<|unk|>")
         enc = self._tok.encode(str(prompt))
-        words = [i for i, m in zip(enc.ids, enc.attention_mask) if m][1:-1]  # drop start / end
-        return sum(i == unk for i in words), len(words)
+        return [t for i, t, m in zip(enc.ids, enc.tokens, enc.attention_mask)
+                if m and i != unk and t.isalpha() and not t.startswith("<|")]
+
+    @property
+    def trained_words(self) -> frozenset[str] | None:
+        """The words of the captions the model was trained on, when `train` recorded them
+        with the tokenizer (`with_trained_words`); None otherwise."""
+        text = self.files.get(TRAINED_WORDS_FILE)
+        return None if text is None else frozenset(json.loads(text))
+
+    def with_trained_words(self, captions: Iterable[str]) -> "PromptTokenizer":
+        """This tokenizer with the words of ``captions`` recorded as trained (added to those
+        already recorded), so the model's file says which words it has learned; itself for
+        CLIP's BPE (which has no word list)."""
+        if self.kind != "words":
+            return self
+        words = set(self.trained_words or ())
+        for caption in captions:
+            words.update(self.words(caption))
+        files = {**self.files, TRAINED_WORDS_FILE: json.dumps(sorted(words))}
+        return PromptTokenizer(files, source=self.source, max_length=self.max_length)
+
+    def untrained_words(self, prompt: str) -> list[str]:
+        """The words of ``prompt`` in the vocabulary but in none of the training captions
+        (`trained_words`): the model has not learned what they mean. [] when not recorded."""
+        trained = self.trained_words
+        if trained is None:
+            return []
+        return list(dict.fromkeys(w for w in self.words(prompt) if w not in trained))
+
+    def closest_words(self, word: str, n: int = 2, among: Iterable[str] | None = None) -> list[str]:
+        """Words of the vocabulary (or of ``among``) spelled most like ``word`` (for a suggestion)."""
+        import difflib
+
+        if self.kind != "words":
+            return []
+        vocab = [w for w in (self._tok.get_vocab() if among is None else among) if not w.startswith("<|")]
+        return difflib.get_close_matches(word.lower(), vocab, n=n, cutoff=0.75)
 
     def __repr__(self) -> str:
         return f"PromptTokenizer({self.kind}, {self.vocab_size} tokens, from {self.source})"

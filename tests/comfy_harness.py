@@ -13,7 +13,7 @@ Where things are found:
 Main pieces:
   * `ComfyServer`: start/stop a server with private input/output/user/temp folders that
     loads this repository as a custom-node package; `queue`, `wait`, `run`, `interrupt`,
-    `fetch`, plus the server log.
+    `fetch`, `upload` (POST /upload/image), plus the server log.
   * `workflow_to_prompt`: the UI-workflow -> API-prompt conversion the front end does on
     "Queue" (ComfyUI's server has none), driven by `/object_info`.
   * `WorkflowBuilder`: write small UI-format workflows in tests, laid out as the front
@@ -55,6 +55,9 @@ PRIMITIVE_NODE = "PrimitiveNode"  # holds a value for the widget input(s) it is 
 REROUTE_NODE = "Reroute"  # passes its single input through
 NOTE_NODES = frozenset({"Note", "MarkdownNote"})
 FRONTEND_ONLY_NODES = frozenset({PRIMITIVE_NODE, REROUTE_NODE}) | NOTE_NODES
+
+# The model folder name our IAMG-R node lists mask banks from (nodes/comfy_bridge.py BANK_FOLDER).
+BANK_FOLDER = "interact_custom_banks"
 
 # LiteGraph node modes (node["mode"]).
 MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4  # NEVER = "muted" in the UI
@@ -148,6 +151,22 @@ def cached_comfyuis() -> list[Path]:
     newest version first."""
     found = [c.resolve() for c in CACHE_DIR.glob("ComfyUI-*") if (c / "main.py").is_file()]
     return sorted(found, key=comfyui_version, reverse=True)
+
+
+def server_checkouts() -> list[Path]:
+    """The checkouts the server suite runs against: $COMFYUI_DIR alone when set, else every
+    set-up in the user cache (e.g. 0.33.0 and 0.3.64), newest first."""
+    if os.environ.get("COMFYUI_DIR"):
+        found = find_comfyui()
+        return [found] if found else []
+    return cached_comfyuis()
+
+
+def checkout_id(comfy_dir: Path | None) -> str:
+    """A test id for a checkout: its version (e.g. 'comfyui-0.33.0')."""
+    if comfy_dir is None:
+        return "no-comfyui"
+    return "comfyui-" + ".".join(str(n) for n in comfyui_version(comfy_dir))
 
 
 def find_comfyui() -> Path | None:
@@ -316,6 +335,12 @@ class ComfyServer:
         return link_dir
 
     @property
+    def banks_dir(self) -> Path:
+        """The private folder `server_for_tests` registers as `interact_custom_banks`: its
+        sub-folders (each with a bank.json) are the mask banks the IAMG-R node offers."""
+        return self.workdir / BANK_FOLDER
+
+    @property
     def package_path(self) -> Path:
         """Path under which ComfyUI imports the package (for log lookups)."""
         cn = self.custom_nodes_dir()
@@ -327,6 +352,7 @@ class ComfyServer:
         lines = ["interact_custom_tests:", f"  custom_nodes: {json.dumps(str(self.custom_nodes_dir()))}"]
         for name, paths in self.extra_model_paths.items():
             paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+            paths = [str(p).replace("{workdir}", str(self.workdir)) for p in paths]
             if len(paths) == 1:
                 lines.append(f"  {name}: {json.dumps(str(paths[0]))}")
             else:  # ComfyUI splits a block scalar on newlines into several folders
@@ -355,6 +381,10 @@ class ComfyServer:
         for flag, value in optional.items():
             if self._supported(flag):
                 cmd += [flag, value]
+        # Another front end than the checkout's own (e.g. PyPI's newest comfyui-frontend-package):
+        # $COMFYUI_FRONT_END_ROOT = its static folder.
+        if os.environ.get("COMFYUI_FRONT_END_ROOT"):
+            cmd += ["--front-end-root", os.environ["COMFYUI_FRONT_END_ROOT"]]
         return cmd + self.extra_args
 
     def start(self, timeout: float = 240.0) -> "ComfyServer":
@@ -547,6 +577,22 @@ class ComfyServer:
         base = self.output_dir if ref.get("type", "output") == "output" else self.temp_dir / "temp"
         return base / ref.get("subfolder", "") / ref["filename"]
 
+    def upload(self, name: str, data: bytes, *, subfolder: str = "", kind: str = "input") -> dict:
+        """POST /upload/image as the front end's upload button does (multipart/form-data):
+        any bytes, stored as `name` in the server's `kind` folder ("input", "temp" or
+        "output"), under `subfolder`. Returns the server's answer ({name, subfolder, type})."""
+        boundary = uuid.uuid4().hex
+        fields = {"type": kind, "subfolder": subfolder, "overwrite": "true"}
+        body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                        for k, v in fields.items())
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n").encode()
+        body += data + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(self.url + "/upload/image", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.load(r)
+
     def add_inputs(self, files: Iterable[Path | str]) -> None:
         """Copy files into the server's input folder (what LoadImage lists)."""
         for f in files:
@@ -556,13 +602,17 @@ class ComfyServer:
 _shared: dict[str, ComfyServer] = {}
 
 
-def shared_server(**kwargs) -> ComfyServer:
-    """One server per test session, shared by the test modules that ask for it (starting
-    ComfyUI costs ~10 s). Stopped at interpreter exit. kwargs apply on first start only."""
-    srv = _shared.get("server")
+def shared_server(comfy_dir: Path | None = None, **kwargs) -> ComfyServer:
+    """One server per checkout and test session, shared by the test modules that ask for it
+    (starting ComfyUI costs ~10 s). Stopped at interpreter exit. kwargs apply on first start
+    only. Starting one checkout's server stops the other's (one at a time on a small machine)."""
+    key = str(comfy_dir or find_comfyui())
+    srv = _shared.get(key)
     if srv is None or not srv.alive:
-        srv = ComfyServer(**kwargs).start()
-        _shared["server"] = srv
+        for other in [k for k in _shared if k != key]:
+            _shared.pop(other).cleanup()
+        srv = ComfyServer(comfy_dir, **kwargs).start()
+        _shared[key] = srv
         atexit.register(srv.cleanup)
     return srv
 
@@ -976,11 +1026,11 @@ def core_nodes_workflow(object_info: dict, image: str = CORE_INPUT_IMAGE) -> tup
 # --------------------------------------------------------------------------- expectations
 
 EXPECTATIONS_FILE = Path(__file__).resolve().parent / "comfy_workflows.json"
-WORKFLOW_DIRS = (REPO / "example_workflows",)
+WORKFLOW_DIRS = (REPO / "workflows",)
 
 
 def workflow_files() -> list[Path]:
-    """The UI workflows this package ships (example_workflows/*.json)."""
+    """The UI workflows this package ships (workflows/*.json)."""
     return sorted(p for d in WORKFLOW_DIRS if d.is_dir() for p in d.glob("*.json"))
 
 
@@ -1045,10 +1095,13 @@ def check_outputs(server: ComfyServer, result: RunResult, expect: dict) -> dict[
     return images
 
 
-def server_for_tests(vectors_dir: Path | None = None) -> ComfyServer:
-    """The session's shared server, set up for the workflow tests: model folders from
-    tests/comfy_workflows.json, and the core workflow's input image in place."""
-    srv = shared_server(extra_model_paths=expand_model_paths(load_expectations(), vectors_dir))
+def server_for_tests(vectors_dir: Path | None = None, comfy_dir: Path | None = None) -> ComfyServer:
+    """The session's shared server (of `comfy_dir`, default the newest checkout), set up for
+    the workflow tests: model folders from tests/comfy_workflows.json, and the core
+    workflow's input image in place."""
+    model_paths = expand_model_paths(load_expectations(), vectors_dir)
+    model_paths.setdefault(BANK_FOLDER, []).append("{workdir}/" + BANK_FOLDER)  # ComfyServer.banks_dir
+    srv = shared_server(comfy_dir, extra_model_paths=model_paths)
     if not (srv.input_dir / CORE_INPUT_IMAGE).exists():
         write_test_png(srv.input_dir / CORE_INPUT_IMAGE)
     return srv
@@ -1080,12 +1133,14 @@ def skip_without_comfyui() -> None:
 
 
 def server_fixture(request) -> ComfyServer:
-    """Body of the test modules' `server` fixtures: skip (saying why; a failure under CI)
-    without ComfyUI, else the shared server, with the test vectors' folder when the
-    `vectors` fixture has one."""
+    """Body of the test modules' `server` fixtures: skip without any ComfyUI checkout (a
+    failure under CI when one exists but cannot run), else the shared server of the checkout
+    the fixture is parametrized with (`request.param`, default the newest), with the test
+    vectors' folder when the `vectors` fixture has one."""
     import pytest
 
     skip_without_comfyui()
+    comfy_dir = getattr(request, "param", None)
     reason = comfyui_unavailable_reason()
     if reason:
         unavailable(reason)
@@ -1093,7 +1148,7 @@ def server_fixture(request) -> ComfyServer:
         vectors_dir = request.getfixturevalue("vectors").path
     except pytest.skip.Exception:
         vectors_dir = None  # workflows needing test vectors then fail, naming the folder
-    return server_for_tests(vectors_dir)
+    return server_for_tests(vectors_dir, comfy_dir)
 
 
 def prepare_shipped_workflow(path: Path, server: ComfyServer) -> tuple[dict, dict]:

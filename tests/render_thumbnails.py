@@ -1,4 +1,4 @@
-"""Render the template-browser thumbnails (example_workflows/<name>.jpg) from real runs.
+"""Render the template-browser thumbnails (workflows/<name>.jpg) from real runs.
 
 Runs every shipped workflow in a real ComfyUI server (the test harness, so the same set-up
 as tests/test_comfy_server.py: COMFYUI_DIR etc.) and writes, beside each workflow, a JPEG

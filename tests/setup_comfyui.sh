@@ -9,10 +9,13 @@
 #          shared/comfyui/ComfyUI-a125cd84.tar.gz), a ComfyUI git directory (e.g. a snapshot
 #          without a work tree) to export, or an existing ComfyUI checkout (a folder with
 #          main.py) to use in place. Default: the checkout already at DIR.
-# --dest   where to export a git directory (default: $COMFYUI_DIR, else ~/ComfyUI).
+# --dest   where to export a git directory (default: $COMFYUI_DIR, else
+#          ~/.cache/interact_custom/ComfyUI-<version>, where the tests look).
 # --with-browser  also apt-get install Debian's chromium + chromium-driver (needs root).
-# --torchaudio MODE  broken (default): install a torchaudio built for another torch, as
-#          many users have, so the tests prove the pack works beside it; none: remove it.
+# --torchaudio MODE  auto (default): install a torchaudio built for another torch, as many
+#          users have, so the tests prove the pack works beside it, and set its compiled
+#          extension aside where this ComfyUI cannot start beside it (0.33.0); broken: never
+#          set it aside; none: remove it.
 #
 # Environment: COMFYUI_CPU_TOOLS = folder with constraints-cpu.txt and the torchvision
 # shim (default: shared/tools/comfyui-cpu beside this repository).
@@ -20,10 +23,10 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-dest="${COMFYUI_DIR:-$HOME/ComfyUI}"
+dest="${COMFYUI_DIR:-}"
 source_dir=""
 with_browser=0
-torchaudio_mode=broken
+torchaudio_mode=auto
 while [ $# -gt 0 ]; do
   case "$1" in
     --dest) dest="$2"; shift 2 ;;
@@ -34,6 +37,16 @@ while [ $# -gt 0 ]; do
   esac
 done
 tools="${COMFYUI_CPU_TOOLS:-$repo/../shared/tools/comfyui-cpu}"
+if [ -z "$dest" ]; then
+  # Default: the user cache, one folder per ComfyUI version (the tests pick the newest).
+  version=""
+  if [ -n "$source_dir" ] && [ -f "$source_dir/main.py" ]; then
+    version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$source_dir/comfyui_version.py" 2>/dev/null)
+  elif [ -n "$source_dir" ] && [ -d "$source_dir" ]; then
+    version=$(git --git-dir="$source_dir" show HEAD:comfyui_version.py 2>/dev/null | sed -n 's/^__version__ = "\(.*\)"/\1/p')
+  fi
+  dest="$HOME/.cache/interact_custom/ComfyUI-${version:-unknown}"
+fi
 TORCH_VERSION=2.13.0   # the CPU wheel this workplace provides; constraints-cpu.txt pins it too
 
 say() { echo "[setup_comfyui] $*"; }
@@ -42,7 +55,7 @@ case "$(cd "$(dirname "$dest")" 2>/dev/null && pwd)/$(basename "$dest")/" in
   "$repo"/*) echo "--dest $dest is inside this repository: ComfyUI's code must stay outside it" >&2; exit 2 ;;
 esac
 
-case "$torchaudio_mode" in broken|none) ;; *) echo "--torchaudio must be broken or none, not $torchaudio_mode" >&2; exit 2 ;; esac
+case "$torchaudio_mode" in auto|broken|none) ;; *) echo "--torchaudio must be auto, broken or none, not $torchaudio_mode" >&2; exit 2 ;; esac
 
 # 1. The ComfyUI source.
 if [ -n "$source_dir" ] && [ -f "$source_dir" ]; then
@@ -76,10 +89,21 @@ elif [ -n "$source_dir" ]; then
     say "checkout already exported at $comfy"
   else
     mkdir -p "$comfy"
-    # The snapshot lacks one tokenizer blob (an LLM text encoder we never use): exclude it,
-    # otherwise git archive stops at the missing object.
-    git --git-dir="$source_dir" archive HEAD -- . ':!comfy/text_encoders/llama_tokenizer/tokenizer.json' \
-      | tar -x -C "$comfy"
+    # The snapshots lack a blob or two (LLM tokenizer files we never use): leave out whatever
+    # blob the git directory does not hold, else the export stops at the first missing object.
+    missing=$(git --git-dir="$source_dir" ls-tree -r HEAD \
+      | awk '$2 == "blob" {print $3}' \
+      | git --git-dir="$source_dir" cat-file --batch-check 2>/dev/null | awk '$2 == "missing" {print $1}')
+    index=$(mktemp); rm -f "$index"
+    GIT_INDEX_FILE="$index" git --git-dir="$source_dir" read-tree HEAD
+    for sha in $missing; do
+      for path in $(git --git-dir="$source_dir" ls-tree -r HEAD | awk -v s="$sha" '$3 == s {print $4}'); do
+        say "left out $path (its blob is not in the snapshot)"
+        GIT_INDEX_FILE="$index" git --git-dir="$source_dir" update-index --force-remove "$path"
+      done
+    done
+    GIT_INDEX_FILE="$index" git --git-dir="$source_dir" --work-tree="$comfy" checkout-index -a --prefix="$comfy/"
+    rm -f "$index"
     git --git-dir="$source_dir" rev-parse HEAD > "$comfy/.exported_from_commit"
     say "exported $(cat "$comfy/.exported_from_commit") to $comfy"
   fi
@@ -120,20 +144,32 @@ fi
 "$py" -c 'import torch, torchvision; print("[setup_comfyui] torch", torch.__version__, "torchvision", torchvision.__version__)'
 # A torchaudio that does not match torch is common in users' ComfyUI set-ups (ComfyUI lists
 # it; an update of torch alone leaves it behind). transformers' model imports can pull it in,
-# so the tests run beside such a broken copy (--torchaudio broken), proving our nodes never
-# need it. Only ComfyUI's own audio nodes fail to import then (expected).
+# so the tests run beside such a broken copy, proving our nodes never need it. ComfyUI up to
+# 0.3.x starts beside it (only its audio node files fail to import); newer ComfyUI (0.33.0)
+# imports torchaudio unguarded at start-up and starts neither beside a broken copy nor
+# without one. --torchaudio auto (the default) installs the broken copy and, where ComfyUI
+# then cannot start, moves its compiled extension aside: the Python part imports, the
+# audio ops are absent (enough for every test; a GPU user has a matching torchaudio).
 BROKEN_TORCHAUDIO=2.9.1   # built for torch 2.9.1: its _torchaudio.so cannot load beside 2.13
-if [ "$torchaudio_mode" = broken ]; then
+startup_probe() {  # exit 0 when ComfyUI's start-up imports (nodes.py and what it pulls) succeed
+  (cd "$comfy" && "$py" -c 'import sys; sys.argv = ["main.py", "--cpu"]; import comfy.options; comfy.options.enable_args_parsing(); import nodes' >/dev/null 2>&1)
+}
+if [ "$torchaudio_mode" = none ]; then
+  "$py" -m pip uninstall -q -y torchaudio >/dev/null 2>&1 || true
+else
   if ! "$py" -m pip show -q torchaudio >/dev/null 2>&1; then
     "${pip[@]}" --no-deps "torchaudio==$BROKEN_TORCHAUDIO"
   fi
-  if "$py" -c 'import torchaudio' >/dev/null 2>&1; then
+  ta_lib=$("$py" -c 'import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec("torchaudio").origin), "lib"))')
+  if [ "$torchaudio_mode" = auto ] && ! startup_probe; then
+    for so in "$ta_lib"/_torchaudio*.so; do [ -f "$so" ] && mv "$so" "$so.set-aside"; done
+    startup_probe || { echo "ComfyUI at $comfy cannot import its start-up modules even with torchaudio's extension set aside" >&2; exit 1; }
+    say "this ComfyUI imports torchaudio at start-up: its compiled extension is set aside ($ta_lib/*.set-aside)"
+  elif "$py" -c 'import torchaudio' >/dev/null 2>&1; then
     say "WARNING: torchaudio imports here; the broken-torchaudio case is not exercised"
   else
     say "torchaudio installed and broken (as in many users' set-ups)"
   fi
-else
-  "$py" -m pip uninstall -q -y torchaudio >/dev/null 2>&1 || true
 fi
 
 # 4. Optional: the browser for tests/test_comfy_frontend.py (no downloaded browser builds).

@@ -12,6 +12,10 @@ Training (`pipelines/training/runs.py`, `loop.py`), on a tiny 4-step IAMG run:
    resume; other files are left alone.
 4. Publishing a checkpoint fsyncs its files and its folder before the rename, and the
    ``latest`` pointer before it replaces the old one.
+4b. One run per folder: a second ``train`` (fresh or ``--resume``) in a folder another
+   process trains in is refused, naming it (`RunDir.locked`, released when the process
+   dies); a folder of the user's own files is refused without ``--overwrite``; NaN / huge
+   config numbers (``lr 1e10``) are refused before anything runs.
 
 Mask banks (`pipelines/retrieval/`):
 
@@ -232,6 +236,117 @@ def test_publish_fsyncs_files_and_folder_before_renaming(tmp_path, monkeypatch):
     assert (run.checkpoints / train_runs.LATEST).read_text() == "step_000002\n"
 
 
+# ----------------------------------------------------------------------------- 4b. one run per folder
+
+
+_HOLD_LOCK = """
+import sys, time
+from interact_custom.pipelines.training.runs import RunDir
+with RunDir(sys.argv[1]).locked():
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_train_in_a_run_folder_is_refused_until_the_first_ends(run_copy, capsys):
+    # Another `train` process holds the folder (as a run still training does): a fresh
+    # start and --resume are both refused, naming the process, and the run's files stay as
+    # they were; once that process is killed the system drops its lock and --resume works.
+    import subprocess
+    import sys
+
+    data, run, cfg, _ = run_copy
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _snapshot(run)
+        for resume in (False, True):
+            assert train_cli.run(train_cli_args(data, run, resume=resume)) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(
+                f"interact-custom train: output_dir {run} is in use by another train process (pid {holder.pid} on ")
+            assert "Wait for it to finish (then pass --resume to continue it)" in err[0]
+            assert _snapshot(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train_cli.run(train_cli_args(data, run, resume=True)) == 0
+    assert not (run / train_runs.LOCK_FILE).exists()  # released and removed when the run ends
+
+
+def test_the_lock_is_held_for_the_whole_run_and_released_after_an_error(finished_run, tmp_path):
+    data, _, _ = finished_run
+    cfg = _config(data, tmp_path / "run")
+    with train_runs.RunDir(cfg.output_dir).locked():  # e.g. a run in this same process
+        with pytest.raises(train_config.ConfigError, match="is in use by another train process"):
+            train_cli.train(cfg, progress=False)
+    with pytest.raises(FileNotFoundError, match="is not a CHOI dataset"):  # fails inside the lock ...
+        train_cli.train(_config(tmp_path / "nothing", tmp_path / "run2"), progress=False)
+    with train_runs.RunDir(tmp_path / "run2").locked():  # ... and leaves it free
+        pass
+
+
+def test_a_folder_of_the_users_own_files_is_refused_without_overwrite(finished_run, tmp_path, capsys):
+    # A folder holding the user's own config.json and log.jsonl is not a run folder: train
+    # (fresh or --resume) refuses it and leaves it untouched; --overwrite trains there.
+    data, _, _ = finished_run
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    (mine / "log.jsonl").write_text("my notes\n")
+    before = _snapshot(mine)
+    for resume in (False, True):
+        assert train_cli.run(train_cli_args(data, mine, resume=resume)) == 2
+        err = capsys.readouterr().err
+        assert (f"output_dir {mine} holds files that are not a training run (config.json, log.jsonl); a run writes "
+                "config.json, log.jsonl, checkpoints/ and final.safetensors there") in err
+        assert "Choose an empty or new folder, or pass --overwrite to train there anyway" in err
+        assert _snapshot(mine) == before
+    args = train_cli_args(data, mine, resume=False)
+    args.overwrite = True
+    assert train_cli.run(args) == 0
+    assert json.loads((mine / "config.json").read_text())["model"] == "iamg"
+
+
+def test_a_run_folder_without_a_checkpoint_yet_is_ours(tmp_path):
+    run = train_runs.RunDir(tmp_path / "run")
+    assert run.foreign_files() == []  # missing
+    run.root.mkdir()
+    assert run.foreign_files() == []  # empty
+    run.checkpoints.mkdir()
+    run.config.write_text(json.dumps({"model": "iamg", "output_dir": str(run.root)}))
+    (run.root / "log.jsonl").write_text("")
+    assert run.foreign_files() == []  # a run killed before its first checkpoint
+    run.config.write_text('{"my": "settings"}')
+    assert run.foreign_files() == ["checkpoints", "config.json", "log.jsonl"]
+
+
+@pytest.mark.parametrize("override, says", [
+    ("lr=1e10", "lr: expected null or a number in (0, 1] (AdamW with a larger step diverges at once"),
+    ("lr=NaN", "lr: expected null or a number in (0, 1]"),
+    ("weight_decay=Infinity", "weight_decay: expected a finite number >= 0, got inf"),
+    ("adam_betas=[0.9, NaN]", "adam_betas: expected [beta1, beta2], each in [0, 1), got [0.9, nan]"),
+    ("max_grad_norm=NaN", "max_grad_norm: expected null or a finite positive number, got nan"),
+    ("crop_ratio=[1.3, Infinity]", "crop_ratio: expected [lo, hi] with 1 <= lo <= hi (finite), got [1.3, inf]"),
+    ("vae_logvar_init=NaN", "vae_logvar_init: expected null or a finite number, got nan"),
+    ("lr_scheduler=cosyne", "lr_scheduler: expected linear | cosine"),
+])
+def test_config_numbers_are_checked_before_anything_runs(finished_run, tmp_path, capsys, override, says):
+    from interact_custom import cli
+
+    data, _, _ = finished_run
+    out = tmp_path / "run"
+    rc = cli.main(["train", "iamg", "--config", str(CONFIGS / "tiny_iamg.json"), "--set", f"data_root={data}",
+                   "--set", f"output_dir={out}", "--set", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"interact-custom train: {says}")
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- 5. bank masks
 
 
@@ -309,7 +424,7 @@ def test_shipped_bank_cache_goes_to_the_user_cache_not_the_package(monkeypatch, 
     assert meta["encoder"] == enc.identity
 
     again = R.retrieve(R.MaskBank.load(paths.BANK_DIR), "a person riding a horse", encoder=enc, top_k=3)
-    assert enc.calls == [len(bank), 1, 1]  # the bank's embeddings came from the cache
+    assert enc.calls == [1, len(bank), 1]  # the bank's embeddings came from the cache
     assert [(c.id, c.score) for c in again] == [(c.id, c.score) for c in first]
     assert _tree(paths.PIPELINES_DIR) == before
 

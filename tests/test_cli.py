@@ -1,4 +1,5 @@
-"""The command-line surface: verify, convert, demo."""
+"""The command-line surface: verify, convert, demo; flags checked when the command line is
+read, the error naming the flag."""
 import copy
 import json
 
@@ -138,3 +139,61 @@ def test_demo_default_generates_the_mask_with_iamg_inside_the_box(tmp_path, caps
     inside = np.zeros_like(mask)
     inside[y:y + h, x:x + w] = True
     assert mask.any() and not (mask & ~inside).any()
+
+
+# ------------------------------------------------ flags checked before any work, naming the flag
+
+@pytest.mark.parametrize("argv, says", [
+    (["demo", "--out", ""], "argument --out: empty path; name the output folder (. for the current folder)"),
+    (["demo", "--out", "  "], "argument --out: empty path"),
+    (["benchmark", "--out", "OUT", "--steps", "0"], "argument --steps: expected a whole number >= 1, got 0"),
+    (["benchmark", "--out", "OUT", "--fast-steps", "-1"],
+     "argument --fast-steps: expected a whole number >= 1, got -1"),
+    (["benchmark", "--out", "OUT", "--timed-steps", "1"],
+     "argument --timed-steps: expected a whole number >= 2, got 1"),
+    (["evaluate", "--dataset", "D", "--generated", "G", "--out", "OUT", "--limit", "0"],
+     "argument --limit: expected a whole number >= 1, got 0"),
+    (["synthbench", "--out", "OUT", "--limit", "-5"], "argument --limit: expected a whole number >= 1, got -5"),
+    (["synthbench", "--out", "OUT", "--count", "0"], "argument --count: expected a whole number >= 1, got 0"),
+    (["synth", "--out", "OUT", "--count", "0"], "argument --count: expected a whole number >= 1, got 0"),
+    (["train", "masks", "--iamg", "I", "--data", "D", "--out", "OUT", "--limit", "0"],
+     "argument --limit: expected a whole number >= 1, got 0"),
+    (["synth", "--out", "OUT", "--val-fraction", "1"], "argument --val-fraction: expected a number in [0, 1), got 1"),
+    (["synthbench", "--out", "OUT", "--size", "8"], "argument --size: expected a whole number >= 48, got 8"),
+    (["build", "video", "--clips", "C", "--out", "OUT", "--min-gap", "0"],
+     "argument --min-gap: expected a whole number >= 1, got 0"),
+    (["build", "video", "--clips", "C", "--out", "OUT", "--max-iou", "nan"],
+     "argument --max-iou: expected a number in [0, 1], got nan"),
+    (["build", "hoi", "--annotations", "A", "--out", "OUT", "--margin", "nan"],
+     "argument --margin: expected a finite number >= 0, got nan"),
+    (["build", "hoi", "--annotations", "A", "--out", "OUT", "--box-expand", "0.5"],
+     "argument --box-expand: expected a finite number >= 1, got 0.5"),
+    (["build", "hoi", "--annotations", "A", "--out", "OUT", "--split-val", "1.5"],
+     "argument --split-val: expected a number in [0, 1), got 1.5"),
+])
+def test_bad_flags_are_refused_at_once_naming_the_flag(tmp_path, monkeypatch, capsys, argv, says):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert says in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even in the current folder
+
+
+def test_benchmark_checks_steps_against_the_samplers_before_measuring(tmp_path, capsys):
+    assert main(["benchmark", "--out", str(tmp_path / "b"), "--steps", "100000"]) == 2
+    assert ("benchmark: --steps: steps: expected a whole number from 1 to 1000 for the plms sampler, got 100000"
+            in capsys.readouterr().err)
+    assert main(["benchmark", "--out", str(tmp_path / "b"), "--tmp", str(tmp_path / "nope")]) == 2
+    assert f"benchmark: --tmp {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_evaluate_and_synthbench_pipelines_name_limit(tmp_path):
+    from interact_custom.pipelines.evaluation import synthbench
+    from interact_custom.pipelines.evaluation.evaluate import EvaluationError, evaluate
+
+    with pytest.raises(EvaluationError, match=r"limit: expected None or a whole number >= 1, got 0"):
+        evaluate(tmp_path, tmp_path, limit=0)
+    with pytest.raises(ValueError, match=r"limit: expected None or a whole number >= 1, got -5"):
+        synthbench.generate_and_score(tmp_path, [], None, limit=-5)

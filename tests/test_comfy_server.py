@@ -9,6 +9,8 @@ proves the harness.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +27,12 @@ WORKFLOWS = ch.workflow_files()
 
 # --------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
+# Every ComfyUI set up on this machine (0.33.0 and 0.3.64, the newest and the oldest we
+# support), or $COMFYUI_DIR alone; none: the tests skip saying so.
+CHECKOUTS = ch.server_checkouts() or [None]
+
+
+@pytest.fixture(scope="module", params=CHECKOUTS, ids=[ch.checkout_id(c) for c in CHECKOUTS])
 def server(request) -> ch.ComfyServer:
     return ch.server_fixture(request)
 
@@ -134,11 +141,23 @@ def test_core_workflow_runs(server):
 
 @pytest.mark.server
 @pytest.mark.parametrize("path", WORKFLOWS or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no example_workflows/*.json yet"))], ids=[p.name for p in WORKFLOWS] or ["none"])
+    reason="no workflows/*.json yet"))], ids=[p.name for p in WORKFLOWS] or ["none"])
 def test_shipped_workflow_runs(server, path):
     wf, expect = ch.prepare_shipped_workflow(path, server)
     result = server.run_workflow(wf, timeout=expect.get("timeout_s", 600))
     ch.check_outputs(server, result, expect)
+
+
+@pytest.mark.server
+def test_memory_manager_log_names_our_models(server):
+    # ComfyUI logs "Requested to load <class name>": ours say which model and file.
+    path = next(p for p in WORKFLOWS if p.stem == "choi_background")
+    wf, expect = ch.prepare_shipped_workflow(path, server)
+    server.run_workflow(wf, timeout=expect.get("timeout_s", 600)).raise_for_error()
+    log = server.log_text()
+    assert "Requested to load IAMG[(embedded) default]" in log
+    assert "Requested to load MGIG[(embedded) default]" in log
+    assert "Requested to load PatcherRoot" not in log
 
 
 @pytest.mark.server
@@ -154,29 +173,40 @@ def test_template_browser_lists_the_workflows_with_thumbnails(server):
             assert json.load(r)["nodes"], f"{path.name} not served"
 
 
+def probe_lib(py: str) -> str:
+    """The lib/ folder of the torchaudio installed for interpreter `py`."""
+    code = ("import importlib.util as u, os; "
+            "print(os.path.join(os.path.dirname(u.find_spec('torchaudio').origin), 'lib'))")
+    return subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip()
+
+
 @pytest.mark.server
-def test_the_server_runs_beside_a_broken_torchaudio(server):
+def test_the_server_runs_beside_the_torchaudio_users_have(server):
     # What many users have (and what tests/setup_comfyui.sh installs): a torchaudio built for
-    # another torch. The shipped-workflow tests above then prove the pack does not need it;
-    # the log says the pack treated it as absent.
-    py = ch.find_comfyui_python(ch.find_comfyui())
+    # another torch. ComfyUI 0.3.x starts beside it, and the pack must treat it as absent;
+    # 0.33.0 imports torchaudio at start-up, so its set-up sets the compiled extension aside
+    # (an importable torchaudio without ops), which the pack must leave alone.
+    py = ch.find_comfyui_python(server.comfy_dir)
     probe = subprocess.run([py, "-c", "import torchaudio"], capture_output=True, text=True, timeout=120)
-    if probe.returncode == 0:
+    set_aside = bool(list(Path(probe_lib(py)).glob("_torchaudio*.set-aside")))
+    if probe.returncode == 0 and not set_aside:
         ch.unavailable("ComfyUI's python has a working torchaudio: the broken-torchaudio case is not exercised "
                        "(tests/setup_comfyui.sh --torchaudio broken sets it up)")
-    assert "_torchaudio" in probe.stderr or "torchaudio" in probe.stderr
-    if not WORKFLOWS:
-        return
     wf, expect = ch.prepare_shipped_workflow(WORKFLOWS[0], server)
     server.run_workflow(wf, timeout=expect.get("timeout_s", 600)).raise_for_error()
-    assert "installed torchaudio cannot be imported" in server.log_text()
+    if set_aside:
+        assert probe.returncode == 0, probe.stderr[-2000:]
+        assert "installed torchaudio cannot be imported" not in server.log_text()
+    else:
+        assert "_torchaudio" in probe.stderr or "torchaudio" in probe.stderr
+        assert "installed torchaudio cannot be imported" in server.log_text()
 
 
 @pytest.mark.server
 def test_workflows_ship_once_nodes_exist(server):
     types = server.package_node_types()
     assert types, "the server lists none of the package's nodes"
-    assert WORKFLOWS, f"the package has nodes {types} but ships no example_workflows/*.json to test them"
+    assert WORKFLOWS, f"the package has nodes {types} but ships no workflows/*.json to test them"
     used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
     assert used & set(types), f"no shipped workflow uses any of the package's nodes {types}"
 
@@ -299,3 +329,112 @@ def test_bad_input_gives_readable_error(server, case):
         server.run(make_prompt(), timeout=60).raise_for_error()
     # ... and the server goes on working.
     server.run(small_prompt(unique_color()), timeout=60).raise_for_error()
+
+
+# --------------------------------------------------------------------------- IAMG-R mask banks
+# A user of a shared server can upload any file (POST /upload/image) and queue any prompt.
+# The bank widget offers only registered banks, and a bank's entries cannot lead out of it,
+# so no prompt makes IAMG-R -> MaskToImage -> SaveImage hand out a file of the server's.
+
+BANK_NODE = "InteractCustomIAMGRRetrieveMask"
+BANK_QUERY = "a person is riding the bicycle"
+
+
+def bank_prompt(bank: str, prefix: str) -> dict:
+    """What an attacker queues: the chosen bank's best mask, saved as an image /view serves."""
+    return {"1": {"class_type": BANK_NODE, "inputs": {"bank": bank, "query": BANK_QUERY, "category": "",
+                                                      "top_k": 2, "candidate": 1}},
+            "2": {"class_type": "MaskToImage", "inputs": {"mask": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}}}
+
+
+def bank_index(*masks: str) -> bytes:
+    return json.dumps({"entries": [{"id": f"e{i}", "caption": BANK_QUERY, "category": "ride bicycle", "mask": m}
+                                   for i, m in enumerate(masks)]}).encode()
+
+
+def private_png(server: ch.ComfyServer) -> Path:
+    """A PNG of the server's own, outside every folder ComfyUI serves."""
+    from PIL import Image
+
+    path = server.workdir / "private" / "secret.png"
+    path.parent.mkdir(exist_ok=True)
+    Image.frombytes("L", (4, 4), bytes([0, 255] * 8)).save(path)
+    return path
+
+
+def bank_choices(server: ch.ComfyServer) -> list[str]:
+    return server.object_info(refresh=True)[BANK_NODE]["input"]["required"]["bank"][0]
+
+
+@pytest.mark.server
+def test_bank_widget_refuses_an_uploaded_bank_folder(server):
+    secret = private_png(server)
+    index = bank_index(str(secret), "../../private/secret.png")
+    answer = server.upload("bank.json", index, subfolder="evilbank")
+    assert answer["subfolder"] == "evilbank"
+    assert (server.input_dir / "evilbank" / "bank.json").read_bytes() == index  # the upload itself is allowed
+
+    for given in (str(server.input_dir / "evilbank"), "evilbank", "../input/evilbank", "~", str(secret.parent)):
+        with pytest.raises(ch.PromptRejected, match=rf"node 1 \({BANK_NODE}\): Value not in list: bank: "):
+            server.run(bank_prompt(given, "bank_upload_attack"), timeout=120)
+    assert not list(server.output_dir.glob("bank_upload_attack*"))
+    choices = bank_choices(server)
+    assert "(shipped) example bank" in choices and "evilbank" not in choices
+
+
+@pytest.mark.server
+def test_registered_bank_cannot_read_files_outside_it(server):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from interact_custom.pipelines import retrieval as R
+
+    tag = uuid.uuid4().hex[:8]
+    secret = private_png(server)
+    evil = server.banks_dir / f"evil_{tag}"
+    (evil / "masks").mkdir(parents=True)
+    (evil / "masks" / "link.png").symlink_to(secret)
+    (evil / "bank.json").write_bytes(bank_index("masks/link.png"))
+    mask = np.zeros((24, 16), np.uint8)
+    mask[3:20, 2:13] = 255
+    good = R.build_bank(None, server.banks_dir / f"good_{tag}", sources=[
+        R.BankSource(id="ride", caption=BANK_QUERY, verb="ride", object="bicycle", human_mask=mask,
+                     object_mask=np.zeros_like(mask)),
+        R.BankSource(id="kick", caption="a person is kicking the ball", verb="kick", object="ball",
+                     human_mask=mask[::-1].copy(), object_mask=np.zeros_like(mask))])
+
+    for rel in (str(secret), "../../private/secret.png", "masks/../../../private/secret.png", "masks/link.png"):
+        (evil / "bank.json").write_bytes(bank_index(rel))
+        messages = []
+        for present in (True, False):  # the same answer whether or not the file is there
+            if present:
+                private_png(server)
+            else:
+                secret.unlink()
+            with pytest.raises(ch.ExecutionFailed) as e:
+                server.run(bank_prompt(evil.name, f"bank_evil_{tag}"), timeout=120).raise_for_error()
+            messages.append(e.value.message["exception_message"].strip())
+        assert messages[0] == messages[1], rel
+        assert messages[0].startswith(f"mask bank '{evil.name}': entry 'e0' names mask {rel!r}, which is not a "
+                                      "file inside the bank folder"), messages[0]
+        assert str(server.banks_dir) not in messages[0]
+    assert not list(server.output_dir.glob(f"bank_evil_{tag}*"))
+    assert {evil.name, good.root.name} <= set(bank_choices(server))
+
+    # A well-formed registered bank works, and its embedding cache stays in ComfyUI's models folder.
+    result = server.run(bank_prompt(good.root.name, f"bank_good_{tag}"), timeout=120).raise_for_error()
+    (ref,) = result.images("3")
+    saved = np.asarray(Image.open(io.BytesIO(server.fetch(ref))).convert("L"))
+    np.testing.assert_array_equal(saved, np.round(good.load_mask(good.entries[0]) * 255).astype(np.uint8))
+    if not os.environ.get("INTERACT_CUSTOM_CACHE"):  # else the server caches there
+        cache = server.comfy_dir / "models" / "interact_custom_cache" / "bank_embeddings"
+        made = list(cache.glob(f"good_{tag}-*"))
+        try:
+            assert len(made) == 1 and sorted(p.suffix for p in made[0].iterdir()) == [".json", ".npy"]
+            assert not list(cache.glob(f"evil_{tag}-*"))  # nothing cached for a refused bank
+        finally:
+            for folder in made:
+                shutil.rmtree(folder, ignore_errors=True)

@@ -175,25 +175,25 @@ def test_tie_break_by_id(tmp_path):
 def test_embedding_cache_reused_and_rebuilt_when_index_changes(bank):
     enc = CountingEncoder(R.LexicalEncoder())
     R.retrieve(bank, "a man riding a bike", encoder=enc)
-    assert enc.calls == [len(SAMPLES), 1]
+    assert enc.calls == [1, len(SAMPLES)]  # the query first: it is checked before the bank is embedded
     cache_files = sorted(p.suffix for p in R.bank_cache_dir(bank).iterdir())
     assert cache_files == [".json", ".npy"]
     R.retrieve(R.MaskBank.load(bank.root), "a man riding a bike", encoder=enc)
-    assert enc.calls == [len(SAMPLES), 1, 1]  # bank embeddings came from the cache
+    assert enc.calls == [1, len(SAMPLES), 1]  # bank embeddings came from the cache
 
     index = json.loads((bank.root / "bank.json").read_text())
     index["entries"][2]["caption"] = "a man is riding a red bicycle"
     (bank.root / "bank.json").write_text(json.dumps(index))
     changed = R.MaskBank.load(bank.root)
     cands = R.retrieve(changed, "a man riding a red bicycle", encoder=enc)
-    assert enc.calls[-2:] == [len(SAMPLES), 1]  # re-embedded the bank
+    assert enc.calls[-2:] == [1, len(SAMPLES)]  # re-embedded the bank
     assert cands[0].id == "k1"
     meta = json.loads(next(R.bank_cache_dir(bank).glob("*.json")).read_text())
     assert meta["index_hash"] == changed.index_hash and meta["encoder"] == enc.identity
 
     other = CountingEncoder(R.LexicalEncoder(dim=512))  # another encoder: own cache file
     R.retrieve(changed, "x", encoder=other)
-    assert other.calls == [len(SAMPLES), 1]
+    assert other.calls == [1, len(SAMPLES)]
     assert len(list(R.bank_cache_dir(bank).glob("*.npy"))) == 2
 
 

@@ -82,7 +82,7 @@ def test_config_errors_name_the_key(data, tmp_path):
         train_config.make_config(base, model="mgig")
     with pytest.raises(train_config.ConfigError, match="set `preset`"):
         train_config.make_config({**base, "preset": None})
-    with pytest.raises(train_config.ConfigError, match="figure_loss_weight: expected a number >= 1"):
+    with pytest.raises(train_config.ConfigError, match="figure_loss_weight: expected a finite number >= 1"):
         train_config.make_config({**base, "model": "mgig", "preset": "tiny", "figure_loss_weight": 0.5})
     with pytest.raises(train_config.ConfigError, match="figure_loss_weight: expected 1 except for mgig"):
         train_config.make_config({**base, "figure_loss_weight": 2})
@@ -215,6 +215,10 @@ def test_iamg_loss_drops_and_final_loads(iamg_run, data):
 
     # The final file (EMA weights; raw ones beside it) runs in the inference pipeline.
     assert trained.uses_text and (iamg_run / train_runs.FINAL_NOEMA_FILE).is_file()
+    # It records the words of its training captions, so IAMG can warn about the others.
+    captions = [train_data.IAMGTrainData(data, size=64, tokenize=prompt_text.words_tokenizer()).choi[i].caption
+                for i in range(len(ds.choi))]
+    assert trained.tokenizer.trained_words == {w for c in captions for w in trained.tokenizer.words(c)}
     # It works at the size it was trained at (64 px: an 8² latent), whatever the canvas.
     assert trained.image_size == 64 and trained.latent_shape == (4, 8, 8)
     sample = ds.choi[0]

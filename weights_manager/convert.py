@@ -11,13 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from ..pipelines.files import DTYPES, WeightsError, check_output_dir, read_weights
+from ..pipelines.files import DTYPES, WeightsError, check_output_dir, read_weights, safetensors_shapes
 
 
-def detect_kind(path: str | Path) -> str:
-    """'mgig' or 'iamg', from our metadata or from the official key layout."""
-    obj, metadata = read_weights(path)
-    if metadata.get("model") in ("mgig", "iamg"):
+def detect_kind(path: str | Path, obj=None, metadata=None) -> str:
+    """'mgig' or 'iamg', from our metadata or from the official key layout (of ``obj`` /
+    ``metadata`` when the file was read already)."""
+    if obj is None:
+        obj, metadata = read_weights(path)
+    if (metadata or {}).get("model") in ("mgig", "iamg"):
         return metadata["model"]
     if {"model", "autoencoder"} <= set(obj):
         return "iamg"
@@ -31,25 +33,30 @@ def detect_kind(path: str | Path) -> str:
 
 def convert(src: str | Path, dst: str | Path, *, dtype: str = "fp16", overwrite: bool = False,
             kind: str | None = None) -> Path:
-    """Convert ``src`` to our format at ``dst``; returns the written path."""
+    """Convert ``src`` to our format at ``dst``; returns the written path. ``src`` is read
+    once (a multi-GB file is not read twice, and a file replaced meanwhile cannot mix)."""
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise WeightsError(f"output must end in .safetensors, got {dst.name}")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it (pass --overwrite)")
     check_output_dir(dst.parent, "output folder")  # before reading a multi-GB source
-    kind = kind or detect_kind(src)
+    name = Path(src).name
+    obj, metadata = read_weights(src)
+    kind = kind or detect_kind(src, obj, metadata)
     if kind == "mgig":
-        from .official_mgig import load_mgig, save_mgig
+        from .official_mgig import load_mgig, save_mgig, state_dict_of
 
-        model = load_mgig(src)
-        out = save_mgig(model, dst, dtype=dtype, overwrite=overwrite, source=Path(src).name)
+        model = load_mgig(state_dict_of(obj, name), metadata=metadata, what=name)
+        del obj
+        out = save_mgig(model, dst, dtype=dtype, overwrite=overwrite, source=name)
         expected = model.state_dict()
     elif kind == "iamg":
         from .native_iamg import load_iamg, native_state_dict, save_iamg
 
-        model = load_iamg(src)
-        out = save_iamg(model, dst, dtype=dtype, overwrite=overwrite, source=Path(src).name)
+        model = load_iamg(obj, metadata=metadata, what=name)
+        del obj
+        out = save_iamg(model, dst, dtype=dtype, overwrite=overwrite, source=name)
         expected = native_state_dict(model)
     else:
         raise WeightsError(f"unknown model kind {kind!r}; expected mgig or iamg")
@@ -58,11 +65,8 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "fp16", overwrite:
 
 
 def _check_written(path: Path, state_dict) -> None:
-    from safetensors import safe_open
-
     expected = {k: tuple(v.shape) for k, v in state_dict.items()}
-    with safe_open(str(path), framework="pt") as f:
-        written = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    written = safetensors_shapes(path)
     if written != expected:
         diff = sorted(set(written) ^ set(expected)) or [k for k in expected if written.get(k) != expected[k]]
         raise WeightsError(f"{path}: written tensors do not match the model (e.g. {', '.join(diff[:5])})")

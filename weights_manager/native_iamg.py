@@ -36,6 +36,7 @@ from ..pipelines.iamg import IAMGModel, IAMGUNet, IAMGUNetConfig
 from ..pipelines.files import DTYPES, WeightsError, check_finite, is_native, load_strict, read_weights, save_native
 from ..pipelines.text import resolve_prompt_tokenizer
 from ..pipelines.vae import build_vae, kl_vae_config
+from . import stored_config
 from .ldm_vae import VAEKeyError, detect_diffusers_vae_config
 from .official_iamg import (OFFICIAL_NUM_HEADS, TEXT_PREFIX, _build_on_meta, _load_assign, build_text_encoder,
                             check_iamg_dict, detect_text_encoder_config, load_official_iamg,
@@ -220,13 +221,21 @@ def detect_native_config(sd: Mapping[str, torch.Tensor], metadata_config: Mappin
 # Loading
 # --------------------------------------------------------------------------------------
 
-def _native_metadata_config(metadata: Mapping[str, str], what: str) -> dict | None:
-    if not metadata.get("config"):
-        return None
+def _prompt_tokenizer(tokenizer_dir, embedded: dict | None, vocab_size: int, clip_fallback_dir, what: str):
+    """`resolve_prompt_tokenizer`; a tokenizer stored in the file that cannot be built is a
+    `WeightsError` naming the setting (its text is not quoted)."""
+    if tokenizer_dir is not None or not embedded:
+        return resolve_prompt_tokenizer(tokenizer_dir, vocab_size=vocab_size, clip_fallback_dir=clip_fallback_dir,
+                                        what=f"{what}: IAMG text encoder")
     try:
-        return json.loads(metadata["config"])
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{what}: unreadable 'config' metadata: {e}") from e
+        return resolve_prompt_tokenizer(embedded=embedded, vocab_size=vocab_size, what=f"{what}: IAMG text encoder")
+    except MemoryError:
+        raise
+    except Exception as e:  # tokenizers / transformers / json raise their own error types
+        reason = str(e) if type(e) is ValueError and "tokens but the text encoder" in str(e) else \
+            "it cannot be read as a tokenizer (tokenizer.json of `tokenizers`, or CLIP's vocab.json + merges.txt)"
+        raise WeightsError(f"{what}: stored setting 'tokenizer': {reason}; the file is damaged or was edited — "
+                           "refusing to load it (or pass a tokenizer folder)") from e
 
 
 def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
@@ -259,7 +268,10 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
     if unknown:
         raise WeightsError(f"{what}: unexpected component(s) {', '.join(unknown)}; IAMG files hold "
                            f"{', '.join(COMPONENTS)}")
-    meta_cfg = _native_metadata_config(metadata, what)
+    meta_cfg = stored_config.parse_config(metadata, what)
+    if meta_cfg is not None:
+        stored_config.check_iamg_config(meta_cfg, what)  # every stored setting, before any is used
+    embedded_tokenizer = stored_config.parse_tokenizer(metadata, what)
     cfg = detect_native_config(sd, meta_cfg, what)
 
     unet = _build_on_meta(lambda: IAMGUNet(cfg["unet"]))
@@ -274,11 +286,8 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                     f"{what}: IAMG text encoder ('text_encoder.*')")
         text_encoder = text_encoder.to(dtype).eval()
         if cfg["unet"].cross_attention_dim is not None:
-            embedded = json.loads(metadata["tokenizer"]) if metadata.get("tokenizer") else None
-            tokenizer = resolve_prompt_tokenizer(tokenizer_dir, embedded=embedded,
-                                                 vocab_size=cfg["text_encoder"]["vocab_size"],
-                                                 clip_fallback_dir=clip_fallback_dir,
-                                                 what=f"{what}: IAMG text encoder")
+            tokenizer = _prompt_tokenizer(tokenizer_dir, embedded_tokenizer, cfg["text_encoder"]["vocab_size"],
+                                          clip_fallback_dir, what)
     model = IAMGModel(unet.eval(), vae.eval(), text_encoder, scale_factor=cfg["scale_factor"], tokenizer=tokenizer,
                       preset=metadata.get("preset") or iamg.preset_name_of(cfg["unet"], cfg["vae"],
                                                                            cfg["text_encoder"]),
@@ -288,10 +297,12 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
     return model.to(device).eval().requires_grad_(False)
 
 
-def load_iamg(source: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-              *, tokenizer_dir: str | os.PathLike | None = None,
-              clip_fallback_dir: str | os.PathLike | None = None, **official_kwargs) -> IAMGModel:
-    """Load IAMG from ``source``:
+def load_iamg(source: str | os.PathLike | Mapping, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32, *, tokenizer_dir: str | os.PathLike | None = None,
+              clip_fallback_dir: str | os.PathLike | None = None, metadata: Mapping[str, str] | None = None,
+              what: str | None = None, **official_kwargs) -> IAMGModel:
+    """Load IAMG from ``source`` (a path, or a file's content already read with its
+    ``metadata``; ``what`` names it in errors):
 
     - one of our safetensors (or torch) files with ``unet.*``/``vae.*`` tensors;
     - the official ``iamg.pth`` (``model``/``autoencoder``/… entries);
@@ -301,8 +312,10 @@ def load_iamg(source: str | os.PathLike, device: torch.device | str = "cpu", dty
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {', '.join(DTYPES)} or a torch.dtype, got {dtype!r}")
         dtype = DTYPES[dtype]
-    obj, metadata = read_weights(source)
-    name = Path(source).name
+    if isinstance(source, Mapping):
+        obj, metadata, name = source, dict(metadata or {}), what or "IAMG checkpoint"
+    else:
+        (obj, metadata), name = read_weights(source), Path(source).name
     if is_native(metadata) or any(str(k).startswith("unet.") for k in obj):
         return load_native_iamg(obj, metadata=metadata, what=name, device=device, dtype=dtype,
                                 tokenizer_dir=tokenizer_dir, clip_fallback_dir=clip_fallback_dir)

@@ -43,6 +43,7 @@ import torch
 from ..pipelines.iamg import IAMGModel, IAMGUNet, IAMGUNetConfig, VAE_SCALE_FACTOR
 from ..pipelines.files import WeightsError, check_finite, load_strict, read_weights
 from ..pipelines.vae import build_vae
+from . import stored_config
 from .ldm_vae import convert_ldm_vae, detect_vae_config
 
 REQUIRED_ENTRIES = ("model", "autoencoder")
@@ -370,6 +371,7 @@ def load_official_iamg(path_or_dict, *, device: torch.device | str = "cpu", dtyp
         ckpt, what = read_official_iamg(path_or_dict), what or os.path.basename(str(path_or_dict))
     used = ("model", "autoencoder") + (("text_encoder",) if load_text_encoder else ())
     check_finite({k: ckpt[k] for k in used if isinstance(ckpt.get(k), Mapping)}, what)
+    stored_config.check_official_iamg_settings(ckpt, what)  # its schedule table and head count
 
     unet = unet_from_official(ckpt["model"], num_heads=num_heads, config_dict=ckpt.get("config_dict"),
                               dtype=dtype)

@@ -75,6 +75,7 @@ from ..pipelines.mgig import (
 )
 from ..pipelines.files import DTYPES, WeightsError, check_finite, read_weights, save_native, state_dict_mismatch
 from ..pipelines.mgig.refiner import detect_refiner_config
+from . import stored_config
 from .ldm_vae import VAEKeyError, convert_ldm_vae, detect_diffusers_vae_config
 
 OFFICIAL_PREFIXES = {
@@ -107,11 +108,15 @@ class MGIGCheckpointError(WeightsError):
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a checkpoint file (`files.read_weights`: no pickled code is ever run) into a
-    flat state dict of tensors and the file's metadata. A Lightning checkpoint's
-    `state_dict` entry is unwrapped; other Lightning entries (epoch, ...) are ignored.
-    Tensors holding NaN / Inf are refused (`files.check_finite`)."""
+    flat state dict of tensors and the file's metadata (`state_dict_of`)."""
     obj, metadata = read_weights(path)
-    name = Path(path).name
+    return state_dict_of(obj, Path(path).name), metadata
+
+
+def state_dict_of(obj: Mapping, name: str) -> dict[str, torch.Tensor]:
+    """The flat state dict of a file's content: a Lightning checkpoint's `state_dict` entry
+    is unwrapped; other Lightning entries (epoch, ...) are ignored. Tensors holding NaN /
+    Inf or stored in a non-floating dtype are refused (`files.check_finite`)."""
     if isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if {"model", "autoencoder", "diffusion"} <= set(obj):
@@ -122,7 +127,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise MGIGCheckpointError(f"{name}: expected a state dict of tensors or a Lightning checkpoint with "
                                   f"'state_dict'; found entries {', '.join(map(str, (bad or list(obj))[:5])) or 'none'}")
     check_finite(obj, name)
-    return dict(obj), metadata
+    return dict(obj)
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,6 +529,7 @@ def detect_schedule(official_sd: Mapping[str, torch.Tensor], what: str = "checkp
     default). Only LDM's "linear" schedule is supported; anything else raises."""
     if "betas" not in official_sd:
         return dict(OFFICIAL_SCHEDULE)
+    stored_config.check_schedule_buffers(official_sd, what)
     betas = official_sd["betas"].double()
     schedule = {"linear_start": round(float(betas[0]), 8), "linear_end": round(float(betas[-1]), 8),
                 "num_train_timesteps": int(betas.numel())}
@@ -546,12 +552,11 @@ def detect_schedule(official_sd: Mapping[str, torch.Tensor], what: str = "checkp
 def _metadata_config(metadata: Mapping[str, str], what: str) -> MGIGConfig | None:
     if metadata.get("model") not in (None, MODEL_NAME):
         raise MGIGCheckpointError(f"{what}: this is an interact-custom {metadata.get('model')!r} file, not MGIG")
-    if not metadata.get("config"):
+    config = stored_config.parse_config(metadata, what)
+    if config is None:
         return None
-    try:
-        return MGIGConfig.from_dict(json.loads(metadata["config"]))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise MGIGCheckpointError(f"{what}: unreadable 'config' metadata: {e}") from e
+    stored_config.check_mgig_config(config, what)  # every stored setting, before any is used
+    return MGIGConfig.from_dict(config)
 
 
 def _detect_like(native: Mapping[str, torch.Tensor], stored: MGIGConfig, what: str) -> MGIGConfig:
@@ -578,8 +583,10 @@ def _detect_like(native: Mapping[str, torch.Tensor], stored: MGIGConfig, what: s
 
 def load_mgig(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device: str | torch.device = "cpu",
               dtype: torch.dtype | str | None = None, unet_head_dim: int | None = None,
-              dino_num_heads: int | None = None, config: MGIGConfig | None = None) -> MGIGModel:
-    """Load an MGIG model from a file path or a state dict (official or our format).
+              dino_num_heads: int | None = None, config: MGIGConfig | None = None,
+              metadata: Mapping[str, str] | None = None, what: str | None = None) -> MGIGModel:
+    """Load an MGIG model from a file path or a state dict (official or our format; with a
+    state dict, ``metadata`` is its file's and ``what`` names it in errors).
 
     The architecture is detected from the tensors (head widths from `unet_head_dim` /
     `dino_num_heads`, from our files' ``config`` metadata, else the
@@ -592,7 +599,7 @@ def load_mgig(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device:
             raise ValueError(f"dtype: expected one of {', '.join(DTYPES)} or a torch.dtype, got {dtype!r}")
         dtype = DTYPES[dtype]
     if isinstance(source, Mapping):
-        sd, metadata, what = dict(source), {}, "MGIG state dict"
+        sd, metadata, what = dict(source), dict(metadata or {}), what or "MGIG state dict"
     else:
         (sd, metadata), what = read_state_dict(source), Path(source).name
     stored = _metadata_config(metadata, what)

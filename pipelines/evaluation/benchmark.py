@@ -590,9 +590,9 @@ def evict_from_page_cache(path: str | os.PathLike) -> bool:
 
 
 def touch_weights(module: nn.Module) -> None:
-    """Read one value per memory page of every parameter: weights that a loader left
-    memory-mapped (official files are read by ``torch.load`` with ``mmap=True``) are then
-    actually read from the file, as the first forward would."""
+    """Read one value per memory page of every parameter: weights a loader left
+    memory-mapped would then be read from the file, as the first forward would. (Our
+    loaders no longer memory-map: `files.read_weights` reads every file into memory.)"""
     with torch.no_grad():
         for p in module.parameters():
             flat = p.detach().reshape(-1)

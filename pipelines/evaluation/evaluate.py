@@ -277,6 +277,8 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
     """
     if mask_source not in ("predicted", "interaction"):
         raise ValueError(f"mask_source must be 'predicted' or 'interaction', got {mask_source!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise EvaluationError(f"limit: expected None or a whole number >= 1, got {limit!r}")
     data = dataset if isinstance(dataset, ChoiDataset) else ChoiDataset(dataset, split=split)
     gen_dir = Path(generated_dir)
     if not gen_dir.is_dir():
@@ -303,7 +305,7 @@ def evaluate(dataset: ChoiDataset | str | os.PathLike, generated_dir: str | os.P
     indices = [i for i, sid in enumerate(data.ids) if (gen_dir / f"{sid}{GENERATED_SUFFIX}").is_file()]
     missing = [sid for sid in data.ids if not (gen_dir / f"{sid}{GENERATED_SUFFIX}").is_file()]
     if limit is not None:
-        indices = indices[:max(0, int(limit))]
+        indices = indices[:limit]
     if not indices:
         raise EvaluationError(f"no generated image matches a sample of {data.root}"
                               f"{'' if split is None else f' (split {split!r})'}: expected files "

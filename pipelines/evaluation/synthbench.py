@@ -134,6 +134,8 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
     latent; the colour and changes columns then measure what the VAE (and a ★ refiner) lose."""
     mask = "iamg" if iamg_model is not None else "truth"
     check_ceiling(ceiling, mask)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit: expected None or a whole number >= 1, got {limit!r}")
     out = Path(out)
     report_dir = out / "report"
     indices = list(range(len(dataset)))[:limit]

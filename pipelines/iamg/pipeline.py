@@ -12,8 +12,8 @@ import torch
 from .. import imgproc, samplers
 from ..geometry import check_xywh
 from ..sampling_settings import OFFICIAL
-from .inputs import (CONTEXT_MODES, DEFAULT_THRESHOLD, DESPECKLE_FRACTION, condition_image, context_box, mask_from_decoded,
-                     soft_mask_from_decoded)
+from .inputs import (CONTEXT_MODES, DEFAULT_THRESHOLD, DESPECKLE_FRACTION, condition_image, context_box,
+                     crop_square_padding, soft_mask_from_decoded)
 from .model import IAMGModel
 
 log = logging.getLogger("interact_custom")
@@ -166,7 +166,7 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
         warnings = []
         if model.uses_text:
             context = model.encode_prompts([prompt]).expand(batch, -1, -1)
-            if (warning := unreadable_prompt_warning(model, prompt)) is not None:
+            for warning in prompt_warnings(model, prompt):
                 log.warning("IAMG: %s", warning)
                 warnings.append(warning)
             if guidance != 1.0:
@@ -178,26 +178,42 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
         latent = sample_mask_latent(model, cond, steps=steps, sampler=sampler, x_T=x_T, context=context,
                                     uncond_context=uncond, guidance=guidance, callback=callback,
                                     generator=generator)
-        decoded = model.decode(latent)
-        square = soft_mask_from_decoded(decoded)
-        if crop is None:
-            soft, binary = mask_from_decoded(decoded, height, width, threshold)
-        else:  # generated for the crop: placed back into an empty canvas
-            soft_crop, binary_crop = mask_from_decoded(decoded, crop.height, crop.width, threshold)
-            soft = soft_crop.new_zeros((soft_crop.shape[0], height, width))
-            binary = binary_crop.new_zeros((binary_crop.shape[0], height, width))
-            soft[(slice(None), *crop.slices)], binary[(slice(None), *crop.slices)] = soft_crop, binary_crop
-        if clip_to_box and box_px is not None:
-            inside = torch.from_numpy(box_px.mask(height, width)).to(soft)
-            soft, binary = soft * inside, binary * inside
-        if despeckle > 0:
-            kept = torch.from_numpy(np.stack([imgproc.drop_small_components(b, despeckle)
-                                              for b in binary.cpu().numpy()]))
-            soft, binary = soft * kept.to(soft), binary * kept.to(binary.device)
-    return MaskResult(soft=soft.float().cpu(), binary=binary.float().cpu(), square=square.float().cpu(),
+        # The masks at the canvas size are made on the CPU, one item at a time: their size is the user's
+        # (up to a photo's), the model's square is not.
+        square = soft_mask_from_decoded(model.decode(latent).float().cpu())
+        soft, binary = _canvas_masks(square, height, width, crop, box_px if clip_to_box else None, threshold,
+                                     despeckle)
+    return MaskResult(soft=soft, binary=binary, square=square,
                       latent=latent.float().cpu(), seeds=seeds, prompt=str(prompt),
                       box=None if box_px is None else box_px.xywh, warnings=warnings,
                       used_text=model.uses_text)
+
+
+def _canvas_masks(square: torch.Tensor, height: int, width: int, crop, clip_box, threshold: float,
+                  despeckle: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The soft and binary masks [B, height, width] (float32, CPU) of the model's soft
+    squares [B, S, S]: each enlarged into its place (the ``crop`` it was generated for,
+    else the whole canvas; `inputs.mask_from_decoded`), zeroed outside ``clip_box``,
+    thresholded and despeckled in place, one item at a time."""
+    soft = square.new_zeros((square.shape[0], height, width))
+    binary = torch.zeros_like(soft)
+    region = crop.slices if crop is not None else (slice(None), slice(None))
+    size = (crop.height, crop.width) if crop is not None else (height, width)
+    for i in range(square.shape[0]):
+        item = soft[i]
+        item[region] = crop_square_padding(square[i:i + 1], *size)[0]
+        if clip_box is not None:
+            inside = clip_box.clipped(height, width).slices
+            kept_box = item[inside].clone()
+            item.zero_()
+            item[inside] = kept_box
+        fg = item > threshold  # outside the box too: soft is 0 there and threshold >= 0
+        if despeckle > 0:
+            kept = torch.from_numpy(imgproc.drop_small_components(fg.numpy(), despeckle).astype(bool))
+            fg &= kept
+            item.masked_fill_(~kept, 0.0)
+        binary[i] = fg
+    return soft, binary
 
 
 def _crops_to_box(model: IAMGModel, context: str) -> bool:
@@ -206,12 +222,31 @@ def _crops_to_box(model: IAMGModel, context: str) -> bool:
     return context == "box"
 
 
-def unreadable_prompt_warning(model: IAMGModel, prompt: str) -> str | None:
-    """A warning when none of the prompt's words is in a word-level tokenizer's
-    vocabulary (emoji, another language, a typo): the model then sees only unknown
-    tokens, i.e. no interaction at all. None when the prompt is empty or readable."""
-    counts = model.tokenizer.unknown_words(prompt) if model.tokenizer is not None else None
-    if counts is None or counts[1] == 0 or counts[0] < counts[1]:
-        return None
-    return (f"none of the words of the prompt {prompt!r} is in this model's vocabulary, so it generates as if "
-            "there were no prompt; describe the interaction in English, e.g. 'a person is riding the bicycle'")
+def prompt_warnings(model: IAMGModel, prompt: str) -> list[str]:
+    """What the model cannot read in the prompt (word-level tokenizers): one warning for
+    each word outside the vocabulary (a typo, emoji, a rare word), which the model sees as
+    an unknown token with no meaning, or one when no word at all is readable (the model
+    then generates as if there were no prompt); and one for each word in the vocabulary
+    that none of its training captions used (when `train` recorded them: the model has not
+    learned it). Empty for a prompt it knows."""
+    found = model.tokenizer.unknown_words(prompt) if model.tokenizer is not None else None
+    if found is None:
+        return []
+    unknown, total = found
+    if total and len(unknown) >= total:
+        return [f"none of the words of the prompt {prompt!r} is in this model's vocabulary, so it generates as if "
+                "there were no prompt; describe the interaction in English, e.g. 'a person is riding the bicycle'"]
+    warnings = []
+    for word in dict.fromkeys(unknown):
+        close = model.tokenizer.closest_words(word)
+        hint = f" (did you mean {' or '.join(repr(w) for w in close)}?)" if close else ""
+        warnings.append(f"the word {word!r} of the prompt is not in this model's vocabulary{hint}: the model reads "
+                        "it as an unknown word with no meaning, so the mask follows the rest of the prompt only; "
+                        "use a word it knows")
+    trained = model.tokenizer.trained_words
+    for word in model.tokenizer.untrained_words(prompt):
+        close = model.tokenizer.closest_words(word, among=trained)
+        hint = f" (did you mean {' or '.join(repr(w) for w in close)}?)" if close else ""
+        warnings.append(f"the word {word!r} of the prompt is in none of the captions this model was trained on"
+                        f"{hint}: it has not learned what it means, so the mask may ignore it")
+    return warnings

@@ -34,11 +34,50 @@ RECOMMENDED_GUIDANCE = RECOMMENDED["mgig"].guidance
 @dataclass
 class IDFeatures:
     """What MGIG knows about *who* and *what*: context tokens for the conditional and
-    unconditional passes (CPU float32, [1, tokens, context_dim]) and the canvas they came from."""
+    unconditional passes (CPU float32, [1, tokens, context_dim]) and the canvas they came from.
+    ``made_by`` names the MGIG whose ID encoder made them and ``encoder`` is that encoder's
+    `encoder_signature`: only that model can sample with them (`check_features`)."""
 
     cond: torch.Tensor
     uncond: torch.Tensor
     canvas: preprocess.ReferenceCanvas
+    made_by: str = ""
+    encoder: tuple | None = None
+
+
+# Values of the ID encoder's output projection compared by `check_features`, and how close
+# they must be: the same weights loaded in another dtype (bf16: 8 mantissa bits) still match.
+_SIGNATURE_VALUES = 64
+_SIGNATURE_RTOL = 2e-2
+
+
+def encoder_signature(model: MGIGModel) -> tuple:
+    """What identifies the ID encoder that makes a model's identity tokens: the shape of its
+    output projection and a spread sample of its weights (their values, as floats)."""
+    weight = model.id_encoder.projector.weight.detach()
+    flat = weight.reshape(-1)
+    step = max(1, flat.numel() // _SIGNATURE_VALUES)
+    return tuple(weight.shape), tuple(flat[::step][:_SIGNATURE_VALUES].float().cpu().tolist())
+
+
+def check_features(model: MGIGModel, features: IDFeatures, model_name: str = "") -> None:
+    """A `ValueError` naming both models when ``features`` were made by another MGIG's ID
+    encoder than ``model``'s (tokens of another width cannot be used at all; tokens of other
+    weights mean nothing to this model)."""
+    if features.encoder is None:
+        return
+    (shape, values), (want_shape, want_values) = features.encoder, encoder_signature(model)
+    if shape == want_shape:
+        a, b = torch.tensor(values), torch.tensor(want_values)
+        if torch.allclose(a, b, rtol=_SIGNATURE_RTOL, atol=_SIGNATURE_RTOL * float(b.abs().max())):
+            return
+    made_by = f"MGIG {features.made_by!r}" if features.made_by else "another MGIG"
+    this = f"MGIG {model_name!r}" if model_name else "this MGIG"
+    width = (f" (identity tokens {shape[0]} wide; {this} reads {want_shape[0]})" if shape[0] != want_shape[0]
+             else " (an ID encoder with other weights)")
+    raise ValueError(f"id_features were made by {made_by}, but the sampler uses {this}{width}: identity features "
+                     "only work with the model that made them. Connect CHOI ID Features' mgig_model to the same "
+                     "Load MGIG as the sampler")
 
 
 @dataclass
@@ -60,14 +99,16 @@ def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
-def id_features(model: MGIGModel, human_image, human_mask, object_image, object_mask) -> IDFeatures:
-    """Reference canvas + DINOv2 identity context (DESIGN.md §3, "Reference (ID) input")."""
+def id_features(model: MGIGModel, human_image, human_mask, object_image, object_mask, *,
+                model_name: str = "") -> IDFeatures:
+    """Reference canvas + DINOv2 identity context (DESIGN.md §3, "Reference (ID) input").
+    ``model_name`` names the model in `check_features`' message."""
     canvas = preprocess.reference_canvas(human_image, human_mask, object_image, object_mask)
     device, dtype = _device_dtype(model)
     ref = torch.from_numpy(canvas.image).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32) / 255.0
     cond = model.encode_id(ref.to(dtype)).float().cpu()
     uncond = model.uncond_context(1).float().cpu()
-    return IDFeatures(cond=cond, uncond=uncond, canvas=canvas)
+    return IDFeatures(cond=cond, uncond=uncond, canvas=canvas, made_by=model_name, encoder=encoder_signature(model))
 
 
 def blank_background(mask_shape: tuple[int, int]) -> np.ndarray:
@@ -106,6 +147,7 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
     """
     samplers.check_settings(sampler, steps, guidance, control_scale)
     composite.check_paste(paste, paste_grow, paste_feather)
+    check_features(model, features)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     union = preprocess.as_mask(interaction_mask, "interaction_mask")

@@ -6,32 +6,36 @@ requested HOI category with an *unnormalised* dot product and returns the union 
 arg-max entry's human and object masks. Ours (★) generalises that:
 
 * `.bank` — the mask-bank folder format (``bank.json``/``bank.jsonl`` + PNG masks),
-  loading it and building one from a dataset;
+  loading it (confined to the bank folder, with size limits) and building one from a
+  dataset; `find_banks` lists the banks in a set of folders;
 * `.encoders` — caption embedding: the CLIP text model found in the IAMG checkpoint
   (:class:`CLIPTextEncoder`) or a weight-free lexical fallback (:class:`LexicalEncoder`);
-* `.ranking` — bank embeddings (cached in the user cache folder, `paths.cache_dir`:
-  ``$INTERACT_CUSTOM_CACHE``, ``$XDG_CACHE_HOME/interact_custom`` or
-  ``~/.cache/interact_custom``; never in the bank folder), ranking (cosine, or ``similarity="dot"`` for the
-  official score), fitting a mask into a box, a preview grid of the candidates.
+* `.ranking` — bank embeddings (cached in the caller's cache folder or the user cache
+  folder, `paths.cache_dir`: ``$INTERACT_CUSTOM_CACHE``, ``$XDG_CACHE_HOME/interact_custom``
+  or ``~/.cache/interact_custom``; never in the bank folder; size-capped), ranking (cosine,
+  or ``similarity="dot"`` for the official score), fitting a mask into a box, a preview
+  grid of the candidates.
 
 This package re-exports the public API (``from interact_custom.pipelines import
 retrieval``; ``retrieval.retrieve(...)``). CLI: ``python -m interact_custom bank
 build|query`` (``cli/bank.py``).
 """
-from .bank import (BANK_FORMAT, BANK_VERSION, INDEX_NAMES, BankEntry, BankSource, MaskBank, MaskImageError,
-                   build_bank, dataset_sources, load_mask_png, normalize_category, save_mask_png, write_index)
+from .bank import (BANK_FORMAT, BANK_VERSION, INDEX_NAMES, MAX_BANK_ENTRIES, MAX_INDEX_BYTES, MAX_MASK_PIXELS,
+                   BankEntry, BankSource, MaskBank, MaskImageError, build_bank, dataset_sources, find_banks,
+                   load_mask_png, normalize_category, save_mask_png, write_index)
 from .encoders import (CLIPTextEncoder, LexicalEncoder, TextEncoder, clip_text_state_dict, lexical_tokens,
                        make_encoder)
-from .ranking import (CACHE_DIR, TIE_DECIMALS, Candidate, bank_cache_dir, bank_embeddings, candidates_grid,
-                      fit_mask_to_box, retrieve)
+from .ranking import (CACHE_DIR, CACHE_MAX_BYTES, TIE_DECIMALS, Candidate, bank_cache_dir, bank_embeddings,
+                      candidates_grid, fit_mask_to_box, retrieve)
 
 __all__ = [
     # bank
-    "BANK_FORMAT", "BANK_VERSION", "INDEX_NAMES", "BankEntry", "BankSource", "MaskBank", "MaskImageError",
-    "build_bank", "dataset_sources", "load_mask_png", "normalize_category", "save_mask_png", "write_index",
+    "BANK_FORMAT", "BANK_VERSION", "INDEX_NAMES", "MAX_BANK_ENTRIES", "MAX_INDEX_BYTES", "MAX_MASK_PIXELS",
+    "BankEntry", "BankSource", "MaskBank", "MaskImageError", "build_bank", "dataset_sources", "find_banks",
+    "load_mask_png", "normalize_category", "save_mask_png", "write_index",
     # encoders
     "CLIPTextEncoder", "LexicalEncoder", "TextEncoder", "clip_text_state_dict", "lexical_tokens", "make_encoder",
     # retrieve
-    "CACHE_DIR", "TIE_DECIMALS", "Candidate", "bank_cache_dir", "bank_embeddings", "candidates_grid",
-    "fit_mask_to_box", "retrieve",
+    "CACHE_DIR", "CACHE_MAX_BYTES", "TIE_DECIMALS", "Candidate", "bank_cache_dir", "bank_embeddings",
+    "candidates_grid", "fit_mask_to_box", "retrieve",
 ]

@@ -6,6 +6,13 @@ and ``object``, the union ``mask`` (cropped to its own bounding box, so it can b
 into any box later) and optionally ``human_mask`` / ``object_mask`` (cropped with the
 same box) and the source ``image``. Paths are relative to the bank folder.
 
+A bank may come from anyone (a download, a shared folder), so reading one is confined:
+every mask an entry names must resolve to a file inside the bank folder (no absolute
+path, no ``..``, no symbolic link leading out), and an entry that would lead out gets
+the same message whether or not its target exists. ``image`` only records where the
+sample came from and is never opened. The index is at most `MAX_INDEX_BYTES` and
+`MAX_BANK_ENTRIES` entries, mask images at most `MAX_MASK_PIXELS` pixels.
+
 Holds :class:`BankEntry`, :class:`MaskBank` (loading and checking a bank), the index
 reader/writer (:func:`write_index`), mask PNG IO (:func:`load_mask_png`,
 :func:`save_mask_png`) and the builder (:class:`BankSource`, :func:`dataset_sources`,
@@ -33,6 +40,13 @@ from ..geometry import mask_box
 INDEX_NAMES = ("bank.json", "bank.jsonl")
 BANK_FORMAT = "interact_custom.mask_bank"
 BANK_VERSION = 1
+# Limits on what one bank may make the reader do (a bank may come from anyone): entries
+# (each costs an embedding row and a file check), bytes of the index read before
+# parsing it, and pixels of one mask image (checked from its header, before decoding).
+MAX_BANK_ENTRIES = 20_000
+MAX_INDEX_BYTES = 16 * 2**20
+MAX_MASK_PIXELS = 8192 * 8192
+MASK_KEYS = ("mask", "human_mask", "object_mask")  # the entry fields naming files that are read
 
 
 # --------------------------------------------------------------------------------------
@@ -42,6 +56,28 @@ BANK_VERSION = 1
 def normalize_category(name: str) -> str:
     """Canonical spelling of an HOI category: lower case, '_' as space, single spaces."""
     return " ".join(str(name).lower().replace("_", " ").split())
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    return next((name for t, name in _JSON_TYPES.items() if isinstance(value, t) and
+                 not (t is int and isinstance(value, bool))), type(value).__name__)
+
+
+def _text_field(record: Mapping[str, Any], key: str, where: str) -> str | None:
+    """``record[key]`` as text (None when absent, null or ""); a JSON array, object or
+    boolean there is an error naming the entry and the field (``id`` may be a number)."""
+    value = record.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if key == "id" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{where}: {key!r} must be a string, got {_json_type(value)}")
 
 
 @dataclass(frozen=True)
@@ -61,25 +97,25 @@ class BankEntry:
     @classmethod
     def from_record(cls, record: Mapping[str, Any], where: str) -> "BankEntry":
         if not isinstance(record, Mapping):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        missing = [k for k in ("id", "caption", "mask") if not record.get(k)]
+            raise ValueError(f"{where}: expected a JSON object, got {_json_type(record)}")
+        fields = {k: _text_field(record, k, where)
+                  for k in ("id", "caption", "category", "verb", "object", *MASK_KEYS, "image")}
+        missing = [k for k in ("id", "caption", "mask") if not fields[k]]
         if missing:
             raise ValueError(f"{where}: entry is missing {', '.join(missing)} "
                              "(required: id, caption, mask; and category or verb+object)")
-        verb = str(record.get("verb") or "").strip()
-        obj = str(record.get("object") or "").strip()
-        category = record.get("category") or (f"{verb} {obj}" if verb and obj else "")
+        verb = (fields["verb"] or "").strip()
+        obj = (fields["object"] or "").strip()
+        category = fields["category"] or (f"{verb} {obj}" if verb and obj else "")
         if not category:
-            raise ValueError(f"{where}: entry {record['id']!r} has no category and no verb+object")
+            raise ValueError(f"{where}: entry {fields['id']!r} has no category and no verb+object")
         category = normalize_category(category)
         if not (verb and obj):
             # "ride bicycle" -> verb "ride", object "bicycle"; multi-word objects stay whole.
             verb, _, obj = category.partition(" ")
-        return cls(id=str(record["id"]), caption=str(record["caption"]), category=category,
-                   verb=verb, object=obj, mask=str(record["mask"]),
-                   human_mask=record.get("human_mask") or None,
-                   object_mask=record.get("object_mask") or None,
-                   image=record.get("image") or None)
+        return cls(id=fields["id"], caption=fields["caption"], category=category, verb=verb, object=obj,
+                   mask=fields["mask"], human_mask=fields["human_mask"], object_mask=fields["object_mask"],
+                   image=fields["image"])
 
     def to_record(self) -> dict:
         rec = {"id": self.id, "caption": self.caption, "category": self.category,
@@ -90,41 +126,113 @@ class BankEntry:
         return rec
 
 
+def _inside(base: str, rel: str, folders: dict[str, str] | None = None) -> str | None:
+    """The file ``rel`` names in the folder ``base`` (already resolved), itself resolved;
+    None when ``rel`` is absolute, has a drive or a ``..`` part, or resolves (through a
+    symbolic link) outside ``base`` -- decided the same way whether or not the target exists.
+    ``folders`` memoises resolved parent folders across the calls for one bank. Plain
+    strings: a bank of MAX_BANK_ENTRIES entries makes tens of thousands of these calls."""
+    text = rel.replace("\\", "/")  # a bank written on Windows
+    if not text or "\0" in text or text.startswith("/") or text[1:2] == ":":  # absolute, or a drive
+        return None
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    parent = "/".join(parts[:-1])
+    try:
+        folder = folders.get(parent) if folders is not None else None
+        if folder is None:
+            folder = os.path.realpath(os.path.join(base, parent))
+            if folders is not None:
+                folders[parent] = folder
+        real = os.path.join(folder, parts[-1])
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+    except (OSError, ValueError):  # a name the OS refuses
+        return None
+    return real if real.startswith(base.rstrip(os.sep) + os.sep) else None
+
+
+def find_banks(folders: Iterable[str | os.PathLike]) -> dict[str, Path]:
+    """The mask banks in ``folders``: each sub-folder that holds ``bank.json`` or
+    ``bank.jsonl``, by its folder name, sorted by name. When two folders hold a bank of
+    the same name the first folder's wins; hidden (``.``) folders are left out, and a
+    folder that cannot be read is skipped."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        try:
+            with os.scandir(folder) as it:
+                subs = sorted(it, key=lambda d: d.name)
+        except OSError:
+            continue
+        for d in subs:
+            if d.name.startswith(".") or d.name in found:
+                continue
+            try:
+                if d.is_dir() and any(os.path.isfile(os.path.join(d.path, n)) for n in INDEX_NAMES):
+                    found[d.name] = Path(d.path)
+            except OSError:
+                continue
+    return dict(sorted(found.items()))
+
+
 @dataclass
 class MaskBank:
-    """A folder of captioned interaction masks (see the module docstring for the layout)."""
+    """A folder of captioned interaction masks (see the module docstring for the layout).
+    ``name``, when given, is how messages name the bank (e.g. its ComfyUI dropdown entry)
+    instead of its folder path."""
 
     root: Path
     entries: list[BankEntry]
     index_path: Path | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return repr(self.name) if self.name is not None else str(self.root)
 
     @classmethod
-    def load(cls, root: str | os.PathLike) -> "MaskBank":
-        """Read ``bank.json`` / ``bank.jsonl`` from ``root`` and check every mask file exists."""
+    def load(cls, root: str | os.PathLike, *, name: str | None = None) -> "MaskBank":
+        """Read ``bank.json`` / ``bank.jsonl`` from ``root`` and check the whole bank: at
+        most `MAX_BANK_ENTRIES` well-formed entries with unique ids, every mask file inside
+        the bank folder. ``name``: how messages name the bank (default: its folder)."""
         root = Path(root)
+        bank = cls(root=root, entries=[], name=name)
         if not root.is_dir():
-            raise FileNotFoundError(f"mask bank folder {root} does not exist")
-        index_path = next((root / n for n in INDEX_NAMES if (root / n).is_file()), None)
-        if index_path is None:
-            raise FileNotFoundError(
-                f"mask bank folder {root} has no index: expected {' or '.join(INDEX_NAMES)} "
-                "(build one with `python -m interact_custom bank build`)")
-        records = _read_index(index_path)
-        entries = [BankEntry.from_record(r, f"{index_path.name} entry {i}") for i, r in enumerate(records)]
-        if not entries:
-            raise ValueError(f"mask bank {index_path} is empty: it lists no entries")
+            raise FileNotFoundError(f"mask bank folder {bank.label} does not exist")
+        bank.index_path, index_file = bank._find_index()
+        lead = f"mask bank {bank.label}: {bank.index_path.name}"
+        records = _read_index(index_file, lead)
+        bank.entries = [BankEntry.from_record(r, f"{lead} entry {i}") for i, r in enumerate(records)]
+        if not bank.entries:
+            raise ValueError(f"mask bank {bank.label} is empty: {bank.index_path.name} lists no entries")
         seen: set[str] = set()
-        dupes = sorted({e.id for e in entries if e.id in seen or seen.add(e.id)})
+        dupes = sorted({e.id for e in bank.entries if e.id in seen or seen.add(e.id)})
         if dupes:
-            raise ValueError(f"mask bank {index_path}: duplicate entry ids {dupes[:5]}")
-        for e in entries:
-            for key in ("mask", "human_mask", "object_mask"):
-                rel = getattr(e, key)
-                if rel and not (root / rel).is_file():
-                    raise FileNotFoundError(
-                        f"mask bank {index_path}: entry {e.id!r} names {key} {rel!r}, "
-                        f"but {root / rel} does not exist")
-        return cls(root=root, entries=entries, index_path=index_path)
+            raise ValueError(f"{lead}: duplicate entry ids {dupes[:5]}")
+        base, folders = str(root.resolve()), {}
+        for e in bank.entries:
+            for key in MASK_KEYS:
+                if getattr(e, key):
+                    bank._entry_file(e, key, base, folders)
+        return bank
+
+    def _find_index(self) -> tuple[Path, Path]:
+        """(the index as the bank names it, the file to read): the first of INDEX_NAMES
+        present; an index that is a link leading out of the bank is refused."""
+        base = str(self.root.resolve())
+        for n in INDEX_NAMES:
+            if not os.path.lexists(self.root / n):
+                continue
+            real = _inside(base, n)
+            if real is None:
+                raise ValueError(f"mask bank {self.label}: {n} is a link leading out of the bank folder; "
+                                 "the index must be a file inside the bank")
+            if os.path.isfile(real):
+                return self.root / n, Path(real)
+        raise FileNotFoundError(
+            f"mask bank folder {self.label} has no index: expected {' or '.join(INDEX_NAMES)} "
+            "(build one with `python -m interact_custom bank build`)")
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -139,70 +247,132 @@ class MaskBank:
         payload = json.dumps([[e.id, e.caption] for e in self.entries], ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
-    def load_mask(self, entry: BankEntry, which: str = "mask") -> np.ndarray:
-        """A mask of ``entry`` as float32 HxW in 0..1 (``which``: mask|human_mask|object_mask)."""
+    def entry_file(self, entry: BankEntry, which: str = "mask") -> Path:
+        """The file ``entry``'s ``which`` (mask|human_mask|object_mask) names, resolved.
+        It must lie inside the bank folder: an absolute path, ``..`` or a link leading out
+        is an error that reads the same whether or not the target exists."""
+        return Path(self._entry_file(entry, which, str(self.root.resolve())))
+
+    def _entry_file(self, entry: BankEntry, which: str, base: str, folders: dict[str, str] | None = None) -> str:
         rel = getattr(entry, which)
         if not rel:
-            raise ValueError(f"mask bank entry {entry.id!r} has no {which}")
+            raise ValueError(f"mask bank {self.label}: entry {entry.id!r} has no {which}")
+        path = _inside(base, rel, folders)
+        if path is None:
+            raise ValueError(f"mask bank {self.label}: entry {entry.id!r} names {which} {rel!r}, which is not a "
+                             "file inside the bank folder: entries must name files by relative paths inside the "
+                             "bank, e.g. 'masks/<id>.png' (no absolute path, no '..', no link leading out of "
+                             "the bank)")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"mask bank {self.label}: entry {entry.id!r} names {which} {rel!r}, but the "
+                                    "bank folder holds no such file")
+        return path
+
+    def load_mask(self, entry: BankEntry, which: str = "mask") -> np.ndarray:
+        """A mask of ``entry`` as float32 HxW in 0..1 (``which``: mask|human_mask|object_mask)."""
+        path = self.entry_file(entry, which)
         try:
-            return load_mask_png(self.root / rel)
+            return load_mask_png(path)
         except MaskImageError as e:
-            raise MaskImageError(f"bank {self.root}: entry {entry.id}: {rel} is not a readable PNG image "
-                                 f"({e.detail}); replace the file or remove the entry from "
+            raise MaskImageError(f"bank {self.label}: entry {entry.id}: {getattr(entry, which)} {e.problem}; "
+                                 "replace the file or remove the entry from "
                                  f"{self.index_path.name if self.index_path else 'the index'}",
-                                 detail=e.detail) from None
+                                 detail=e.detail, problem=e.problem) from None
 
 
-def _read_index(path: Path) -> list:
-    text = path.read_text(encoding="utf-8")
+def _read_index(path: Path, lead: str) -> list:
+    """The entry records of the index ``path``; ``lead`` starts every message (it names
+    the bank and the index as the user knows them). Size and entry count are checked
+    before anything is built from them."""
+    too_big = (f"{lead} is larger than {MAX_INDEX_BYTES:,} bytes, the most a bank index may be (a bank holds "
+               f"at most {MAX_BANK_ENTRIES:,} entries); split the bank into several")
+    if path.stat().st_size > MAX_INDEX_BYTES:
+        raise ValueError(too_big)
+    with open(path, "rb") as f:
+        raw = f.read(MAX_INDEX_BYTES + 1)  # the file may have grown since stat()
+    if len(raw) > MAX_INDEX_BYTES:
+        raise ValueError(too_big)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{lead} is not UTF-8 text (invalid byte at offset {e.start})") from None
+    too_many = (f"{lead} lists more than {MAX_BANK_ENTRIES:,} entries, the most a bank may hold; split it "
+                "into several banks")
+    too_deep = "nests arrays or objects too deeply to read; a bank index is a list of flat entry objects"
     if path.suffix == ".jsonl":
         records = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
+                if len(records) == MAX_BANK_ENTRIES:
+                    raise ValueError(too_many)
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {n} is not valid JSON: {e}") from None
+                    raise ValueError(f"{lead} line {n} is not valid JSON: {e}") from None
+                except RecursionError:
+                    raise ValueError(f"{lead} line {n} {too_deep}") from None
         return records
     try:
         data = json.loads(text) if text.strip() else []
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise ValueError(f"{lead} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{lead} {too_deep}") from None
     if isinstance(data, Mapping):
         if "entries" not in data:
-            raise ValueError(f"{path}: expected a list of entries or an object with 'entries'")
+            raise ValueError(f"{lead}: expected a list of entries or an object with 'entries'")
         data = data["entries"]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: 'entries' must be a list")
+        raise ValueError(f"{lead}: 'entries' must be a list, got {_json_type(data)}")
+    if len(data) > MAX_BANK_ENTRIES:
+        raise ValueError(too_many)
     return data
 
 
 class MaskImageError(ValueError):
-    """A mask file that is not a readable image; ``detail`` says what the reader found."""
+    """A mask file that cannot be used: not a readable image, or too many pixels.
+    ``detail`` says what the reader found; ``problem`` is the message after the file name."""
 
-    def __init__(self, message: str, *, detail: str = ""):
+    def __init__(self, message: str, *, detail: str = "", problem: str = ""):
         super().__init__(message)
         self.detail = detail
+        self.problem = problem or message
 
 
-def load_mask_png(path: str | os.PathLike) -> np.ndarray:
+def load_mask_png(path: str | os.PathLike, *, max_pixels: int = MAX_MASK_PIXELS) -> np.ndarray:
     """Read a mask image as float32 HxW in 0..1 (the first channel for colour images); a
-    file that is no readable image (not a PNG, truncated) is a `MaskImageError`."""
+    file that is no readable image (not a PNG, truncated), or whose header declares more
+    than ``max_pixels`` pixels (refused before decoding: a decompression bomb), is a
+    `MaskImageError`."""
+    def too_large(size: str) -> MaskImageError:
+        problem = (f"has {size}, more than the {max_pixels:,} pixels a mask may have (a guard against "
+                   "decompression bombs); crop it to its bounding box or downscale it")
+        return MaskImageError(f"{path} {problem}", detail=size, problem=problem)
+
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise too_large(f"{w}x{h} pixels")
             im.load()
             if im.mode in ("RGB", "RGBA", "P", "LA"):
                 im = im.convert("RGB").getchannel(0)
             elif im.mode != "L":
                 im = im.convert("L")
             return np.asarray(im, dtype=np.float32) / 255.0
-    except FileNotFoundError:
+    except (FileNotFoundError, MaskImageError):
         raise
+    except Image.DecompressionBombError:
+        raise too_large("more pixels than PIL's decompression-bomb limit") from None
     except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if isinstance(e, Image.UnidentifiedImageError):
             detail = "not an image file PIL can identify"
-        raise MaskImageError(f"{path} is not a readable PNG image ({detail})", detail=detail) from None
+        problem = f"is not a readable PNG image ({detail})"
+        raise MaskImageError(f"{path} {problem}", detail=detail, problem=problem) from None
 
 
 def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:
@@ -293,10 +463,17 @@ def build_bank(dataset_root: str | os.PathLike | None, out_dir: str | os.PathLik
     cropped with the same box (``masks/<id>_human.png`` / ``_object.png``) so they stay
     aligned with the union. Samples whose union is empty are skipped with a warning.
     ``sources`` replaces the dataset reader (any iterable of :class:`BankSource`).
+    ``out_dir`` must be new, empty or an existing bank; an existing bank, or a folder
+    holding other files, is written into only with ``overwrite``.
     """
     out = Path(out_dir)
-    if any((out / n).exists() for n in INDEX_NAMES) and not overwrite:
-        raise FileExistsError(f"{out} already holds a mask bank; pass overwrite=True (CLI: --overwrite)")
+    if not overwrite:
+        if any((out / n).exists() for n in INDEX_NAMES):
+            raise FileExistsError(f"{out} already holds a mask bank; pass overwrite=True (CLI: --overwrite)")
+        if out.is_dir() and any(out.iterdir()):
+            raise FileExistsError(f"{out} is not empty and holds no mask bank (no {' or '.join(INDEX_NAMES)}): "
+                                  "building one there would overwrite its files in masks/; choose a new or empty "
+                                  "folder, or pass overwrite=True (CLI: --overwrite)")
     if sources is None:
         if dataset_root is None:
             raise ValueError("build_bank needs dataset_root or sources")
@@ -316,6 +493,9 @@ def build_bank(dataset_root: str | os.PathLike | None, out_dir: str | os.PathLik
         if box is None:
             skipped.append(src.id)
             continue
+        if len(entries) == MAX_BANK_ENTRIES:
+            raise ValueError(f"{dataset_root or 'the given sources'} has more than {MAX_BANK_ENTRIES:,} samples "
+                             "with a mask, the most a bank may hold; build several banks (e.g. one per --split)")
         sid = src.id if src.id not in used else f"{src.id}_{len(entries)}"
         used.add(sid)
         stem = _file_stem(sid)

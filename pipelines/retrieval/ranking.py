@@ -1,10 +1,12 @@
 """IAMG-R retrieval: embedding a bank, ranking it against a query, placing the result.
 
 * :func:`bank_embeddings` embeds all bank captions with a text encoder (`.encoders`),
-  cached in the user cache folder, ``<cache>/bank_embeddings/<bank name>-<path hash>/``
-  (:func:`bank_cache_dir`; ``<cache>`` is `paths.cache_dir`: ``$INTERACT_CUSTOM_CACHE``,
-  else ``$XDG_CACHE_HOME/interact_custom``, else ``~/.cache/interact_custom``) — never in
-  the bank folder, which for the shipped bank is inside the installed package.
+  cached in ``<cache>/bank_embeddings/<bank name>-<path hash>/`` (:func:`bank_cache_dir`;
+  ``<cache>`` is the caller's ``cache_root`` -- a folder of ComfyUI's inside ComfyUI --
+  else `paths.cache_dir`: ``$INTERACT_CUSTOM_CACHE``, else
+  ``$XDG_CACHE_HOME/interact_custom``, else ``~/.cache/interact_custom``), never in the
+  bank folder, which for the shipped bank is inside the installed package. All caches
+  together stay within `CACHE_MAX_BYTES` (least recently used banks evicted first).
 * :func:`retrieve` ranks by cosine similarity (``similarity="dot"`` gives the official
   unnormalised score), optional category filter, top-k, deterministic tie-break by id,
   and returns :class:`Candidate` masks.
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +31,14 @@ from PIL import Image, ImageDraw, ImageFont
 from ..files import write_text_atomic
 from ..geometry import mask_box
 from ..paths import CACHE_ENV, cache_dir
-from .bank import BankEntry, MaskBank, normalize_category
+from .bank import MAX_BANK_ENTRIES, BankEntry, MaskBank, normalize_category
 from .encoders import TextEncoder, _unit
 
 CACHE_DIR = "bank_embeddings"  # the embedding caches' folder in `paths.cache_dir()`
+# The most all banks' embedding caches in one cache folder may take together; the least
+# recently used are removed to stay within it. A bank at MAX_BANK_ENTRIES with a
+# 2048-wide encoder (LexicalEncoder) takes about 160 MiB.
+CACHE_MAX_BYTES = 2**30
 # Scores closer than this count as ties, so identical captions (whose embeddings may
 # differ in the last bits depending on their position in a batch) are ordered by id.
 TIE_DECIMALS = 6
@@ -41,26 +48,81 @@ TIE_DECIMALS = 6
 # Embedding cache and retrieval
 # --------------------------------------------------------------------------------------
 
-def bank_cache_dir(bank: MaskBank) -> Path:
+def bank_cache_dir(bank: MaskBank, cache_root: str | os.PathLike | None = None) -> Path:
     """The folder of ``bank``'s embedding caches: ``<cache>/bank_embeddings/<bank folder
-    name>-<hash of its absolute path>`` in the user cache folder (`paths.cache_dir`), so
-    two banks never share one, whatever their captions."""
+    name>-<hash of its absolute path>``, so two banks never share one, whatever their
+    captions. ``<cache>`` is ``cache_root`` (inside ComfyUI the node passes a folder of
+    ComfyUI's), else the user cache folder (`paths.cache_dir`)."""
     root = str(bank.root.resolve())
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", bank.root.resolve().name).strip("._") or "bank"
-    return cache_dir() / CACHE_DIR / f"{name}-{hashlib.sha256(root.encode('utf-8')).hexdigest()[:16]}"
+    base = Path(cache_root) if cache_root is not None else cache_dir()
+    return base / CACHE_DIR / f"{name}-{hashlib.sha256(root.encode('utf-8')).hexdigest()[:16]}"
 
 
-def bank_embeddings(bank: MaskBank, encoder: TextEncoder, *, cache: bool = True) -> np.ndarray:
+_CACHE_FOLDER = re.compile(r".+-[0-9a-f]{16}")  # what bank_cache_dir names; nothing else is ever evicted
+
+
+def _usage(folder: Path) -> tuple[float, int]:
+    """(last use, bytes) of a bank's cache folder: its newest file's mtime (a cache hit
+    touches its file) and the size of its files."""
+    last, size = 0.0, 0
+    try:
+        for f in folder.iterdir():
+            st = f.stat()
+            last, size = max(last, st.st_mtime), size + st.st_size
+    except OSError:
+        pass
+    return last, size
+
+
+def _make_room(folder: Path, key: str, need: int) -> bool:
+    """Free space in the embedding caches so that ``need`` more bytes for ``folder``'s
+    ``key`` keep their total within `CACHE_MAX_BYTES`: the least recently used banks'
+    caches go first, then ``folder``'s caches for other encoders. False if it cannot fit."""
+    if need > CACHE_MAX_BYTES:
+        return False
+    others = []
+    try:
+        others = [d for d in folder.parent.iterdir()
+                  if d != folder and d.is_dir() and not d.is_symlink() and _CACHE_FOLDER.fullmatch(d.name)]
+    except OSError:
+        pass
+    usage = sorted((*_usage(d), d) for d in others)
+    own = []  # this bank's files, other than the two about to be replaced
+    try:
+        own = sorted((f.stat().st_mtime, f.stat().st_size, f) for f in folder.iterdir()
+                     if f.is_file() and not f.name.startswith((f"{key}.", f".{key}.")))
+    except OSError:
+        pass
+    total = sum(size for _, size, _ in usage) + sum(size for _, size, _ in own)
+    for _, size, path in usage + own:
+        if total + need <= CACHE_MAX_BYTES:
+            break
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        total -= size
+    return total + need <= CACHE_MAX_BYTES
+
+
+def bank_embeddings(bank: MaskBank, encoder: TextEncoder, *, cache: bool = True,
+                    cache_root: str | os.PathLike | None = None) -> np.ndarray:
     """Caption embeddings of all bank entries [N, D], cached in :func:`bank_cache_dir`
-    (the user cache folder; nothing is written into the bank folder).
+    (``cache_root`` or the user cache folder; nothing is written into the bank folder).
 
     One ``.npy`` + ``.json`` pair per encoder identity; the JSON records the bank's
     absolute path, its :attr:`MaskBank.index_hash` and the encoder identity, and the
-    cache is recomputed when any differs. An unwritable cache folder just skips writing
-    (with a warning).
+    cache is recomputed when any differs. All banks' caches together stay within
+    `CACHE_MAX_BYTES`: the least recently used are removed to make room, and embeddings
+    that would not fit are not cached (with a warning). An unwritable cache folder just
+    skips writing (with a warning).
     """
+    if len(bank) > MAX_BANK_ENTRIES:  # a bank built in memory; MaskBank.load refuses these already
+        raise ValueError(f"mask bank {bank.label} has {len(bank):,} entries, more than the "
+                         f"{MAX_BANK_ENTRIES:,} a bank may hold; split it into several banks")
     key = hashlib.sha256(encoder.identity.encode()).hexdigest()[:16]
-    folder = bank_cache_dir(bank)
+    folder = bank_cache_dir(bank, cache_root)
     npy = folder / f"{key}.npy"
     meta_path = npy.with_suffix(".json")
     want = {"bank": str(bank.root.resolve()), "index_hash": bank.index_hash, "encoder": encoder.identity}
@@ -70,6 +132,7 @@ def bank_embeddings(bank: MaskBank, encoder: TextEncoder, *, cache: bool = True)
             if all(meta.get(k) == v for k, v in want.items()):
                 emb = np.load(npy, allow_pickle=False)
                 if emb.ndim == 2 and emb.shape[0] == len(bank):
+                    os.utime(npy)  # its last use, for the least-recently-used eviction
                     return emb
         except (OSError, ValueError):
             pass  # unreadable cache: recompute below
@@ -78,7 +141,13 @@ def bank_embeddings(bank: MaskBank, encoder: TextEncoder, *, cache: bool = True)
         raise ValueError(f"text encoder {encoder.identity} returned shape {emb.shape} "
                          f"for {len(bank)} captions; expected [N, D]")
     if cache:
+        meta_text = json.dumps({**want, "count": int(emb.shape[0]), "dim": int(emb.shape[1])})
+        need = emb.nbytes + 1024 + len(meta_text.encode("utf-8"))  # + the .npy header
         try:
+            if not _make_room(folder, key, need):
+                warnings.warn(f"the embeddings of mask bank {bank.label} ({need:,} bytes) do not fit the "
+                              f"{CACHE_MAX_BYTES:,}-byte embedding cache: not cached, recomputed on each use")
+                return emb
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{key}.{os.getpid()}.tmp.npy"
             try:
@@ -87,8 +156,7 @@ def bank_embeddings(bank: MaskBank, encoder: TextEncoder, *, cache: bool = True)
             finally:
                 if tmp.exists():
                     tmp.unlink()
-            write_text_atomic(meta_path, json.dumps({**want, "count": int(emb.shape[0]),
-                                                     "dim": int(emb.shape[1])}))
+            write_text_atomic(meta_path, meta_text)
         except OSError as e:
             warnings.warn(f"could not write the embedding cache in {folder}: {e} "
                           f"(set ${CACHE_ENV} to a writable folder)")
@@ -110,34 +178,36 @@ class Candidate:
 
 def retrieve(bank: MaskBank, query: str, *, encoder: TextEncoder, top_k: int = 5,
              category: str | None = None, similarity: str = "cosine",
-             cache: bool = True) -> list[Candidate]:
+             cache: bool = True, cache_root: str | os.PathLike | None = None) -> list[Candidate]:
     """Rank bank masks by caption similarity to ``query``; best ``top_k`` first.
 
     ``category`` restricts to one HOI category (e.g. "ride bicycle"; case and '_' are
     ignored). ``similarity``: "cosine" (default, in [-1, 1]) or "dot" (the official
     IAMG-R score, unnormalised). Equal scores (to 1e-6) are ordered by entry id.
+    ``cache`` / ``cache_root``: see :func:`bank_embeddings` (every input is checked
+    before the cache is touched).
     """
     if not bank.entries:
-        raise ValueError(f"mask bank {bank.root} is empty: nothing to retrieve")
+        raise ValueError(f"mask bank {bank.label} is empty: nothing to retrieve")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if similarity not in ("cosine", "dot"):
         raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
     if not str(query).strip():
         raise ValueError("query is empty: describe the interaction, e.g. 'a person is riding the bicycle'")
-    emb = bank_embeddings(bank, encoder, cache=cache)
     rows = np.arange(len(bank))
     if category:
         want = normalize_category(category)
         rows = np.array([i for i, e in enumerate(bank.entries) if e.category == want], dtype=int)
         if rows.size == 0:
-            raise ValueError(f"unknown HOI category {category!r} for mask bank {bank.root}; "
+            raise ValueError(f"unknown HOI category {category!r} for mask bank {bank.label}; "
                              f"known categories: {', '.join(bank.categories)}")
     q = np.asarray(encoder.encode([query]), dtype=np.float64)[0]
     if not np.any(q):  # every score would be 0: the "best" entry would be arbitrary
         raise ValueError(f"query {query!r} has no word the {type(encoder).__name__} knows (emoji, another "
                          "language?); describe the interaction in English, e.g. 'a person is riding the "
                          "bicycle', or pick the category")
+    emb = bank_embeddings(bank, encoder, cache=cache, cache_root=cache_root)
     e = emb[rows].astype(np.float64)
     if similarity == "cosine":
         q = _unit(q)

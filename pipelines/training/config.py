@@ -24,6 +24,9 @@ MODEL_KINDS = ("vae", "iamg", "mgig")
 # model needs a larger step.
 LR_FINETUNE = 1e-5
 LR_SCRATCH = 1e-4
+# The largest learning rate accepted: AdamW's step is about lr per weight, so beyond 1 a
+# single step wipes the weights out (a typo such as 1e10 instead of 1e-10).
+MAX_LR = 1.0
 
 
 class ConfigError(ValueError):
@@ -204,6 +207,18 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), *, mo
     return make_config(data, model=model)
 
 
+def _finite(v) -> bool:
+    """A JSON number that is not NaN or infinite (JSON's NaN / Infinity parse as floats)."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _lr_scheduler_names() -> list[str]:
+    """diffusers' scheduler names that need no arguments beyond warm-up and total steps."""
+    from diffusers.optimization import SchedulerType
+
+    return [t.value for t in SchedulerType if t.value != "piecewise_constant"]
+
+
 def _validate(cfg: TrainConfig) -> None:
     def fail(key, expected):
         raise ConfigError(f"{key}: expected {expected}, got {getattr(cfg, key)!r}")
@@ -229,12 +244,11 @@ def _validate(cfg: TrainConfig) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
             fail(key, "a probability in [0, 1]")
     for key in ("weight_decay", "adam_eps", "kl_weight", "validation_guidance"):
-        v = getattr(cfg, key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            fail(key, "a number >= 0")
+        if not _finite(getattr(cfg, key)) or getattr(cfg, key) < 0:
+            fail(key, "a finite number >= 0")
     v = cfg.figure_loss_weight
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1:
-        fail("figure_loss_weight", "a number >= 1 (1 = the official unweighted loss)")
+    if not _finite(v) or v < 1:
+        fail("figure_loss_weight", "a finite number >= 1 (1 = the official unweighted loss)")
     if v != 1 and cfg.model != "mgig":
         fail("figure_loss_weight", "1 except for mgig runs")
     if cfg.objective not in ("diffusion", "decode") or (cfg.objective == "decode" and cfg.model != "mgig"):
@@ -242,10 +256,16 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.refiner is not None and (cfg.model != "mgig" or isinstance(cfg.refiner, bool)
                                     or not isinstance(cfg.refiner, int) or cfg.refiner < 1):
         fail("refiner", "null, or an integer width >= 1 for an mgig run")
-    if cfg.lr is not None and (isinstance(cfg.lr, bool) or not isinstance(cfg.lr, (int, float)) or cfg.lr <= 0):
-        fail("lr", "null or a positive number")
-    if cfg.max_grad_norm is not None and (not isinstance(cfg.max_grad_norm, (int, float)) or cfg.max_grad_norm <= 0):
-        fail("max_grad_norm", "null or a positive number")
+    if cfg.lr is not None and (not _finite(cfg.lr) or not 0 < cfg.lr <= MAX_LR):
+        fail("lr", f"null or a number in (0, {MAX_LR:g}] (AdamW with a larger step diverges at once; the paper "
+                   f"fine-tunes at {LR_FINETUNE:g})")
+    if cfg.max_grad_norm is not None and (not _finite(cfg.max_grad_norm) or cfg.max_grad_norm <= 0):
+        fail("max_grad_norm", "null or a finite positive number")
+    if cfg.vae_logvar_init is not None and not _finite(cfg.vae_logvar_init):
+        fail("vae_logvar_init", "null or a finite number")
+    schedulers = _lr_scheduler_names()
+    if cfg.lr_scheduler not in schedulers:
+        fail("lr_scheduler", " | ".join(schedulers))
     if cfg.latent_shift not in (None, "auto") or (cfg.latent_shift is not None and cfg.model != "iamg"):
         fail("latent_shift", 'null, or "auto" for an iamg run')
     if cfg.latent_scale is not None and cfg.latent_scale != "auto" and (
@@ -257,13 +277,13 @@ def _validate(cfg: TrainConfig) -> None:
         fail("prediction_type", f"null, or one of {', '.join(samplers.PREDICTION_TYPES)} for an iamg/mgig run")
     if cfg.ema_decay is not None and (not isinstance(cfg.ema_decay, (int, float)) or not 0 < cfg.ema_decay < 1):
         fail("ema_decay", "null or a number in (0, 1)")
-    if not (isinstance(cfg.adam_betas, list) and len(cfg.adam_betas) == 2):
-        fail("adam_betas", "[beta1, beta2]")
+    if not (isinstance(cfg.adam_betas, list) and len(cfg.adam_betas) == 2
+            and all(_finite(b) and 0 <= b < 1 for b in cfg.adam_betas)):
+        fail("adam_betas", "[beta1, beta2], each in [0, 1)")
     for key in ("box_ratio", "crop_ratio"):
         v = getattr(cfg, key)
-        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
-                and 1.0 <= v[0] <= v[1]):
-            fail(key, "[lo, hi] with 1 <= lo <= hi")
+        if not (isinstance(v, list) and len(v) == 2 and all(_finite(x) for x in v) and 1.0 <= v[0] <= v[1]):
+            fail(key, "[lo, hi] with 1 <= lo <= hi (finite)")
     if cfg.mixed_precision not in ("no", "fp16", "bf16", "auto"):
         fail("mixed_precision", "no | fp16 | bf16 | auto")
     if cfg.frozen_dtype not in (None, "fp16", "bf16", "fp32"):

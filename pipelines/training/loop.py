@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import iamg, samplers
 from ..data.dataset import save_png
-from ..files import DTYPES, write_text_atomic
+from ..files import DTYPES, write_failure, write_text_atomic
 from ..mgig.refiner import reference_colours
 from . import data as train_data
 from .config import ConfigError, TrainConfig, resolved_lr, resolved_mixed_precision, resolved_resolution
@@ -188,10 +188,15 @@ class TrainResult:
     main_process: bool = True
 
 
-def train(cfg: TrainConfig, weights: WeightIO, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, weights: WeightIO, *, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> TrainResult:
     """Run (or, with ``resume``, continue) the training a config describes; see
     `pipelines.training` for what is written. ``weights`` reads the init files and writes
-    the final IAMG / MGIG file (`cli.train.WEIGHTS`). Returns a `TrainResult`."""
+    the final IAMG / MGIG file (`cli.train.WEIGHTS`). Returns a `TrainResult`.
+
+    The main process holds the run folder's lock throughout (`RunDir.locked`: a second
+    `train` there is refused). A folder holding other files than a run is refused unless
+    ``overwrite`` (`RunDir.foreign_files`)."""
     from accelerate import Accelerator
 
     on_cpu = cfg.device == "cpu" or not torch.cuda.is_available()
@@ -199,17 +204,28 @@ def train(cfg: TrainConfig, weights: WeightIO, *, resume: bool = False, progress
     if cfg.mixed_precision == "auto":
         print(f"mixed_precision auto: {mixed_precision} on this {'CPU' if on_cpu else 'GPU'}", file=sys.stderr)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cfg.device == "cpu")
-    with samplers.flush_denormals(accelerator.device.type == "cpu"):
-        return _train(cfg, accelerator, weights, resume=resume, progress=progress)
-
-
-def _train(cfg: TrainConfig, accelerator, weights: WeightIO, *, resume: bool, progress: bool) -> TrainResult:
     run = RunDir(cfg.output_dir)
+    main = accelerator.is_main_process
+    if main and not overwrite and (foreign := run.foreign_files()):
+        raise ConfigError(f"output_dir {run.root} holds files that are not a training run ("
+                          + ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "") + "); a run writes "
+                          "config.json, log.jsonl, checkpoints/ and final.safetensors there, replacing or appending "
+                          "to files of those names. Choose an empty or new folder, or pass --overwrite to train "
+                          "there anyway")
+    with (run.locked() if main else nullcontext()), samplers.flush_denormals(accelerator.device.type == "cpu"):
+        return _train(cfg, accelerator, weights, run, resume=resume, progress=progress)
+
+
+def _train(cfg: TrainConfig, accelerator, weights: WeightIO, run: RunDir, *, resume: bool,
+           progress: bool) -> TrainResult:
     main = accelerator.is_main_process
     resume_from = _resume_point(run, cfg, resume=resume, main=main)
 
     model, loss_module, params = _prepare_model(cfg, weights)
     dataset = build_dataset(cfg, model)
+    if getattr(model, "tokenizer", None) is not None and hasattr(dataset, "choi"):
+        # The model's file then says which words it learned; IAMG warns about the others.
+        model.tokenizer = model.tokenizer.with_trained_words(r["caption"] for r in dataset.choi.records)
     scale = _calibrate_latents(cfg, model, dataset)
     val_items = _validation_items(cfg, model, dataset) if main and cfg.validation_samples else []
 
@@ -456,14 +472,24 @@ class _Session:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)  # a stale one from an interrupted save
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        try:
+            accelerator.save_state(str(tmp))
+            if main:
+                if self.ema is not None:
+                    save_tensors(self.ema.shadow, tmp / EMA_FILE)
+                state = {"format": CHECKPOINT_FORMAT, "model": self.cfg.model, "step": step,
+                         "scheduler": self.scheduler.state_dict(), "trainable": sorted(self.params)}
+                (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+                run.publish(tmp, name)
+        except Exception as e:  # a full disk: torch.save / safetensors report it their own ways
+            failure = write_failure(e, run.checkpoints / name,
+                                    f"checkpoint {name} was not written (the earlier ones are kept); free some "
+                                    "space, then continue the run with --resume")
+            if failure is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the partial checkpoint only takes space
+            raise failure from e
         if main:
-            if self.ema is not None:
-                save_tensors(self.ema.shadow, tmp / EMA_FILE)
-            state = {"format": CHECKPOINT_FORMAT, "model": self.cfg.model, "step": step,
-                     "scheduler": self.scheduler.state_dict(), "trainable": sorted(self.params)}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-            run.publish(tmp, name)
             run.prune(self.cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 

@@ -10,16 +10,19 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import sys
+import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
 from ..files import new_file_mode, write_text_atomic
-from .config import ConfigError, TrainConfig
+from .config import MODEL_KINDS, ConfigError, TrainConfig
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -32,6 +35,9 @@ FINAL_NOEMA_FILE = "final_noema.safetensors"
 CHECKPOINT_FORMAT = 1
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
+# Held (flock) by the one process that trains in the folder, for as long as it runs
+# (`RunDir.locked`); the system releases it when the process dies.
+LOCK_FILE = ".train.lock"
 # Temp names of interrupted writes, removed on the next start / resume (`RunDir.remove_temp_leftovers`):
 # `files.atomic_path` / `save_native` write `.<name>.<pid or random>.tmp` beside <name>.
 _TEMP_FILE = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp")
@@ -218,6 +224,49 @@ class RunDir:
     def has_run(self) -> bool:
         return self.latest_checkpoint() is not None or self.final.exists()
 
+    def is_run_folder(self) -> bool:
+        """Whether the folder was made by `train`: it holds ``checkpoints/`` (created with
+        config.json when a run starts) and a config.json, if any, that is a training config."""
+        if not self.checkpoints.is_dir():
+            return False
+        if not self.config.exists():
+            return True
+        try:
+            stored = json.loads(self.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(stored, dict) and stored.get("model") in MODEL_KINDS and "output_dir" in stored
+
+    def foreign_files(self) -> list[str]:
+        """The names in a non-empty folder that is not a run folder (`is_run_folder`): files
+        of the user's that a run would overwrite (config.json) or append to (log.jsonl), or
+        mix its files with. Empty for a missing, empty or run folder."""
+        if not self.root.is_dir() or self.is_run_folder():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.name != LOCK_FILE)
+
+    @contextmanager
+    def locked(self):
+        """Hold the folder's lock (created with the folder) while the block runs: a second
+        `train` in the same folder — a fresh run or ``--resume`` — gets a `ConfigError` naming
+        the process that holds it, instead of both writing checkpoints and log lines. The
+        lock is the system's (flock), so a killed process leaves no stale lock behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_FILE
+        fd = _acquire_lock(path, self.root)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+            yield
+        finally:
+            try:
+                path.unlink()  # before the unlock: a process waiting for this file retries (`_acquire_lock`)
+            except OSError:
+                pass
+            _unlock(fd)
+            os.close(fd)
+
     def publish(self, tmp: Path, name: str) -> Path:
         """Move a completely written checkpoint into place, then point ``latest`` at it.
         Its files and folder are fsynced first, so neither rename can reach the disk
@@ -308,6 +357,65 @@ class RunDir:
     def append_log(self, record: dict) -> None:
         with open(self.log, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _acquire_lock(path: Path, root: Path) -> int:
+    """An open descriptor of ``path`` holding its exclusive lock, or a `ConfigError` naming
+    the holder. Retries when the file it locked was removed meanwhile by a holder that just
+    finished (its lock then guards nothing)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_lock(fd):
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise ConfigError(f"output_dir {root} is in use by another train process{holder}: two runs in one folder "
+                              "would overwrite each other's checkpoints and log. Wait for it to finish (then pass "
+                              "--resume to continue it), stop it, or choose another output_dir")
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        _unlock(fd)
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f" (pid {int(info['pid'])} on {info['host']}, since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # AttributeError: no os.pread (Windows)
+        return ""
+
+
+try:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+except ImportError:  # Windows
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+
+    def _unlock(fd: int) -> None:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        except OSError:
+            pass
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
