@@ -82,8 +82,12 @@ def mgig_official_state_dict(model: MGIGModel, seed: int = 0) -> dict[str, torch
     ``cond_stage_model.projector.``, ``first_stage_model.`` + the 13 schedule buffers):
     what `official_mgig.load_mgig` reads back to the same model. The
     ControlNet's input conv, which the official file holds but never uses, gets seeded
-    random values. A ★ refiner has no place in the official format and is left out."""
+    random values. A ★ refiner has no place in the official format and is left out; a ★
+    colour hint would change the official hint width, so it is refused."""
     cfg, sd = model.config, model.state_dict()
+    if cfg.colour_hint:
+        raise ValueError("the official MGIG format reads a 4-channel hint; a ★ colour-hint model "
+                         "(colour_hint) can only be saved in our safetensors format")
     out = ldm_unet_to_official(strip_prefix(sd, "unet."), cfg.unet, OFFICIAL_PREFIXES["unet"])
     control = strip_prefix(sd, "controlnet.")
     blocks = {k.split(".")[2] for k in control if k.startswith("controlnet_cond_embedding.blocks.")}

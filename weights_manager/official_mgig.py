@@ -74,6 +74,7 @@ from ..pipelines.mgig import (
     mgig_config, schedule_alphas_cumprod, unet_kwargs,
 )
 from ..pipelines.files import DTYPES, WeightsError, check_finite, read_weights, save_native, state_dict_mismatch
+from ..pipelines.mgig.inputs import COLOUR_HINT_CHANNELS, HINT_CHANNELS
 from ..pipelines.mgig.refiner import detect_refiner_config
 from . import stored_config
 from .ldm_vae import VAEKeyError, convert_ldm_vae, detect_diffusers_vae_config
@@ -514,7 +515,8 @@ def detect_mgig_config(native_sd: Mapping[str, torch.Tensor], *, unet_head_dim: 
                       id_encoder={"dinov2": dinov2, "context_dim": projector[0]},
                       vae=detect_diffusers_vae_config(vae_sd),
                       schedule=dict(schedule or OFFICIAL_SCHEDULE),
-                      refiner=_detect_refiner(_sub(native_sd, "refiner.")))
+                      refiner=_detect_refiner(_sub(native_sd, "refiner.")),
+                      colour_hint=hint_in[1] == HINT_CHANNELS + COLOUR_HINT_CHANNELS)
 
 
 def _detect_refiner(refiner_sd: Mapping[str, torch.Tensor]) -> dict | None:
@@ -628,9 +630,11 @@ def load_mgig(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device:
 
 def preset_name_of(config: MGIGConfig) -> str:
     """The `mgig_config` preset `config`'s architecture equals (whatever its working size,
-    prediction type, latent scale and ★ refiner, which training sets), else "custom"."""
+    prediction type, latent scale, ★ refiner and ★ colour hint, which training sets), else "custom"."""
     def arch(cfg: dict) -> dict:
         cfg.pop("refiner", None)
+        if cfg.pop("colour_hint", False):
+            cfg["controlnet"]["conditioning_channels"] = HINT_CHANNELS
         cfg.pop("image_size", None)
         cfg.pop("prediction_type", None)
         cfg["vae"].pop("scaling_factor", None)

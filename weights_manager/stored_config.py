@@ -21,6 +21,7 @@ import torch
 
 from ..pipelines import samplers
 from ..pipelines.files import DTYPES, FORMAT_NAME, FORMAT_VERSION, WeightsError
+from ..pipelines.mgig.inputs import COLOUR_HINT_CHANNELS, HINT_CHANNELS
 from ..pipelines.text import TRAINED_WORDS_FILE
 
 # Bounds of a sane setting. Latent scales: SD's 0.18215, trained small VAEs ~0.3-1
@@ -36,6 +37,7 @@ TEXT_ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_fast", "gelu_accurat
 # Files a stored prompt tokenizer may hold (`text.PromptTokenizer`).
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", TRAINED_WORDS_FILE)
 MODEL_KINDS = ("mgig", "iamg", "vae")
+MGIG_COLOUR_HINT_CHANNELS = HINT_CHANNELS + COLOUR_HINT_CHANNELS
 
 _MISSING = object()
 
@@ -206,7 +208,8 @@ def _vae_factor(vae: Any) -> int:
 # MGIG
 # --------------------------------------------------------------------------------------
 
-MGIG_FIELDS = ("unet", "controlnet", "id_encoder", "vae", "schedule", "image_size", "prediction_type", "refiner")
+MGIG_FIELDS = ("unet", "controlnet", "id_encoder", "vae", "schedule", "image_size", "prediction_type", "refiner",
+               "colour_hint")
 
 
 def check_schedule(schedule: Any, what: str, field: str = "schedule") -> None:
@@ -253,6 +256,13 @@ def check_mgig_config(config: Any, what: str) -> None:
     _check_image_size(s, _vae_factor(s.data["vae"]) * 2 ** (levels - 1), default=512)
     s.choice("prediction_type", samplers.PREDICTION_TYPES, default="epsilon")
     s.sub("refiner", optional=True)
+    colour_hint = s.data.get("colour_hint", False)
+    if type(colour_hint) is not bool:
+        raise _bad(what, "colour_hint", "true or false (★ the hint carries the references' colours)", colour_hint)
+    channels = s.data["controlnet"].get("conditioning_channels")
+    if colour_hint and channels != MGIG_COLOUR_HINT_CHANNELS:
+        raise _bad(what, "controlnet.conditioning_channels", f"{MGIG_COLOUR_HINT_CHANNELS} (colour_hint is true: "
+                   "the official 4 hint channels and the colour planes)", channels)
 
 
 def check_schedule_buffers(sd: Mapping[str, torch.Tensor], what: str) -> None:

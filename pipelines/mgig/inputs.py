@@ -40,7 +40,7 @@ __all__ = [
     "Box", "REFERENCE_SIZE", "REFERENCE_TILE", "HINT_SIZE", "DETAIL_THRESHOLD",
     "TARGET_BOX_RATIO", "CROP_RATIO", "CROP_MARGIN",
     "as_image", "as_mask", "official_box", "expand_box", "box_to_square", "pad_to_square", "confine_to_box", "whiten_background", "ReferenceCanvas",
-    "reference_canvas", "detail_map", "MGIGHint", "hint_boxes", "build_hint", "decoded_to_prediction",
+    "reference_canvas", "detail_map", "colour_collage", "MGIGHint", "hint_boxes", "build_hint", "decoded_to_prediction",
     "crop_back", "MGIGInputs", "prepare_mgig_inputs", "perturb_mask",
 ]
 
@@ -59,6 +59,9 @@ COLLAGES = ("box", "figure")  # build_hint: where the detail map covers the scen
 DEFAULT_COLLAGE = "box"     # generate / the sampler node unless told: the official collage
 COLLAGE_GROW = 4            # ★ collage "figure": the mask grown by this many hint (512-px) pixels
 PAD_MASK_VALUE = 2          # hint mask channel: padding marked 2 before resizing, then -1
+HINT_CHANNELS = 4           # the official hint: collage RGB + layout channel
+COLOUR_HINT_CHANNELS = 4    # ★ colour hint: the references' low-passed RGB + their coverage
+COLOUR_CELL = 16            # ★ colour_collage averages the 224-px canvas over 16-px cells (14 x 14)
 WHITE = 255
 
 
@@ -358,6 +361,36 @@ def detail_map(image, mask, thresh: float = DETAIL_THRESHOLD) -> np.ndarray:
     return imgproc.resize_linear(out, (h, w))
 
 
+def colour_collage(image, mask, cell: int = COLOUR_CELL) -> np.ndarray:
+    """★ The references' colours without their detail: the reference canvas (the one
+    :func:`detail_map` is taken from) averaged over its foreground in ``cell`` x ``cell``
+    squares, enlarged back bilinearly. ``H x W x 4`` float32: RGB in [-1, 1] (0 in squares
+    without foreground) and the foreground share in [0, 1].
+
+    Why: a flat-coloured reference has no edges, so its detail map is black inside and
+    only the ID tokens could carry its colour; these planes carry it to the ControlNet
+    (`build_hint` ``colour``, a model with ``MGIGConfig.colour_hint``).
+    """
+    image = as_image(image, "image")
+    weight = _detail_weight_mask(mask).astype(np.float32)
+    if weight.shape != image.shape[:2]:
+        raise ValueError(f"mask: size {weight.shape} does not match image {image.shape[:2]}")
+    if type(cell) is not int or cell < 1:
+        raise ValueError(f"cell: expected a whole number of pixels >= 1, got {cell!r}")
+    h, w = image.shape[:2]
+    gh, gw = -(-h // cell), -(-w // cell)
+    # Zero-pad to whole cells: padded pixels carry no weight.
+    img = np.zeros((gh * cell, gw * cell, 3), np.float32)
+    img[:h, :w] = image
+    wgt = np.zeros((gh * cell, gw * cell), np.float32)
+    wgt[:h, :w] = weight
+    weighted = (img * wgt[:, :, None]).reshape(gh, cell, gw, cell, 3).sum(axis=(1, 3))
+    total = wgt.reshape(gh, cell, gw, cell).sum(axis=(1, 3))
+    colour = np.where(total[:, :, None] > 0, weighted / np.maximum(total, 1e-6)[:, :, None] / 127.5 - 1.0, 0.0)
+    cells = np.concatenate([colour, (total / (cell * cell))[:, :, None]], axis=-1).astype(np.float32)
+    return imgproc.resize_linear(cells, (h, w))
+
+
 # ------------------------------------------------------------------------------- hint
 
 @dataclass(frozen=True)
@@ -366,7 +399,8 @@ class MGIGHint:
 
     hint: (512, 512, 4) float32 -- RGB collage in [-1, 1] (the background crop with the
         detail map pasted over the target box) + mask channel: 1 inside the target box
-        (or the interaction mask), 0 elsewhere in the crop, -1 on the square padding.
+        (or the interaction mask), 0 elsewhere in the crop, -1 on the square padding;
+        ★ with a ``colour`` collage 4 more: its planes where the detail map lies, else 0.
     target: (512, 512, 3) float32 in [-1, 1] -- the background crop (``item['jpg']``).
     extra_sizes: (H1, W1, H2, W2) -- crop size before / after padding to square.
     crop_box: the crop in background coordinates (``tar_box_yyxx_crop``).
@@ -407,7 +441,7 @@ def hint_boxes(union_mask, shape, box_ratio: float = TARGET_BOX_RATIO,
 
 def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_RATIO,
                crop_ratio: float = CROP_RATIO, mask_channel: str = "box",
-               mask=None, collage: str = "box") -> MGIGHint:
+               mask=None, collage: str = "box", colour=None) -> MGIGHint:
     """Build the MGIG hint around the interaction (the second half of
     ``hico_process_pairs``).
 
@@ -427,6 +461,9 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
         only where ``mask`` (by default ``union_mask``) grown by `COLLAGE_GROW` hint pixels
         lies in the box; elsewhere in the box the hint shows the scene itself, as it does
         outside the box, and ``scene`` says so.
+    colour: None (the official 4-channel hint) or ★ the :func:`colour_collage` of the same
+        reference canvas: resized and placed exactly as the detail map, it adds
+        `COLOUR_HINT_CHANNELS` channels (0 where the detail map does not lie and on the padding).
     """
     background = as_image(background, "background")
     union_mask = as_mask(union_mask, "union_mask", background.shape)
@@ -436,6 +473,11 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
     if collage not in COLLAGES:
         raise ValueError(f"collage: expected one of {', '.join(COLLAGES)}, got {collage!r}")
     channel_mask = union_mask if mask is None else as_mask(mask, "mask", background.shape)
+    if colour is not None:
+        colour = np.asarray(colour)
+        if colour.ndim != 3 or colour.shape[2] != COLOUR_HINT_CHANNELS or colour.dtype != np.float32:
+            raise ValueError(f"colour: expected the float32 H x W x {COLOUR_HINT_CHANNELS} colour_collage of the "
+                             f"reference canvas, got {colour.dtype} {colour.shape}")
 
     target_box, crop_box = hint_boxes(union_mask, background.shape, box_ratio, crop_ratio)
     crop = background[crop_box.slices]
@@ -468,7 +510,13 @@ def build_hint(background, union_mask, detail, *, box_ratio: float = TARGET_BOX_
     collage_mask[collage_mask == PAD_MASK_VALUE] = -1.0
     scene = imgproc.resize_nearest(pad_to_square((~covered).astype(np.uint8), 0), size).astype(np.float32)
     side = max(crop_h, crop_w)
-    hint = np.concatenate([collage_img / 127.5 - 1.0, collage_mask[:, :, None]], axis=-1)
+    planes = [collage_img / 127.5 - 1.0, collage_mask[:, :, None]]
+    if colour is not None:
+        colour_img = np.zeros((crop_h, crop_w, COLOUR_HINT_CHANNELS), np.float32)
+        colour_in_box = imgproc.resize_linear(colour, (ty2 - ty1, tx2 - tx1))
+        colour_img[ty1:ty2, tx1:tx2][in_box] = colour_in_box[in_box]
+        planes.append(imgproc.resize_linear(pad_to_square(colour_img, 0), size))
+    hint = np.concatenate(planes, axis=-1)
     return MGIGHint(
         hint=hint.astype(np.float32),
         target=(target / 127.5 - 1.0).astype(np.float32),

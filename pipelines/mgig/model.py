@@ -4,7 +4,8 @@ from diffusers / transformers parts.
     identity   : reference canvas [B,3,224,224] in 0..1 -> ImageNet normalisation -> DINOv2
                  -> final LayerNorm over [CLS; patch tokens] -> Linear projector
                  -> context [B, 1+patches, context_dim]            (`encode_id`)
-    ControlNet : hint [B,4,512,512] (detail-map collage + box/mask channel) -> 13 residuals.
+    ControlNet : hint [B,4,512,512] (detail-map collage + box/mask channel; ★ + 4 colour
+                 planes with `MGIGConfig.colour_hint`) -> 13 residuals.
                  It never sees x_t: the embedded hint *replaces* its first conv's output.
     UNet       : eps = UNet(x_t, t, context) with the residuals added to skips / middle
     VAE        : SD kl-f8, latents scaled by 0.18215
@@ -28,6 +29,7 @@ from torch import nn
 from .. import samplers
 from ..imgproc import IMAGENET_MEAN, IMAGENET_STD
 from ..vae import build_vae, kl_vae_config
+from .inputs import COLOUR_HINT_CHANNELS, HINT_CHANNELS
 from .refiner import DEFAULT_WIDTH as DEFAULT_REFINER_WIDTH, SceneRefiner
 
 
@@ -150,9 +152,23 @@ class MGIGConfig:
     # ★ The scene-aware refiner after the VAE decoder (`refiner.SceneRefiner` kwargs), or
     # None (the official model, and every file written before it existed).
     refiner: dict | None = None
+    # ★ The hint also carries the references' low-passed colours (`inputs.colour_collage`):
+    # the ControlNet reads `inputs.COLOUR_HINT_CHANNELS` more hint channels. False in the
+    # official model and every file written before it existed.
+    colour_hint: bool = False
 
     def __post_init__(self):
         samplers.check_prediction_type(self.prediction_type)
+        if type(self.colour_hint) is not bool:
+            raise ValueError(f"colour_hint: expected true or false, got {self.colour_hint!r}")
+        if self.colour_hint and self.controlnet.get("conditioning_channels") != self.hint_channels:
+            raise ValueError(f"colour_hint: a colour-hint ControlNet reads {self.hint_channels} hint channels, "
+                             f"its config says {self.controlnet.get('conditioning_channels')!r}")
+
+    @property
+    def hint_channels(self) -> int:
+        """Channels of the hint this model reads: the official 4, ★ plus the colour planes."""
+        return HINT_CHANNELS + (COLOUR_HINT_CHANNELS if self.colour_hint else 0)
 
     def to_dict(self) -> dict:
         return copy.deepcopy(asdict(self))
@@ -224,10 +240,14 @@ def resize_square(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 
 
 def resize_hint(hint: torch.Tensor, size: int) -> torch.Tensor:
-    """An official 512² hint ([4,S,S] or [B,4,S,S]) at a model's `MGIGConfig.image_size`:
-    the RGB collage by area, the layout channel nearest (it stays binary)."""
-    return torch.cat([resize_square(hint[..., :3, :, :], size, "area"),
-                      resize_square(hint[..., 3:, :, :], size, "nearest")], dim=-3)
+    """An official 512² hint ([C,S,S] or [B,C,S,S]) at a model's `MGIGConfig.image_size`:
+    the RGB collage by area, the layout channel nearest (it stays binary), ★ colour planes
+    (channels after the fourth) by area."""
+    parts = [resize_square(hint[..., :3, :, :], size, "area"),
+             resize_square(hint[..., 3:HINT_CHANNELS, :, :], size, "nearest")]
+    if hint.shape[-3] > HINT_CHANNELS:
+        parts.append(resize_square(hint[..., HINT_CHANNELS:, :, :], size, "area"))
+    return torch.cat(parts, dim=-3)
 
 
 def schedule_alphas_cumprod(schedule: dict) -> torch.Tensor:
@@ -437,7 +457,8 @@ class MGIGModel(nn.Module):
         if self.refiner is None or hint is None:
             return decoded
         n = decoded.shape[0]
-        hint = hint.to(device=decoded.device).expand(n, -1, -1, -1)
+        # The refiner reads the official planes; ★ colour planes are the ControlNet's.
+        hint = hint[:, :HINT_CHANNELS].to(device=decoded.device).expand(n, -1, -1, -1)
         if colours is not None:
             colours = colours.to(device=decoded.device).expand(n, -1)
         if scene is not None:
@@ -448,6 +469,25 @@ class MGIGModel(nn.Module):
         """Give the model a fresh ★ refiner (the identity until trained)."""
         self.refiner = SceneRefiner(width).to(device=self._device(self.vae))
         self.config.refiner = self.refiner.config()
+
+    def add_colour_hint(self) -> None:
+        """Let the ControlNet read the ★ colour hint (`MGIGConfig.colour_hint`): its first
+        hint conv gets `inputs.COLOUR_HINT_CHANNELS` more input channels with zero weights,
+        so until trained the model computes exactly what it did without them."""
+        if self.config.colour_hint:
+            return
+        old = self.controlnet.controlnet_cond_embedding.conv_in
+        new = nn.Conv2d(old.in_channels + COLOUR_HINT_CHANNELS, old.out_channels, old.kernel_size,
+                        stride=old.stride, padding=old.padding, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.weight[:, :old.in_channels] = old.weight
+            new.bias.copy_(old.bias)
+        new.requires_grad_(old.weight.requires_grad)
+        self.controlnet.controlnet_cond_embedding.conv_in = new
+        self.controlnet.register_to_config(conditioning_channels=new.in_channels)
+        self.config.controlnet["conditioning_channels"] = new.in_channels
+        self.config.colour_hint = True
 
     @staticmethod
     def _dtype(module: nn.Module) -> torch.dtype:

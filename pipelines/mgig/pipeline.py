@@ -158,7 +158,7 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
         raise ValueError(f"interaction_mask is {union.shape[1]}x{union.shape[0]} but the background is "
                          f"{background.shape[1]}x{background.shape[0]}; resize the mask to the background")
     hint = preprocess.build_hint(background, union, detail, box_ratio=box_ratio, crop_ratio=crop_ratio,
-                                 mask_channel=mask_channel, collage=collage)
+                                 mask_channel=mask_channel, collage=collage, colour=hint_colour(model, features))
 
     device, dtype = _device_dtype(model)
     hint_t = _model_hint(model, hint)
@@ -178,6 +178,14 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
                         callback=callback, generator=samplers.step_generator(seed))
     return _decode_and_paste(model, z, hint, hint_t, canvas_colours(features.canvas), union, background, paste,
                              paste_grow, paste_feather)
+
+
+def hint_colour(model: MGIGModel, features: IDFeatures):
+    """The ★ colour planes of the hint (`inputs.colour_collage` of the reference canvas the
+    features came from) for a model with `MGIGConfig.colour_hint`, else None."""
+    if not model.config.colour_hint:
+        return None
+    return preprocess.colour_collage(features.canvas.image, features.canvas.mask)
 
 
 def canvas_colours(canvas: preprocess.ReferenceCanvas) -> torch.Tensor:

@@ -133,6 +133,9 @@ class TrainConfig:
                                            "then also learns to repair what sampling gets wrong")
     refiner: int | None = _key(None, "MGIG: give a model without one a fresh ★ scene refiner of this width "
                                      "(pipelines/mgig/refiner.py; null: keep what the model has)")
+    colour_hint: bool = _key(False, "MGIG: give a model without it the ★ colour hint (the references' low-passed "
+                                    "colours as 4 more hint channels, `inputs.colour_collage`), its new ControlNet "
+                                    "input weights zero: unchanged output until trained")
     # VAE
     vae_sources: list = _key(["target", "mask"], f"VAE images: any of {', '.join(train_data.VAE_SOURCES)}")
     vae_loss: str = _key("l1", "VAE reconstruction loss: l1 | mse")
@@ -256,6 +259,8 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.refiner is not None and (cfg.model != "mgig" or isinstance(cfg.refiner, bool)
                                     or not isinstance(cfg.refiner, int) or cfg.refiner < 1):
         fail("refiner", "null, or an integer width >= 1 for an mgig run")
+    if not isinstance(cfg.colour_hint, bool) or (cfg.colour_hint and cfg.model != "mgig"):
+        fail("colour_hint", "true or false (true only for an mgig run)")
     if cfg.lr is not None and (not _finite(cfg.lr) or not 0 < cfg.lr <= MAX_LR):
         fail("lr", f"null or a number in (0, {MAX_LR:g}] (AdamW with a larger step diverges at once; the paper "
                    f"fine-tunes at {LR_FINETUNE:g})")

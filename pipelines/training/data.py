@@ -215,6 +215,8 @@ class MGIGTrainData(_PositionData):
     """MGIG items: ``reference`` [3,224,224] in [0, 1] (the ID-encoder input), ``hint``
     [4,S,S] and ``target`` [3,S,S] in [-1, 1]; S = ``size`` (the official 512; smaller
     sizes downsample the official 512 arrays: RGB by area, the layout channel nearest).
+    ``colour_hint``: ★ the hint gets the colour planes of the (jittered) reference canvas
+    (`inputs.colour_collage`, the same canvas the detail map is taken from): [8,S,S].
 
     References: the sample's human reference and object reference (another pose /
     placement of the same identities). ``generated_masks``: stage-2 folder; a sample
@@ -226,9 +228,10 @@ class MGIGTrainData(_PositionData):
                  perturb_prob: float = OFFICIAL_PERTURB_PROB, figure_collage_prob: float = 0.0,
                  hflip_prob: float = OFFICIAL_HFLIP_PROB, color_prob: float = OFFICIAL_COLOR_PROB,
                  background_dropout: float = 0.0, box_dropout: float = 0.0, id_dropout: float = 0.0,
-                 generated_masks: str | os.PathLike | None = None, **kwargs):
+                 generated_masks: str | os.PathLike | None = None, colour_hint: bool = False, **kwargs):
         super().__init__(root, **kwargs)
         self.size = int(size)
+        self.colour_hint = bool(colour_hint)
         self.box_ratio, self.crop_ratio = tuple(box_ratio), tuple(crop_ratio)
         self.mask_channel_prob, self.perturb_prob = mask_channel_prob, perturb_prob
         self.figure_collage_prob = figure_collage_prob
@@ -256,11 +259,12 @@ class MGIGTrainData(_PositionData):
         if _draw(rng, self.color_prob):
             reference = brightness_contrast(reference, rng)
         detail = preprocess.detail_map(reference, canvas.mask)
+        colour = preprocess.colour_collage(reference, canvas.mask) if self.colour_hint else None
 
         box_ratio = official_ratio(rng, self.box_ratio) if train else self.box_ratio[0]
         crop_ratio = official_ratio(rng, self.crop_ratio) if train else self.crop_ratio[0]
         background = sample.target
-        hint_kwargs = {"box_ratio": box_ratio, "crop_ratio": crop_ratio, "mask_channel": "box"}
+        hint_kwargs = {"box_ratio": box_ratio, "crop_ratio": crop_ratio, "mask_channel": "box", "colour": colour}
         if _draw(rng, self.mask_channel_prob):
             hint_kwargs["mask_channel"] = "mask"
             if _draw(rng, self.perturb_prob):

@@ -67,7 +67,7 @@ def build_dataset(cfg: TrainConfig, model: nn.Module, *, split: str | None = Non
         cfg.data_root, size=size, box_ratio=cfg.box_ratio, crop_ratio=cfg.crop_ratio,
         mask_channel_prob=cfg.mask_channel_prob, perturb_prob=cfg.perturb_prob,
         figure_collage_prob=cfg.figure_collage_prob, hflip_prob=cfg.hflip_prob,
-        color_prob=cfg.color_prob,
+        color_prob=cfg.color_prob, colour_hint=bool(model.config.colour_hint),
         background_dropout=cfg.background_dropout, box_dropout=cfg.box_dropout, id_dropout=cfg.id_dropout,
         generated_masks=cfg.generated_masks if (generated and cfg.stage == 2) else None, **common)
 
@@ -135,7 +135,7 @@ def validation_rows(cfg: TrainConfig, model: nn.Module, items: list[dict], devic
     z = samplers.sample(eps_fn, x_T, model.alphas_cumprod.to(device), cfg.validation_steps, "ddim")
     colours = reference_colours(reference, batch["reference_mask"])
     image = model.decode_latent(z, hint=hint, colours=colours, scene=batch["scene"])
-    return [[_u8(reference[i] * 2 - 1), _u8(hint[i, :3]), _u8(hint[i, 3:]), _u8(image[i]), _u8(batch["target"][i])]
+    return [[_u8(reference[i] * 2 - 1), _u8(hint[i, :3]), _u8(hint[i, 3:4]), _u8(image[i]), _u8(batch["target"][i])]
             for i in range(n)]
 
 

@@ -120,6 +120,8 @@ def build_model(cfg: TrainConfig, weights: WeightIO) -> nn.Module:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model.add_refiner(cfg.refiner)
+        if cfg.colour_hint:
+            model.add_colour_hint()
         if cfg.init_id_encoder:
             sd, _ = part_tensors(weights, cfg.init_id_encoder, "id_encoder.", "init_id_encoder")
             load_strict(model.id_encoder, {k: v.float() for k, v in sd.items()},
