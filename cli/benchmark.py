@@ -82,11 +82,11 @@ def make_checkpoints(spec: Mapping) -> dict:
 
 
 def time_load(spec: Mapping) -> dict:
-    """Worker: load one checkpoint file with our loader (`load_mgig` / `load_iamg`) into
-    ``spec["dtype"]``; cold (page cache dropped first) or warm. ``load_s``: until the
-    loader returns; ``ready_s``: until every weight is in memory (`touch_weights`)."""
-    from ..weights_manager.native_iamg import load_iamg
-    from ..weights_manager.official_mgig import load_mgig
+    """Worker: load one checkpoint file with the loader the nodes use
+    (`loader.load_mgig_model` / `load_iamg_model`) into ``spec["dtype"]``; cold (page
+    cache dropped first) or warm. ``load_s``: until the loader returns; ``ready_s``:
+    until every weight is in memory (`touch_weights`). Peak RSS: `tests/measure_load_memory.py`."""
+    from ..weights_manager.loader import load_iamg_model, load_mgig_model
 
     path, dtype = spec["path"], DTYPES[spec["dtype"]]
     _import_model_libraries()  # not part of the load time: ComfyUI has them imported already
@@ -94,9 +94,9 @@ def time_load(spec: Mapping) -> dict:
     rss0 = peak_rss_mib()
     t0 = time.perf_counter()
     if spec["model"] == "mgig":
-        model = load_mgig(path, dtype=dtype)
+        model = load_mgig_model(path, dtype=dtype)
     else:
-        model = load_iamg(path, dtype=dtype)
+        model = load_iamg_model(path, dtype=dtype)
     load_s = time.perf_counter() - t0
     touch_weights(model)
     ready_s = time.perf_counter() - t0

@@ -85,13 +85,18 @@ class FileChangedError(WeightsError):
 _RECENT_S = 60.0
 
 
-def read_weights(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+def read_weights(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> tuple[dict, dict[str, str]]:
     """Read a weight file → (object, metadata).
 
     For safetensors the object is the flat tensor dict and metadata its header metadata;
     for torch files it is whatever dict was saved (e.g. a Lightning checkpoint) and
     metadata is empty. The file is opened once and read into memory (see the module
     docstring); a file that changes meanwhile raises `FileChangedError`.
+
+    dtype: cast a safetensors file's floating tensors as each is read, so the stored
+    copy of only one tensor exists at a time (loading an fp16 file as fp32 then needs the
+    fp32 weights plus one tensor, not both copies of everything). Torch files are
+    returned as stored.
     """
     path = check_weights_file(path)
     try:  # O_NONBLOCK: a pipe swapped in after the check above must not block the open
@@ -104,7 +109,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
             raise WeightsError(f"{path.name}: is not a regular file; choose a weight file")
         try:
             if path.suffix.lower() in SAFETENSORS_EXT:
-                result = _read_safetensors(f, before.st_size, path.name)
+                result = _read_safetensors(f, before.st_size, path.name, dtype)
             else:
                 result = _read_torch(f, path.name), {}
         except MemoryError:
@@ -211,9 +216,11 @@ def _read_safetensors_header(f, size: int, name: str) -> tuple[int, dict, dict[s
     return data_start, header, metadata
 
 
-def _read_safetensors(f, size: int, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(f, size: int, name: str,
+                      dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of a safetensors file, read from ``f`` tensor by tensor,
-    each straight into its own memory (the weights exist once)."""
+    each straight into its own memory (the weights exist once); floating tensors cast to
+    ``dtype`` (if given) one at a time, each read buffer freed before the next read."""
     if sys.byteorder != "little":  # safetensors stores little-endian data
         raise WeightsError(f"{name}: reading safetensors files needs a little-endian machine")
     data_start, header, metadata = _read_safetensors_header(f, size, name)
@@ -229,8 +236,12 @@ def _read_safetensors(f, size: int, name: str) -> tuple[dict[str, torch.Tensor],
             if not got:
                 raise _not_safetensors(name, f"the file ends inside tensor {key[:80]!r}")
             done += got
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        tensors[key] = (buf.view(dtype) if len(buf) else torch.empty(0, dtype=dtype)).reshape(info["shape"])
+        stored = _SAFETENSORS_DTYPES[info["dtype"]]
+        t = (buf.view(stored) if len(buf) else torch.empty(0, dtype=stored)).reshape(info["shape"])
+        if dtype is not None and t.is_floating_point() and stored != dtype:
+            t = t.to(dtype)
+        tensors[key] = t
+        del buf, view
     return tensors, dict(metadata)
 
 

@@ -165,8 +165,8 @@ def test_a_file_that_changes_during_the_read_is_reported_as_changed(tmp_path, mo
     path.write_bytes(src.read_bytes())
     real = files._read_safetensors
 
-    def read_then_append(f, size, name):
-        result = real(f, size, name)
+    def read_then_append(f, size, name, dtype=None):
+        result = real(f, size, name, dtype)
         with open(path, "ab") as other:
             other.write(b"\0" * 16)
         return result
@@ -507,3 +507,29 @@ def test_a_torch_writer_failure_is_read_as_a_full_disk_only_when_it_is(tmp_path,
     monkeypatch.setattr(files, "_free_bytes", lambda folder: 2**40)
     assert files.write_failure(exc, tmp_path / "optimizer.bin").errno == errno.EIO
     assert files.write_failure(ZeroDivisionError("a bug"), tmp_path / "x") is None
+
+
+def test_read_weights_casts_floating_tensors_as_it_reads(tmp_path):
+    # The cast happens tensor by tensor inside the read, so loading an fp16 file as fp32
+    # never holds both copies of the weights (peak: docs/BENCHMARKS.md).
+    g = torch.Generator().manual_seed(0)
+    stored = {"a": torch.randn(3, 5, generator=g).half(), "b": torch.arange(4), "c": torch.randn(7, generator=g).bfloat16(),
+              "d": torch.randn(2, generator=g), "e": torch.zeros(0, 3, dtype=torch.float16)}
+    save_file(stored, tmp_path / "w.safetensors", metadata={"k": "v"})
+    same, _ = read_weights(tmp_path / "w.safetensors")
+    cast, metadata = read_weights(tmp_path / "w.safetensors", dtype=torch.float32)
+    assert metadata == {"k": "v"}
+    for k, v in stored.items():
+        assert same[k].dtype == v.dtype and torch.equal(same[k], v), k
+        want = v.float() if v.is_floating_point() else v
+        assert cast[k].dtype == want.dtype and cast[k].shape == v.shape and torch.equal(cast[k], want), k
+
+
+def test_the_loader_casts_while_reading_and_loads_what_load_mgig_loads():
+    from interact_custom.weights_manager.loader import load_mgig_model
+
+    for dtype in (torch.float32, torch.float16):
+        a = load_mgig_model(EMBEDDED_FILES["mgig"], dtype=dtype).state_dict()
+        b = load_mgig(EMBEDDED_FILES["mgig"], dtype=dtype).state_dict()
+        assert list(a) == list(b)
+        assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)

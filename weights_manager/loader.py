@@ -48,13 +48,11 @@ def load_mgig_model(source: str | Path = EMBEDDED, *, device: str | torch.device
                     dtype: torch.dtype | None = None):
     """MGIG from ``EMBEDDED`` or a file path (official `mgig.ckpt` or our safetensors), in
     ``dtype`` (None: float32 — fp16 files would otherwise run in fp16, ~10x slower on a CPU)."""
-    from .official_mgig import load_mgig
-
     dtype = dtype or torch.float32
     if not is_embedded(source):
-        return load_mgig(source, device=device, dtype=dtype)
+        return _load_mgig_file(source, device, dtype)
     if not embedded_is_random("mgig"):
-        return load_mgig(EMBEDDED_FILES["mgig"], device=device, dtype=dtype)
+        return _load_mgig_file(EMBEDDED_FILES["mgig"], device, dtype)
     from ..pipelines.mgig import MGIGModel, mgig_config
 
     _stand_in_warning("mgig")
@@ -62,6 +60,20 @@ def load_mgig_model(source: str | Path = EMBEDDED, *, device: str | torch.device
         torch.manual_seed(EMBEDDED_SEED)
         model = MGIGModel(mgig_config(EMBEDDED_PRESETS["mgig"]))
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _load_mgig_file(path: str | Path, device, dtype: torch.dtype):
+    # The tensors are cast to `dtype` as they are read (`files.read_weights`): an fp16
+    # file loaded as fp32 then peaks at the fp32 model plus one tensor; cast after the
+    # read, the whole stored copy would stay alive beside the cast one (docs/BENCHMARKS.md).
+    from ..pipelines.files import read_weights
+    from .official_mgig import load_mgig, state_dict_of
+
+    name = Path(path).name
+    obj, metadata = read_weights(path, dtype=dtype)
+    sd = state_dict_of(obj, name)
+    del obj
+    return load_mgig(sd, device=device, dtype=dtype, metadata=metadata, what=name)
 
 
 def load_iamg_model(source: str | Path = EMBEDDED, *, device: str | torch.device = "cpu",

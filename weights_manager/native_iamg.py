@@ -254,7 +254,7 @@ def load_native_iamg(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
     if isinstance(source, Mapping):
         sd, metadata, what = dict(source), dict(metadata or {}), what or "IAMG state dict"
     else:
-        sd, file_meta = read_weights(source)
+        sd, file_meta = read_weights(source, dtype=dtype)  # cast as read: one stored tensor at a time
         metadata = dict(metadata or file_meta)
         what = what or Path(source).name
     if metadata.get("model") not in (None, MODEL_NAME):
@@ -315,7 +315,7 @@ def load_iamg(source: str | os.PathLike | Mapping, device: torch.device | str = 
     if isinstance(source, Mapping):
         obj, metadata, name = source, dict(metadata or {}), what or "IAMG checkpoint"
     else:
-        (obj, metadata), name = read_weights(source), Path(source).name
+        (obj, metadata), name = read_weights(source, dtype=dtype), Path(source).name
     if is_native(metadata) or any(str(k).startswith("unet.") for k in obj):
         return load_native_iamg(obj, metadata=metadata, what=name, device=device, dtype=dtype,
                                 tokenizer_dir=tokenizer_dir, clip_fallback_dir=clip_fallback_dir)

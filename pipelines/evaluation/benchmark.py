@@ -63,7 +63,7 @@ from .. import iamg, samplers
 from ..files import DTYPES
 from ..geometry import Box
 from ..hardware import cpu_has_fast_bf16
-from ..mgig import MGIGModel, mgig_config
+from ..mgig import ID_IMAGE_SIZE, MGIGModel, mgig_config
 from ..mgig import inputs as preprocess
 from ..mgig import pipeline as choi
 from ..sampling_settings import OFFICIAL, RECOMMENDED
@@ -307,6 +307,19 @@ def random_model(model: str, preset: str, dtype: str = "fp32", seed: int = WEIGH
     return materialize_(meta, DTYPES[dtype], seed)
 
 
+def mgig_input_shapes(model: MGIGModel) -> dict[str, tuple[int, ...]]:
+    """Batch-1 shapes of what ``model``'s denoiser and identity encoder read, from its own
+    config as `choi.generate` builds them: the latent (the small preset's VAE has 8
+    channels, SD's 4), the hint (4 channels, ★ more with the colour hint) at
+    `MGIGConfig.image_size`, the reference canvas. Hard-coded official shapes fail on
+    every other architecture ("Invalid channel dimensions")."""
+    size = int(model.config.image_size)
+    factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
+    return {"latent": (1, model.latent_channels, size // factor, size // factor),
+            "hint": (1, int(model.controlnet.config.conditioning_channels), size, size),
+            "id_image": (1, 3, ID_IMAGE_SIZE, ID_IMAGE_SIZE)}
+
+
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -356,8 +369,8 @@ def official_iamg_procedure(model: iamg.IAMGModel, *, prompt: str, background: n
 def _iamg_flops(model: iamg.IAMGModel, variant: Variant) -> dict:
     """Counted FLOPs (meta device) of one UNet forward, one sampling step of ``variant``,
     the condition encoding, the prompt encoding and the decode."""
-    c, side = model.unet.config, iamg.IMAGE_SIZE // 8
-    x = torch.empty(1, c.latent_channels, side, side, device="meta")
+    c = model.unet.config
+    x = torch.empty(1, *model.latent_shape, device="meta")
     t = torch.full((1,), 500, dtype=torch.long, device="meta")
     ctx = None if c.cross_attention_dim is None else torch.empty(1, TEXT_MAX_LENGTH, c.cross_attention_dim,
                                                                  device="meta")
@@ -369,7 +382,7 @@ def _iamg_flops(model: iamg.IAMGModel, variant: Variant) -> dict:
         uncond = dict(cond) if model.uses_text else None
         eps_fn = samplers.guided_eps(model.predict_eps, cond, uncond, GUIDANCE["iamg"], batched=True)
     flops["step"] = count_flops(lambda: eps_fn(x, t))
-    image = torch.empty(1, 3, iamg.IMAGE_SIZE, iamg.IMAGE_SIZE, device="meta")
+    image = torch.empty(1, 3, model.image_size, model.image_size, device="meta")
     flops["encode"] = count_flops(lambda: model.vae.encode(image).latent_dist.mean)
     prompts = 2 if (model.uses_text or (variant.official_procedure and model.text_encoder is not None)) else 0
     flops["text"] = count_flops(lambda: model.text_encoder(
@@ -381,10 +394,11 @@ def _iamg_flops(model: iamg.IAMGModel, variant: Variant) -> dict:
 def _mgig_flops(model: MGIGModel, variant: Variant) -> dict:
     """Counted FLOPs (meta device) of one UNet+ControlNet forward, one sampling step of
     ``variant`` (what `choi.generate` builds), the two identity encodings and the decode."""
-    x = torch.empty(1, 4, 64, 64, device="meta")
+    shapes = mgig_input_shapes(model)
+    x = torch.empty(shapes["latent"], device="meta")
     t = torch.full((1,), 500, dtype=torch.long, device="meta")
-    hint = torch.empty(1, 4, 512, 512, device="meta")
-    id_image = torch.empty(1, 3, 224, 224, device="meta")
+    hint = torch.empty(shapes["hint"], device="meta")
+    id_image = torch.empty(shapes["id_image"], device="meta")
     context = []
     tokens = count_flops(lambda: context.append(model.encode_id(id_image)))
     context = torch.empty(context[0].shape, device="meta")
@@ -533,8 +547,9 @@ def time_forward(spec: Mapping) -> dict:
     t = torch.full((1,), 500, dtype=torch.long)
     if model_kind == "mgig":
         meta = meta_mgig(preset)
-        tokens = meta.encode_id(torch.empty(1, 3, 224, 224, device="meta")).shape
-        shapes = [(1, 4, 64, 64), tuple(tokens), (1, 4, 512, 512)]
+        inputs = mgig_input_shapes(meta)
+        tokens = meta.encode_id(torch.empty(inputs["id_image"], device="meta")).shape
+        shapes = [inputs["latent"], tuple(tokens), inputs["hint"]]
         x_m, ctx_m, hint_m = (torch.empty(s, device="meta") for s in shapes)
         result["flops"] = count_flops(lambda: meta.predict_eps(x_m, t.to("meta"), ctx_m, hint_m))
         t0 = time.perf_counter()
@@ -545,19 +560,24 @@ def time_forward(spec: Mapping) -> dict:
         g = torch.Generator().manual_seed(0)
         x, ctx, hint = (torch.randn(s, generator=g).to(DTYPES[dtype]) for s in shapes)
         fn = lambda: meta.predict_eps(x, t, ctx, hint)  # noqa: E731
-        result["what"] = "UNet + ControlNet forward, batch 1, 64² latent"
+        result["what"] = f"UNet + ControlNet forward, batch 1, {inputs['latent'][-1]}² latent"
     else:
         meta = meta_iamg(preset)
-        side = iamg.IMAGE_SIZE // 8
-        x = torch.empty(1, 4, side, side, device="meta")
-        result["flops"] = count_flops(lambda: meta.predict_eps(x, t.to("meta"), x))
+        shape = (1, *meta.latent_shape)
+        width = meta.unet.config.cross_attention_dim  # ★ text presets: a prompt context too
+        ctx_shape = None if width is None else (1, TEXT_MAX_LENGTH, width)
+        x = torch.empty(shape, device="meta")
+        ctx_m = None if ctx_shape is None else torch.empty(ctx_shape, device="meta")
+        result["flops"] = count_flops(lambda: meta.predict_eps(x, t.to("meta"), x, ctx_m))
         t0 = time.perf_counter()
         materialize_(meta.unet, DTYPES[dtype])
         result["build_s"] = time.perf_counter() - t0
         result["params_m"] = n_params(meta.unet) / 1e6
-        xr = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
-        fn = lambda: meta.predict_eps(xr, t, xr)  # noqa: E731
-        result["what"] = "UNet forward, batch 1, 32² latent"
+        g = torch.Generator().manual_seed(0)
+        xr = torch.randn(shape, generator=g).to(DTYPES[dtype])
+        ctx = None if ctx_shape is None else torch.randn(ctx_shape, generator=g).to(DTYPES[dtype])
+        fn = lambda: meta.predict_eps(xr, t, xr, ctx)  # noqa: E731
+        result["what"] = f"UNet forward, batch 1, {shape[-1]}² latent"
     with torch.inference_mode():
         if spec.get("warmup", False):
             fn()
