@@ -63,17 +63,11 @@ def load_mgig_model(source: str | Path = EMBEDDED, *, device: str | torch.device
 
 
 def _load_mgig_file(path: str | Path, device, dtype: torch.dtype):
-    # The tensors are cast to `dtype` as they are read (`files.read_weights`): an fp16
-    # file loaded as fp32 then peaks at the fp32 model plus one tensor; cast after the
-    # read, the whole stored copy would stay alive beside the cast one (docs/BENCHMARKS.md).
-    from ..pipelines.files import read_weights
-    from .official_mgig import load_mgig, state_dict_of
+    # `load_mgig` casts the tensors to `dtype` as they are read (`files.read_weights`): an
+    # fp16 file loaded as fp32 then peaks at the fp32 model plus one tensor (docs/BENCHMARKS.md).
+    from .official_mgig import load_mgig
 
-    name = Path(path).name
-    obj, metadata = read_weights(path, dtype=dtype)
-    sd = state_dict_of(obj, name)
-    del obj
-    return load_mgig(sd, device=device, dtype=dtype, metadata=metadata, what=name)
+    return load_mgig(path, device=device, dtype=dtype)
 
 
 def load_iamg_model(source: str | Path = EMBEDDED, *, device: str | torch.device = "cpu",

@@ -107,10 +107,11 @@ class MGIGCheckpointError(WeightsError):
 # Reading files
 # ---------------------------------------------------------------------------------------
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_state_dict(path: str | Path, dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a checkpoint file (`files.read_weights`: no pickled code is ever run) into a
-    flat state dict of tensors and the file's metadata (`state_dict_of`)."""
-    obj, metadata = read_weights(path)
+    flat state dict of tensors and the file's metadata (`state_dict_of`); ``dtype`` casts
+    safetensors tensors as they are read (one stored tensor alive at a time)."""
+    obj, metadata = read_weights(path, dtype=dtype)
     return state_dict_of(obj, Path(path).name), metadata
 
 
@@ -603,7 +604,7 @@ def load_mgig(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device:
     if isinstance(source, Mapping):
         sd, metadata, what = dict(source), dict(metadata or {}), what or "MGIG state dict"
     else:
-        (sd, metadata), what = read_state_dict(source), Path(source).name
+        (sd, metadata), what = read_state_dict(source, dtype), Path(source).name
     stored = _metadata_config(metadata, what)
     if checkpoint_format(sd, what) == "official":
         schedule = detect_schedule(sd, what)
