@@ -56,30 +56,29 @@ def clip_tokenizer_dir() -> Path | None:
     return folder if (folder / "vocab.json").is_file() else None
 
 
-def register_model_folder() -> None:
-    """Register `models/interact_custom/` (extension-filtered). Paths a user added for the
-    same name in extra_model_paths.yaml (loaded before custom nodes) are kept."""
+def _register_folder(name: str, extensions: set[str] | None) -> None:
+    """Register ``models/<name>/`` with ComfyUI (``extensions`` filter its listing; None
+    keeps what is there). Paths a user added for the same name in extra_model_paths.yaml
+    (loaded before custom nodes) are kept."""
     if not IN_COMFYUI:
         return
-    default = os.path.join(_folder_paths.models_dir, MODEL_FOLDER)
-    entry = _folder_paths.folder_names_and_paths.get(MODEL_FOLDER)
+    default = os.path.join(_folder_paths.models_dir, name)
+    entry = _folder_paths.folder_names_and_paths.get(name)
     paths = list(entry[0]) if entry else []
     if default not in paths:
         paths.insert(0, default)
-    _folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(WEIGHT_EXTENSIONS))
+    kept = set(entry[1]) if entry else set()
+    _folder_paths.folder_names_and_paths[name] = (paths, set(extensions) if extensions is not None else kept)
+
+
+def register_model_folder() -> None:
+    """Register `models/interact_custom/` (weight-file extensions only)."""
+    _register_folder(MODEL_FOLDER, WEIGHT_EXTENSIONS)
 
 
 def register_bank_folder() -> None:
-    """Register `models/interact_custom_banks/` for IAMG-R mask banks. Paths a user added
-    for the same name in extra_model_paths.yaml (loaded before custom nodes) are kept."""
-    if not IN_COMFYUI:
-        return
-    default = os.path.join(_folder_paths.models_dir, BANK_FOLDER)
-    entry = _folder_paths.folder_names_and_paths.get(BANK_FOLDER)
-    paths = list(entry[0]) if entry else []
-    if default not in paths:
-        paths.insert(0, default)
-    _folder_paths.folder_names_and_paths[BANK_FOLDER] = (paths, set(entry[1]) if entry else set())
+    """Register `models/interact_custom_banks/` for IAMG-R mask banks (folders, no filter)."""
+    _register_folder(BANK_FOLDER, None)
 
 
 def bank_folders() -> list[str]:
