@@ -22,8 +22,8 @@ from pathlib import Path
 # Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (".cli.demo", "run the CHOI pipeline on the shipped example inputs"),
-    "verify": (".weights_manager.verify", "check our loaders/models against a test-vector folder"),
-    "convert": (".weights_manager.convert", "convert an official checkpoint to our safetensors format"),
+    "verify": (".cli.verify", "check our loaders/models against a test-vector folder"),
+    "convert": (".cli.convert", "convert an official checkpoint to our safetensors format"),
     "synth": (".cli.synth", "generate a synthetic CHOI dataset"),
     "build": (".cli.build", "build a CHOI dataset from video clips or HOI images with masks"),
     "bank": (".cli.bank", "build or query an IAMG-R mask bank"),

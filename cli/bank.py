@@ -1,6 +1,6 @@
 """``python -m interact_custom bank build|query``: build or query an IAMG-R mask bank.
 
-Thin adapter over `pipelines.retrieval`: ``build`` calls `build_bank`, ``query`` loads
+Thin adapter: ``build`` calls `cli.research.banks.build_bank`, ``query`` loads
 the bank, makes the encoder, calls `retrieve` and prints the ranking (optionally a
 `candidates_grid` preview PNG).
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 from PIL import Image
 
 from ..pipelines.files import OutputPathError, atomic_path, check_output_dir
-from ..pipelines.retrieval import MaskBank, build_bank, candidates_grid, make_encoder, retrieve
+from ..pipelines.retrieval import MaskBank, candidates_grid, make_encoder, retrieve
+from .research.banks import build_bank
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,10 +1,10 @@
 """Speed, memory and FLOPs of IAMG and MGIG: the official procedure against ours
 (DESIGN.md §6). ``python -m interact_custom benchmark --out DIR [--quick] [--presets ...]``
 
-What is measured and how: `pipelines.evaluation.benchmark` (the columns, the timing and
-FLOP counting, the pipelines-only workers); the tables: `pipelines.evaluation.benchmark_report`.
+What is measured and how: `cli.research.evaluation.benchmark` (the columns, the timing and
+FLOP counting, the pipelines-only workers); the tables: `cli.research.evaluation.benchmark_report`.
 This module runs it: the workers that need the weight-file code (`make_checkpoints`
-writes one random model in the official format, `weights_manager.official_export`, and
+writes one random model in the official format, `cli.research.official_export`, and
 as our safetensors; `time_load` times our loaders on both), each worker task in a fresh
 subprocess (``python -m interact_custom.cli.benchmark --worker SPEC.json``, so each
 configuration's peak RSS is its own), `run_benchmark` (``benchmark.json`` +
@@ -33,18 +33,18 @@ from . import output_folder, whole_number
 from ..pipelines import iamg, samplers
 from ..pipelines.files import check_output_dir
 from ..pipelines.memory import available_bytes
-from ..pipelines.evaluation.benchmark import (COLUMNS, DTYPES, MODELS, OFFICIAL_STEPS, PRESETS, RECOMMENDED_SAMPLER,
+from .research.evaluation.benchmark import (COLUMNS, DTYPES, MODELS, OFFICIAL_STEPS, PRESETS, RECOMMENDED_SAMPLER,
                                               RECOMMENDED_STEPS, TIMED_STEPS, VARIANTS, compare_outputs,
                                               evict_from_page_cache, machine_info, matmul_tflops, meta_iamg,
                                               meta_mgig, n_params, peak_rss_mib, random_model, time_configuration,
                                               time_forward, touch_weights)
-from ..pipelines.evaluation.benchmark_report import markdown_report, ratios
+from .research.evaluation.benchmark_report import markdown_report, ratios
 
 WORKER_TIMEOUT_S = 1800
 
 
 # ---------------------------------------------------------------------------------------
-# Workers that need the weight-file code (the others: `pipelines.evaluation.benchmark`).
+# Workers that need the weight-file code (the others: `cli.research.evaluation.benchmark`).
 # They import `weights_manager` themselves, so that the other workers' processes (whose
 # peak RSS is measured) hold no more than the pipelines.
 # ---------------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def make_checkpoints(spec: Mapping) -> dict:
     """Worker: one seeded random model written twice into ``spec["dir"]`` — the official
     format (fp32, as released) and our safetensors (fp16, what `convert` writes)."""
     from ..weights_manager.native_iamg import save_iamg
-    from ..weights_manager.official_export import iamg_official_checkpoint, mgig_official_state_dict
+    from .research.official_export import iamg_official_checkpoint, mgig_official_state_dict
     from ..weights_manager.official_mgig import save_mgig
 
     model_kind, preset = spec["model"], spec["model_preset"]

@@ -1,6 +1,6 @@
 """``python -m interact_custom build {video,hoi}``: build a CHOI dataset from real data.
 
-Thin adapter over `pipelines.data.builders` (which documents the folder layouts and the
+Thin adapter over `cli.research.data.builders` (which documents the folder layouts and the
 pairing rules): resolves the ``--segmenter`` / ``--captioner`` / ``--inpainter`` /
 ``--pose-changer`` callables, reads the clip folders or the annotations file, calls
 `build_video_dataset` / `build_hoi_dataset` and prints the report.
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import number_in, output_folder, whole_number
-from ..pipelines.data.builders import (DEFAULT_BOX_EXPAND, DEFAULT_MARGIN, DEFAULT_MAX_IOU, DEFAULT_MIN_AREA,
+from .research.data.builders import (DEFAULT_BOX_EXPAND, DEFAULT_MARGIN, DEFAULT_MAX_IOU, DEFAULT_MIN_AREA,
                                        DEFAULT_MIN_GAP, DEFAULT_PAIRS_PER_CLIP, BuildError, build_hoi_dataset,
                                        build_video_dataset, list_clip_folders, load_callable, prepare_out,
                                        read_clip_folder, read_hoi_annotations)

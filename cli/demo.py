@@ -20,7 +20,7 @@ from ..pipelines.mgig import pipeline as choi
 from ..pipelines.mgig import inputs as preprocess
 from ..pipelines.paths import BANK_DIR
 
-from ..pipelines.data.examples import load_examples
+from .research.data.examples import load_examples
 TRAINED_NOTE = ("small model trained by this package's `train` on synthetic CHOI data: it knows synthetic "
                 "figures and objects, not photographs")
 

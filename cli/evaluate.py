@@ -4,9 +4,9 @@
 [--clip MODEL] [--dino MODEL] [--pred-masks DIR | --interaction-masks DIR]
 [--synthetic | --no-synthetic] [--split S] [--limit N] [--device D] [--overwrite]``
 
-Loads the CLIP / DINOv2 models (`weights_manager.eval_models`), runs
-`pipelines.evaluation.evaluate.evaluate` and writes / prints its report; the inputs and
-every metric are described in `pipelines.evaluation.evaluate`.
+Loads the CLIP / DINOv2 models (`cli.research.evaluation.eval_models`), runs
+`cli.research.evaluation.evaluate.evaluate` and writes / prints its report; the inputs and
+every metric are described in `cli.research.evaluation.evaluate`.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 from . import check_device, output_folder, whole_number
-from ..pipelines.data.dataset import DatasetError
-from ..pipelines.evaluation.evaluate import (GENERATED_SUFFIX, REPORT_JSON, REPORT_MD, EvaluationError, evaluate,
+from .research.data.dataset import DatasetError
+from .research.evaluation.evaluate import (GENERATED_SUFFIX, REPORT_JSON, REPORT_MD, EvaluationError, evaluate,
                                              markdown_report, write_report)
 from ..pipelines.files import WeightsError
-from ..weights_manager.eval_models import load_clip_encoder, load_dino_encoder
+from .research.evaluation.eval_models import load_clip_encoder, load_dino_encoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

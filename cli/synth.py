@@ -1,6 +1,6 @@
 """``python -m interact_custom synth``: generate a synthetic CHOI dataset, or the demo inputs.
 
-Thin adapter over `pipelines.data.synth`: ``--out DIR`` calls `generate` (progress on
+Thin adapter over `cli.research.data.synth`: ``--out DIR`` calls `generate` (progress on
 stderr), ``--examples DIR`` calls `write_examples`.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 from . import number_in, output_folder, whole_number
 from ..pipelines.files import OutputPathError, check_output_dir
-from ..pipelines.data.synth import EXAMPLE_FILES, EXAMPLES_SEED, generate, write_examples
+from .research.data.synth import EXAMPLE_FILES, EXAMPLES_SEED, generate, write_examples
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@
         [--ceiling] [--overwrite]
 
 Loads IAMG and MGIG (`weights_manager.loader`: the embedded defaults unless a file is
-given) and runs `pipelines.evaluation.synthbench` (what it does and writes: see there);
+given) and runs `cli.research.evaluation.synthbench` (what it does and writes: see there);
 prints the report, the settings and one line of headline numbers.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from . import output_folder, whole_number
 from ..pipelines import samplers
-from ..pipelines.evaluation import synthbench
-from ..pipelines.evaluation.evaluate import markdown_report
-from ..pipelines.evaluation.synthbench import DEFAULT_COUNT, DEFAULT_SEED, DTYPES, REFS
+from .research.evaluation import synthbench
+from .research.evaluation.evaluate import markdown_report
+from .research.evaluation.synthbench import DEFAULT_COUNT, DEFAULT_SEED, DTYPES, REFS
 from ..pipelines.mgig.inputs import COLLAGES, DEFAULT_COLLAGE
 from ..pipelines.sampling_settings import RECOMMENDED
 from ..weights_manager.loader import EMBEDDED, load_iamg_model, load_mgig_model

@@ -1,4 +1,4 @@
-"""`python -m interact_custom train`: train the VAE, IAMG or MGIG (`pipelines.training`).
+"""`python -m interact_custom train`: train the VAE, IAMG or MGIG (`cli.research.training`).
 
     python -m interact_custom train {vae,iamg,mgig} --config FILE [--set KEY=VALUE ...] [--resume]
     accelerate launch -m interact_custom train mgig --config FILE      # several GPUs / machines
@@ -6,94 +6,35 @@
     python -m interact_custom train masks --iamg FILE --data DIR --out DIR   # MGIG stage-2 input
     python -m interact_custom train --list-keys                              # every config key
 
-This module is the adapter between the training core and the weight files: `WEIGHTS`
-reads the ``init`` / ``init_vae`` / ``init_id_encoder`` files (official or ours) and writes
-the final IAMG / MGIG file through `weights_manager`; `train` and `build_model` are the
-core's functions with it bound.
+The training core is `cli.research.training` (`train`, `build_model` re-exported here).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from torch import nn
-
-from . import check_device, missing_dirs, output_folder, remove_empty, whole_number
 from ..pipelines import iamg, samplers
-from ..pipelines.data.dataset import DatasetError
-from ..pipelines.files import WeightsError, check_finite, check_output_dir, check_weights_file, load_strict, read_weights
-from ..pipelines.training import data as train_data
-from ..pipelines.training import loop, models
-from ..pipelines.training.config import MODEL_KINDS, ConfigError, TrainConfig, describe_keys, load_config
-from ..pipelines.training.runs import CHECKPOINTS
-from ..pipelines.vae import build_vae
-from ..weights_manager import stored_config
-from ..weights_manager.ldm_vae import detect_diffusers_vae_config
-from ..weights_manager.native_iamg import load_iamg, save_iamg
-from ..weights_manager.official_mgig import load_mgig, native_for_installed_transformers, save_mgig
+from ..pipelines.files import WeightsError, check_output_dir, check_weights_file
+from ..weights_manager.native_iamg import load_iamg
+from . import check_device, missing_dirs, output_folder, remove_empty, whole_number
+from .research.data.dataset import DatasetError
+from .research.training import data as train_data
+from .research.training import loop, models
+from .research.training.config import MODEL_KINDS, ConfigError, describe_keys, load_config
+from .research.training.runs import CHECKPOINTS
 
 
-# --------------------------------------------------------------------------------------
-# Weight files (weights_manager) for the training core
-# --------------------------------------------------------------------------------------
+# The training core, as the tests and scripts call it.
+train = loop.train
+build_model = models.build_model
+load_vae_file = models.load_vae_file
 
-def _read_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
-    sd, metadata = read_weights(path)
-    check_finite(sd, Path(path).name)  # an init file with NaN / Inf would train NaN
-    return native_for_installed_transformers(sd), metadata
-
-
-def load_vae_file(path: str | os.PathLike) -> nn.Module:
-    """The VAE (diffusers `AutoencoderKL`) stored as `vae.*` in any of our files — a
-    `train vae` result, or an IAMG/MGIG file in our format."""
-    sd, metadata = models.part_tensors(WEIGHTS, path, "vae.", "VAE file")
-    stored = (stored_config.parse_config(metadata, Path(path).name) or {}).get("vae") or {}
-    stored_config.check_vae_settings(stored, Path(path).name)
-    vae = build_vae(detect_diffusers_vae_config(sd, scaling_factor=float(stored.get("scaling_factor",
-                                                                                  iamg.VAE_SCALE_FACTOR)),
-                                                norm_num_groups=stored.get("norm_num_groups")))
-    load_strict(vae, {k: v.float() for k, v in sd.items()}, f"{Path(path).name}: VAE ('vae.*')")
-    return vae
-
-
-def _load_init(kind: str, path: str | os.PathLike, *, tokenizer_dir: str | None = None) -> nn.Module:
-    if kind == "vae":
-        return load_vae_file(path)
-    if kind == "iamg":
-        return load_iamg(path, tokenizer_dir=tokenizer_dir)
-    return load_mgig(path)
-
-
-def _save_final(kind: str, model: nn.Module, path: Path, *, dtype: str, source: str) -> Path:
-    if kind == "iamg":
-        return save_iamg(model, path, dtype=dtype, overwrite=True)
-    return save_mgig(model, path, dtype=dtype, overwrite=True, source=source)
-
-
-WEIGHTS = models.WeightIO(load_init=_load_init, read_tensors=_read_tensors, save_final=_save_final)
-
-
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
-          overwrite: bool = False) -> loop.TrainResult:
-    """`loop.train` with the weight files read and written by `weights_manager`."""
-    return loop.train(cfg, WEIGHTS, resume=resume, progress=progress, overwrite=overwrite)
-
-
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """`models.build_model` with the init files read by `weights_manager`."""
-    return models.build_model(cfg, WEIGHTS)
-
-
-# --------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", choices=[*MODEL_KINDS, "masks"],
                         help="what to train; 'masks' writes IAMG masks for MGIG stage 2")
-    parser.add_argument("--config", help="JSON config file (examples in pipelines/training/configs/; keys: --list-keys)")
+    parser.add_argument("--config", help="JSON config file (examples in cli/research/training/configs/; keys: --list-keys)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (value parsed as JSON, else a string); repeatable")
     parser.add_argument("--resume", action="store_true",

@@ -9,7 +9,6 @@ ASSETS_DIR = PIPELINES_DIR / "assets"
 EXAMPLES_DIR = ASSETS_DIR / "examples"          # demo / workflow example inputs
 BANK_DIR = ASSETS_DIR / "bank"                  # example IAMG-R mask bank
 WORDS_TOKENIZER_FILE = ASSETS_DIR / "iamg_words_tokenizer.json"  # small IAMG presets' tokenizer
-TRAIN_CONFIGS_DIR = PIPELINES_DIR / "training" / "configs"
 
 CACHE_ENV = "INTERACT_CUSTOM_CACHE"
 

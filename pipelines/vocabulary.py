@@ -2,14 +2,14 @@
 
 - `INTERACTIONS`: the interaction verbs of the synthetic data, spelled HICO-DET style as
   stored in a dataset index (``"sit_on"``), each with the phrase its caption uses
-  (``"sitting on"``). `pipelines.data.synth` draws these interactions;
-  `pipelines.data.builders` uses the same phrases for these verbs in its default
+  (``"sitting on"``). `cli.research.data.synth` draws these interactions;
+  `cli.research.data.builders` uses the same phrases for these verbs in its default
   captions, so real and synthetic datasets caption an interaction alike.
 - `CAPTION_TEMPLATE`: the paper's caption template "A person is verbing the object"
   (§4.2), lower case like the synthetic data and the shipped word tokenizer.
 
 Which object categories the synthetic renderer draws, and which verbs each takes part
-in, belong to the renderer (`pipelines.data.synth.COMPATIBLE`). IAMG-R's lexicon
+in, belong to the renderer (`cli.research.data.synth.COMPATIBLE`). IAMG-R's lexicon
 (`pipelines.retrieval.encoders`) is a different thing: the surface forms of words
 ("rides", "rode", "bike") mapped to lemmas for matching free-text captions.
 """

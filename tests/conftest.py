@@ -27,7 +27,7 @@ def find_vectors_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def vectors():
-    from interact_custom.weights_manager.vectors import VectorFolder
+    from interact_custom.cli.research.vectors import VectorFolder
 
     d = find_vectors_dir()
     if d is None:

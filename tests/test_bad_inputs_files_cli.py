@@ -36,12 +36,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from interact_custom.cli.research.training.config import CONFIGS_DIR
 from interact_custom.cli import main
 from interact_custom.pipelines.files import WeightsError, read_weights, save_native
 from interact_custom.weights_manager.loader import EMBEDDED_FILES
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "pipelines" / "training" / "configs"
+CONFIGS = CONFIGS_DIR
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 

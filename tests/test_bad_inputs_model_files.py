@@ -34,6 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from interact_custom.cli.research.training.config import CONFIGS_DIR
 from interact_custom.cli import main
 from interact_custom.nodes import NODE_CLASS_MAPPINGS as NODES
 from interact_custom.nodes import comfy_bridge
@@ -44,7 +45,7 @@ from interact_custom.weights_manager.native_iamg import load_iamg
 from interact_custom.weights_manager.official_mgig import load_mgig
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "pipelines" / "training" / "configs"
+CONFIGS = CONFIGS_DIR
 
 
 def _embedded(kind: str) -> Path:
@@ -460,7 +461,7 @@ def test_convert_on_a_full_disk(tmp_path, capsys, monkeypatch, kind):
 
 
 def test_train_checkpoint_on_a_full_disk(tmp_path, capsys, monkeypatch, training_cpu):
-    from interact_custom.pipelines.data import synth
+    from interact_custom.cli.research.data import synth
 
     data = tmp_path / "data"
     synth.generate(data, count=4, seed=0, size=64, val_fraction=0.5)
@@ -481,7 +482,7 @@ def test_train_checkpoint_on_a_full_disk(tmp_path, capsys, monkeypatch, training
 
 
 def test_train_final_file_on_a_full_disk(tmp_path, capsys, monkeypatch, training_cpu):
-    from interact_custom.pipelines.data import synth
+    from interact_custom.cli.research.data import synth
 
     data = tmp_path / "data"
     synth.generate(data, count=4, seed=0, size=64, val_fraction=0.5)

@@ -1,7 +1,7 @@
 """Bad inputs and interruptions in training runs and IAMG-R mask banks: each gives the
 user one actionable line (or is repaired, saying so), never a raw traceback.
 
-Training (`pipelines/training/runs.py`, `loop.py`), on a tiny 4-step IAMG run:
+Training (`cli/research/training/runs.py`, `loop.py`), on a tiny 4-step IAMG run:
 
 1. ``log.jsonl`` with a torn last line (a kill mid-write): ``--resume`` drops it and says
    so; a corrupt line in the middle is an error naming the file and the line number.
@@ -37,14 +37,16 @@ import numpy as np
 import pytest
 import torch
 
+from interact_custom.cli.research.training.config import CONFIGS_DIR
 from interact_custom.cli import train as train_cli
 from interact_custom.pipelines import paths
 from interact_custom.pipelines import retrieval as R
-from interact_custom.pipelines.data import synth
-from interact_custom.pipelines.training import config as train_config
-from interact_custom.pipelines.training import runs as train_runs
+from interact_custom.cli.research import banks
+from interact_custom.cli.research.data import synth
+from interact_custom.cli.research.training import config as train_config
+from interact_custom.cli.research.training import runs as train_runs
 
-CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "training" / "configs"
+CONFIGS = CONFIGS_DIR
 STEPS = dict(steps=4, checkpoint_every=2, validate_every=0, data_limit=2, ema_decay=0.9)
 
 
@@ -241,7 +243,7 @@ def test_publish_fsyncs_files_and_folder_before_renaming(tmp_path, monkeypatch):
 
 _HOLD_LOCK = """
 import sys, time
-from interact_custom.pipelines.training.runs import RunDir
+from interact_custom.cli.research.training.runs import RunDir
 with RunDir(sys.argv[1]).locked():
     print("locked", flush=True)
     time.sleep(120)
@@ -357,11 +359,11 @@ def small_bank(tmp_path):
         m[y0:y1, x0:x1] = 255
         return m
 
-    sources = [R.BankSource(id=f"{i:06d}", caption=c, verb=v, object=o, human_mask=rect(2, 20, 4, 12),
+    sources = [banks.BankSource(id=f"{i:06d}", caption=c, verb=v, object=o, human_mask=rect(2, 20, 4, 12),
                             object_mask=rect(10, 30, 8, 28))
                for i, (c, v, o) in enumerate([("a man riding a bike", "ride", "bicycle"),
                                               ("a girl kicking a ball", "kick", "ball")])]
-    return R.build_bank(None, tmp_path / "bank", sources=sources)
+    return banks.build_bank(None, tmp_path / "bank", sources=sources)
 
 
 @pytest.mark.parametrize("damage", ["text", "truncated"])
@@ -447,7 +449,7 @@ def test_two_banks_with_the_same_captions_never_share_a_cache(monkeypatch, tmp_p
 
 def test_checkpoint_tensor_files_get_the_umask_mode(tmp_path):
     from interact_custom.pipelines.files import new_file_mode
-    from interact_custom.pipelines.training.runs import save_tensors
+    from interact_custom.cli.research.training.runs import save_tensors
 
     path = tmp_path / "trainable.safetensors"
     save_tensors({"w": torch.zeros(2)}, path)

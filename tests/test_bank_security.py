@@ -30,6 +30,7 @@ from interact_custom.cli import main
 from interact_custom.nodes import comfy_bridge
 from interact_custom.nodes.masks import SHIPPED_BANK, IAMGRRetrieveMask
 from interact_custom.pipelines import retrieval as R
+from interact_custom.cli.research import banks
 from interact_custom.pipelines.retrieval import bank as bank_module
 from interact_custom.pipelines.retrieval import ranking
 
@@ -49,12 +50,12 @@ def _rect(y0, y1, x0, x1, size=32):
 def _sources(n=2):
     captions = [("a man riding a bike", "ride", "bicycle"), ("a girl kicking a ball", "kick", "ball"),
                 ("a boy holding a cat", "hold", "cat")]
-    return [R.BankSource(id=f"{i:06d}", caption=c, verb=v, object=o, human_mask=_rect(2, 20, 4, 12),
+    return [banks.BankSource(id=f"{i:06d}", caption=c, verb=v, object=o, human_mask=_rect(2, 20, 4, 12),
                          object_mask=_rect(10, 30, 8, 28 - i)) for i, (c, v, o) in enumerate(captions[:n])]
 
 
 def _bank(folder, n=2):
-    return R.build_bank(None, folder, sources=_sources(n))
+    return banks.build_bank(None, folder, sources=_sources(n))
 
 
 def _secret_png(path: Path) -> Path:
@@ -388,13 +389,13 @@ def test_build_refuses_a_non_empty_folder_that_is_not_a_bank(tmp_path, capsys):
     (out / "masks").mkdir(parents=True)
     (out / "masks" / "000000.png").write_bytes(b"my own file")
     with pytest.raises(FileExistsError, match=r"is not empty and holds no mask bank .*overwrite=True"):
-        R.build_bank(None, out, sources=_sources())
+        banks.build_bank(None, out, sources=_sources())
     assert main(["bank", "build", "--dataset", str(tmp_path / "dataset"), "--out", str(out)]) == 1
     assert f"{out} is not empty and holds no mask bank" in capsys.readouterr().err
     assert (out / "masks" / "000000.png").read_bytes() == b"my own file"
     assert not (out / "bank.json").exists()
-    bank = R.build_bank(None, out, sources=_sources(), overwrite=True)
+    bank = banks.build_bank(None, out, sources=_sources(), overwrite=True)
     assert len(bank) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert len(R.build_bank(None, empty, sources=_sources())) == 2  # an empty folder is fine
+    assert len(banks.build_bank(None, empty, sources=_sources())) == 2  # an empty folder is fine

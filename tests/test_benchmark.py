@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from interact_custom.cli import benchmark as cli_benchmark
-from interact_custom.pipelines.evaluation import benchmark as B
-from interact_custom.weights_manager import official_export
+from interact_custom.cli.research.evaluation import benchmark as B
+from interact_custom.cli.research import official_export
 
 
 def test_count_flops_matches_hand_computed_values():

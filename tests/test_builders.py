@@ -1,6 +1,6 @@
-"""CHOI dataset builders (pipelines/data/builders.py): video clips (paper §4.2), HOI images (§4.1).
+"""CHOI dataset builders (cli/research/data/builders.py): video clips (paper §4.2), HOI images (§4.1).
 
-Clips and images are rendered with the synthetic generator (`pipelines.data.synth`): the same
+Clips and images are rendered with the synthetic generator (`cli.research.data.synth`): the same
 human-object pair in several poses over one backdrop (a static camera), with exact masks.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from interact_custom import cli
-from interact_custom.pipelines.data import builders as B
-from interact_custom.pipelines.data import synth
-from interact_custom.pipelines.data.dataset import ChoiDataset
+from interact_custom.cli.research.data import builders as B
+from interact_custom.cli.research.data import synth
+from interact_custom.cli.research.data.dataset import ChoiDataset
 from interact_custom.pipelines.vocabulary import INTERACTIONS
 
 SIZE = 96

@@ -99,7 +99,7 @@ def test_demo_writes_a_composited_result(tmp_path, capsys):
     assert ("SEEDED RANDOM WEIGHTS" in text) == embedded_is_random("mgig")
     assert ("trained by this package" in text) != embedded_is_random("mgig")
     bg = np.array(Image.open(out.parents[0] / "demo" / "result.png"))
-    from interact_custom.pipelines.data.examples import load_examples
+    from interact_custom.cli.research.data.examples import load_examples
 
     ex = load_examples()
     mask = np.array(Image.open(out / "interaction_mask.png")) > 127
@@ -125,7 +125,7 @@ def test_unknown_command(capsys):
 
 
 def test_demo_default_generates_the_mask_with_iamg_inside_the_box(tmp_path, capsys):
-    from interact_custom.pipelines.data.examples import load_examples
+    from interact_custom.cli.research.data.examples import load_examples
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "2"]) == 0
@@ -190,8 +190,8 @@ def test_benchmark_checks_steps_against_the_samplers_before_measuring(tmp_path, 
 
 
 def test_evaluate_and_synthbench_pipelines_name_limit(tmp_path):
-    from interact_custom.pipelines.evaluation import synthbench
-    from interact_custom.pipelines.evaluation.evaluate import EvaluationError, evaluate
+    from interact_custom.cli.research.evaluation import synthbench
+    from interact_custom.cli.research.evaluation.evaluate import EvaluationError, evaluate
 
     with pytest.raises(EvaluationError, match=r"limit: expected None or a whole number >= 1, got 0"):
         evaluate(tmp_path, tmp_path, limit=0)

@@ -12,19 +12,20 @@ import numpy as np
 import pytest
 import torch
 
+from interact_custom.cli.research.training.config import CONFIGS_DIR
 from interact_custom.cli import train as train_cli
-from interact_custom.pipelines.data import synth
+from interact_custom.cli.research.data import synth
 from interact_custom.pipelines.files import WeightsError
 from interact_custom.pipelines.mgig import MGIGModel, mgig_config, resize_hint
 from interact_custom.pipelines.mgig import inputs as preprocess
 from interact_custom.pipelines.mgig import pipeline as choi
-from interact_custom.pipelines.training import config as train_config
-from interact_custom.pipelines.training import data as train_data
+from interact_custom.cli.research.training import config as train_config
+from interact_custom.cli.research.training import data as train_data
 from interact_custom.weights_manager import stored_config
 from interact_custom.weights_manager.loader import EMBEDDED, EMBEDDED_MGIG_FILE, load_mgig_model
 from interact_custom.weights_manager.official_mgig import MGIGCheckpointError, load_mgig, preset_name_of, save_mgig
 
-CONFIGS = Path(train_cli.__file__).resolve().parents[1] / "pipelines" / "training" / "configs"
+CONFIGS = CONFIGS_DIR
 YELLOW, NAVY = (240, 210, 20), (20, 30, 110)
 
 
@@ -236,7 +237,7 @@ def test_a_colour_hint_run_trains_the_new_channels_and_saves_a_colour_hint_model
 
 
 def test_the_official_format_refuses_a_colour_hint_model():
-    from interact_custom.weights_manager.official_export import mgig_official_state_dict
+    from interact_custom.cli.research.official_export import mgig_official_state_dict
 
     with pytest.raises(ValueError, match="colour"):
         mgig_official_state_dict(tiny_colour_model())

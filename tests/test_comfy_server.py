@@ -392,6 +392,8 @@ def test_registered_bank_cannot_read_files_outside_it(server):
 
     from interact_custom.pipelines import retrieval as R
 
+    from interact_custom.cli.research import banks
+
     tag = uuid.uuid4().hex[:8]
     secret = private_png(server)
     evil = server.banks_dir / f"evil_{tag}"
@@ -400,10 +402,10 @@ def test_registered_bank_cannot_read_files_outside_it(server):
     (evil / "bank.json").write_bytes(bank_index("masks/link.png"))
     mask = np.zeros((24, 16), np.uint8)
     mask[3:20, 2:13] = 255
-    good = R.build_bank(None, server.banks_dir / f"good_{tag}", sources=[
-        R.BankSource(id="ride", caption=BANK_QUERY, verb="ride", object="bicycle", human_mask=mask,
+    good = banks.build_bank(None, server.banks_dir / f"good_{tag}", sources=[
+        banks.BankSource(id="ride", caption=BANK_QUERY, verb="ride", object="bicycle", human_mask=mask,
                      object_mask=np.zeros_like(mask)),
-        R.BankSource(id="kick", caption="a person is kicking the ball", verb="kick", object="ball",
+        banks.BankSource(id="kick", caption="a person is kicking the ball", verb="kick", object="ball",
                      human_mask=mask[::-1].copy(), object_mask=np.zeros_like(mask))])
 
     for rel in (str(secret), "../../private/secret.png", "masks/../../../private/secret.png", "masks/link.png"):

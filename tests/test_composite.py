@@ -125,7 +125,7 @@ def test_paste_crop_is_the_official_crop_back(tiny_run):
 
 
 def test_blend_border_step_measures_the_seam():
-    from interact_custom.pipelines.evaluation.metrics import blend_border_step
+    from interact_custom.cli.research.evaluation.metrics import blend_border_step
 
     bg = np.full((40, 40, 3), 100, np.uint8)
     square = np.zeros((40, 40), bool)

@@ -13,9 +13,9 @@ import torch
 
 from interact_custom.pipelines import iamg, imgproc
 from interact_custom.pipelines.mgig import pipeline as choi
-from interact_custom.pipelines.evaluation import evaluate as ev
+from interact_custom.cli.research.evaluation import evaluate as ev
 from interact_custom.pipelines.mgig import inputs as preprocess
-from interact_custom.pipelines.data import synth
+from interact_custom.cli.research.data import synth
 from interact_custom.pipelines.mgig import MGIGModel, mgig_config
 from interact_custom.weights_manager.loader import (EMBEDDED, EMBEDDED_IAMG_FILE, EMBEDDED_MGIG_FILE, embedded_is_random,
                                                     load_iamg_model, load_mgig_model)
@@ -218,7 +218,7 @@ def test_mgig_default_paste_leaves_little_of_the_rim_it_paints(models, held_out)
     ΔE76 2.4 / 3.3 / 4.7 with the default, 2.7 / 3.9 / 5.4 with 6 + 4 (held-out split:
     docs/TRAINING.md)."""
     from interact_custom.pipelines import composite
-    from interact_custom.pipelines.evaluation.metrics import rgb_to_lab
+    from interact_custom.cli.research.evaluation.metrics import rgb_to_lab
 
     model = models[1]
     errors = {"default": [], "wide": []}

@@ -58,7 +58,7 @@ def test_training_mixed_precision_auto_is_bf16_only_where_it_is_native(monkeypat
     import pytest
 
     from interact_custom.pipelines import hardware
-    from interact_custom.pipelines.training import config as train_config
+    from interact_custom.cli.research.training import config as train_config
 
     monkeypatch.setattr(train_config, "fast_bf16", lambda device_type: device_type == "cuda")
     auto = train_config.TrainConfig(model="vae", mixed_precision="auto")

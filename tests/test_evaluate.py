@@ -1,4 +1,4 @@
-"""Evaluation metrics (pipelines/evaluation/, weights_manager/eval_models.py) and the `evaluate`
+"""Evaluation metrics (cli/research/evaluation/, cli/research/evaluation/eval_models.py) and the `evaluate`
 command, with tiny random CLIP / DINOv2 models written to tmp_path (nothing downloaded)."""
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from PIL import Image
 
 from interact_custom import cli
 from interact_custom.pipelines import imgproc
-from interact_custom.pipelines.evaluation import encoders as enc
-from interact_custom.pipelines.evaluation import evaluate as ev
-from interact_custom.pipelines.evaluation import metrics
-from interact_custom.pipelines.data import synth
-from interact_custom.pipelines.data.dataset import ChoiDataset
-from interact_custom.weights_manager import eval_models
+from interact_custom.cli.research.evaluation import encoders as enc
+from interact_custom.cli.research.evaluation import evaluate as ev
+from interact_custom.cli.research.evaluation import metrics
+from interact_custom.cli.research.data import synth
+from interact_custom.cli.research.data.dataset import ChoiDataset
+from interact_custom.cli.research.evaluation import eval_models
 
 SIZE = 64
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from interact_custom.weights_manager.vectors_iamg import box_from_fractions, official_mask_png
+from interact_custom.cli.research.vectors_iamg import box_from_fractions, official_mask_png
 from interact_custom.pipelines.geometry import Box
 from interact_custom.pipelines import iamg, samplers
 from interact_custom.weights_manager import official_iamg as oi
@@ -122,7 +122,7 @@ def test_pickled_code_is_refused(tmp_path):
 # --- parity with the reference arrays ------------------------------------------------------
 
 def test_every_iamg_array_matches(vectors):
-    from interact_custom.weights_manager.verify import verify_part
+    from interact_custom.cli.verify import verify_part
 
     results = verify_part(vectors, "iamg")
     failed = [f"{r.name}: {r.note} (rel {r.max_rel:.2e})" for r in results if r.failed]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from interact_custom.pipelines import iamg
-from interact_custom.pipelines.data.examples import load_examples
+from interact_custom.cli.research.data.examples import load_examples
 from interact_custom.pipelines.geometry import Box
 from interact_custom.pipelines.iamg.inputs import CONTEXT_FRACTION, context_box
 from interact_custom.pipelines.imgproc import _components, drop_small_components, largest_component

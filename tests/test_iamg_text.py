@@ -13,7 +13,7 @@ import torch
 from interact_custom.weights_manager.loader import EMBEDDED, EMBEDDED_SEED, embedded_is_random, load_iamg_model
 from interact_custom.pipelines import iamg, samplers
 from interact_custom.pipelines import text as prompt_text
-from interact_custom.pipelines.training.losses import iamg_training_loss
+from interact_custom.cli.research.training.losses import iamg_training_loss
 from interact_custom.weights_manager import native_iamg as ni
 from interact_custom.weights_manager import official_iamg as oi
 from interact_custom.pipelines.files import WeightsError

@@ -1,6 +1,7 @@
-"""The package's import direction, checked on the source: `nodes/` and `cli/` may import
-everything, `weights_manager/` imports `pipelines/`, and `pipelines/` imports neither of
-the others; only `nodes/comfy_bridge.py` touches ComfyUI."""
+"""The package's import direction, checked on the source. The runtime a ComfyUI user runs:
+`nodes/` → `weights_manager/` → `pipelines/`; the research tooling `cli/research/` sits
+above `weights_manager/`, and the commands (the rest of `cli/`) above it. The runtime
+never imports `cli/`; only `nodes/comfy_bridge.py` touches ComfyUI."""
 from __future__ import annotations
 
 import ast
@@ -9,10 +10,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("pipelines", "weights_manager", "cli", "nodes")
+LAYERS = ("pipelines", "weights_manager", "cli/research", "cli", "nodes")
 # What each layer may import from the package (besides itself).
-ALLOWED = {"pipelines": set(), "weights_manager": {"pipelines"}, "cli": {"pipelines", "weights_manager"},
+ALLOWED = {"pipelines": set(), "weights_manager": {"pipelines"},
+           "cli/research": {"pipelines", "weights_manager"},
+           "cli": {"pipelines", "weights_manager", "cli/research"},
            "nodes": {"pipelines", "weights_manager"}}
+
+
+def _layer(parts) -> str | None:
+    """The layer a module (its path parts inside the package) belongs to."""
+    if parts[:2] == ["cli", "research"]:
+        return "cli/research"
+    return parts[0] if parts and parts[0] in LAYERS else None
 COMFY_MODULES = ("comfy", "folder_paths", "server", "execution", "comfy_extras")
 
 
@@ -37,21 +47,39 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 
 def _sources(layer: str) -> list[Path]:
-    return sorted((ROOT / layer).rglob("*.py"))
+    return sorted(p for p in (ROOT / layer).rglob("*.py") if _layer(list(p.relative_to(ROOT).parts)) == layer)
 
 
-@pytest.mark.parametrize("layer", LAYERS)
-def test_imports_go_one_way(layer):
+def _wrong_imports(layer: str) -> list[str]:
     wrong = []
     for path in _sources(layer):
         for line, module in _imports(path):
             if not module.startswith("."):
                 continue
-            top = module[1:].split(".")[0]
-            if top in LAYERS and top != layer and top not in ALLOWED[layer]:
+            top = _layer(module[1:].split("."))
+            if top is not None and top != layer and top not in ALLOWED[layer]:
                 wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module[1:]}")
+    return wrong
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_imports_go_one_way(layer):
+    wrong = _wrong_imports(layer)
     assert not wrong, f"{layer}/ must not import " + ", ".join(sorted(set(LAYERS) - ALLOWED[layer] - {layer})) + \
         ":\n" + "\n".join(wrong)
+
+
+def test_the_runtime_importing_the_tooling_is_caught(tmp_path, monkeypatch):
+    # A control: a weight module or a node reaching into cli/research must be reported.
+    for rel, source in (("weights_manager/x.py", "from ..cli.research import official_export\n"),
+                        ("nodes/y.py", "from ..cli.research.training import loop\n"),
+                        ("cli/research/z.py", "from .. import demo\n")):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(source)
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert _wrong_imports("weights_manager") == ["weights_manager/x.py:1 imports cli.research"]
+    assert _wrong_imports("nodes") == ["nodes/y.py:1 imports cli.research.training"]
+    assert _wrong_imports("cli/research") == ["cli/research/z.py:1 imports cli.demo"]
 
 
 def test_only_the_bridge_touches_comfyui():

@@ -13,7 +13,7 @@ from interact_custom.pipelines.mgig import MGIGModel, default_head_dim, mgig_con
 from interact_custom.weights_manager import ldm_vae
 from interact_custom.pipelines import files
 from interact_custom.weights_manager import official_mgig as om
-from interact_custom.weights_manager import vectors_mgig
+from interact_custom.cli.research import vectors_mgig
 from interact_custom.pipelines.files import WeightsError
 
 

@@ -10,7 +10,7 @@ import pytest
 from interact_custom.pipelines import imgproc as ip
 from interact_custom.pipelines.geometry import Box, official_mask_box
 from interact_custom.pipelines.mgig import inputs as pp
-from interact_custom.weights_manager import vectors_preproc
+from interact_custom.cli.research import vectors_preproc
 
 B = Box.from_yyxx  # the official (y1, y2, x1, x2) order the cases below are written in
 

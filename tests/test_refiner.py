@@ -9,21 +9,22 @@ import numpy as np
 import pytest
 import torch
 
+from interact_custom.cli.research.training.config import CONFIGS_DIR
 from interact_custom.cli import train as train_cli
 from interact_custom.pipelines import imgproc
-from interact_custom.pipelines.data import synth
+from interact_custom.cli.research.data import synth
 from interact_custom.pipelines.mgig import MGIGModel, mgig_config
 from interact_custom.pipelines.mgig import inputs as preprocess
 from interact_custom.pipelines.mgig import pipeline as choi
 from interact_custom.pipelines.mgig import refiner as refiner_module
 from interact_custom.pipelines.mgig.refiner import SceneRefiner
-from interact_custom.pipelines.training import config as train_config
-from interact_custom.pipelines.training import data as train_data
-from interact_custom.pipelines.training import losses
+from interact_custom.cli.research.training import config as train_config
+from interact_custom.cli.research.training import data as train_data
+from interact_custom.cli.research.training import losses
 from interact_custom.weights_manager.official_mgig import (MGIGCheckpointError, load_mgig, preset_name_of,
                                                            save_mgig)
 
-CONFIGS = Path(train_cli.__file__).resolve().parents[1] / "pipelines" / "training" / "configs"
+CONFIGS = CONFIGS_DIR
 pytestmark = pytest.mark.usefixtures("training_cpu")
 
 

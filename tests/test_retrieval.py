@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from interact_custom.pipelines import retrieval as R
+
+from interact_custom.cli.research import banks
 from interact_custom.pipelines.geometry import mask_box
 
 # (id, caption, verb, object, human box, object box) on a 64x64 canvas; boxes y0,y1,x0,x1.
@@ -30,7 +32,7 @@ def _rect(box, size=64):
 
 
 def _sources():
-    return [R.BankSource(id=i, caption=c, verb=v, object=o, human_mask=_rect(hb), object_mask=_rect(ob))
+    return [banks.BankSource(id=i, caption=c, verb=v, object=o, human_mask=_rect(hb), object_mask=_rect(ob))
             for i, c, v, o, hb, ob in SAMPLES]
 
 
@@ -42,7 +44,7 @@ def _user_cache(tmp_path, monkeypatch):
 
 @pytest.fixture()
 def bank(tmp_path):
-    return R.build_bank(None, tmp_path / "bank", sources=_sources())
+    return banks.build_bank(None, tmp_path / "bank", sources=_sources())
 
 
 class CountingEncoder:
@@ -72,18 +74,18 @@ def test_build_bank_crops_union_to_its_bbox(bank):
 
 
 def test_build_bank_from_choi_dataset(tmp_path):
-    dataset = pytest.importorskip("interact_custom.pipelines.data.dataset")
+    dataset = pytest.importorskip("interact_custom.cli.research.data.dataset")
     rgb = np.full((64, 64, 3), 128, np.uint8)
     with dataset.ChoiWriter(tmp_path / "ds") as w:
         for sid, cap, verb, obj, hb, ob in SAMPLES[:3]:
             w.add(sid, caption=cap, verb=verb, object_category=obj, target=rgb,
                   human_mask=_rect(hb), object_mask=_rect(ob), human_ref=rgb, human_ref_mask=_rect(hb),
                   object_ref=rgb, object_ref_mask=_rect(ob))
-    bank = R.build_bank(tmp_path / "ds", tmp_path / "bank")
+    bank = banks.build_bank(tmp_path / "ds", tmp_path / "bank")
     assert [e.id for e in bank.entries] == ["r1", "r2", "k1"]
     assert (bank.root / bank.entries[0].image).resolve() == (tmp_path / "ds/samples/r1/target.png").resolve()
     with pytest.raises(FileExistsError, match="overwrite"):
-        R.build_bank(tmp_path / "ds", tmp_path / "bank")
+        banks.build_bank(tmp_path / "ds", tmp_path / "bank")
 
     from interact_custom.cli import main
     assert main(["bank", "build", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "b2")]) == 0
@@ -157,10 +159,10 @@ def test_dot_similarity_is_official_unnormalised_score(bank):
 
 
 def test_tie_break_by_id(tmp_path):
-    srcs = [R.BankSource(id=i, caption="a person holding an umbrella", verb="hold", object="umbrella",
+    srcs = [banks.BankSource(id=i, caption="a person holding an umbrella", verb="hold", object="umbrella",
                          human_mask=_rect((0, 10, 0, 5)), object_mask=_rect((0, 4, 5, 12)))
             for i in ("b2", "a9", "b1")]
-    bank = R.build_bank(None, tmp_path / "bank", sources=srcs)
+    bank = banks.build_bank(None, tmp_path / "bank", sources=srcs)
     for _ in range(2):
         cands = R.retrieve(bank, "someone holds an umbrella", encoder=R.LexicalEncoder())
         assert [c.id for c in cands] == ["a9", "b1", "b2"]

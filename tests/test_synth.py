@@ -1,4 +1,4 @@
-"""Synthetic CHOI generator (pipelines/data/synth.py) and the dataset format (pipelines/data/dataset.py)."""
+"""Synthetic CHOI generator (cli/research/data/synth.py) and the dataset format (cli/research/data/dataset.py)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from interact_custom import cli
-from interact_custom.pipelines.data import dataset as ds
-from interact_custom.pipelines.data import synth
+from interact_custom.cli.research.data import dataset as ds
+from interact_custom.cli.research.data import synth
 from interact_custom.pipelines.vocabulary import INTERACTIONS
 
 REPO = Path(__file__).resolve().parents[1]

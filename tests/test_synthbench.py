@@ -10,7 +10,7 @@ from PIL import Image
 from interact_custom import cli
 from interact_custom.cli import synthbench as synthbench_cli
 from interact_custom.pipelines import iamg
-from interact_custom.pipelines.evaluation import synthbench
+from interact_custom.cli.research.evaluation import synthbench
 from interact_custom.pipelines.mgig import MGIGModel, mgig_config
 from interact_custom.weights_manager.native_iamg import save_iamg
 from interact_custom.weights_manager.official_mgig import save_mgig

@@ -1,4 +1,4 @@
-"""Training (`pipelines/training/`, `cli/train.py`): configs, training items,
+"""Training (`cli/research/training/`, `cli/train.py`): configs, training items,
 loss going down on a tiny synthetic set, bitwise-identical resume after an interruption,
 atomic checkpoints, and final files that load in the inference pipelines.
 
@@ -13,22 +13,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from interact_custom.cli.research.training.config import CONFIGS_DIR
 from interact_custom import cli
 from interact_custom.pipelines import iamg, samplers
 from interact_custom.pipelines import text as prompt_text
 from interact_custom.pipelines.mgig import pipeline as choi
 from interact_custom.pipelines.mgig import inputs as preprocess
-from interact_custom.pipelines.data import synth
+from interact_custom.cli.research.data import synth
 from interact_custom.cli import train as train_cli
-from interact_custom.pipelines.training import config as train_config
-from interact_custom.pipelines.training import data as train_data
-from interact_custom.pipelines.training import loop, losses, models
-from interact_custom.pipelines.training import runs as train_runs
+from interact_custom.cli.research.training import config as train_config
+from interact_custom.cli.research.training import data as train_data
+from interact_custom.cli.research.training import loop, losses, models
+from interact_custom.cli.research.training import runs as train_runs
 from interact_custom.pipelines.mgig import mgig_config
 from interact_custom.weights_manager.native_iamg import load_iamg
 from interact_custom.weights_manager.official_mgig import load_mgig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "training" / "configs"
+CONFIGS = CONFIGS_DIR
 
 
 pytestmark = pytest.mark.usefixtures("training_cpu")  # conftest: one thread, denormals flushed

@@ -16,7 +16,7 @@ This module holds the network and the model:
 
 Its inputs (`inputs.py`: condition / target images, decoded mask → mask) and generation
 (`pipeline.py`: `sample_mask_latent`, `generate_mask`) live beside it; the prompt
-tokenizers in `pipelines/text.py`; the training objective in `pipelines/training/losses.py`.
+tokenizers in `pipelines/text.py`; the training objective in `cli/research/training/losses.py`.
 
 The released network has **no cross-attention** (it ignores the prompt). The paper's
 text-conditioned variant (★) is the same UNet with ``cross_attention_dim`` set: a

@@ -1,5 +1,5 @@
-"""Training data: torch Datasets over a CHOI dataset folder (`pipelines.data.dataset` format),
-one per model that `pipelines.training` trains.
+"""Training data: torch Datasets over a CHOI dataset folder (`cli.research.data.dataset` format),
+one per model that `cli.research.training` trains.
 
 - `IAMGTrainData` — caption tokens, the condition image C_bg (the background with the
   union box blanked; with *background dropout* a white canvas with only the box blanked)
@@ -47,10 +47,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from .. import iamg
-from ..mgig import inputs as preprocess
+from ....pipelines import iamg
+from ....pipelines.mgig import inputs as preprocess
 from ..data.dataset import ChoiDataset, ChoiSample, DatasetError, save_png
-from ..mgig import resize_hint, resize_square
+from ....pipelines.mgig import resize_hint, resize_square
 
 WHITE = 255
 # The official training-time draws of `hico_process_pairs` (ratios as randint(10·lo, 10·hi) / 10).

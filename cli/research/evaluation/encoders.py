@@ -4,7 +4,7 @@
 CLIP's preprocessing; `DINOEncoder` a transformers ``Dinov2Model`` with the official
 position-embedding interpolation and ImageNet normalisation. Neither reads a file:
 building one from a local folder or weight file (official DINOv2 naming included) is
-`weights_manager.eval_models` (`load_clip_encoder` / `load_dino_encoder`).
+`cli.research.evaluation.eval_models` (`load_clip_encoder` / `load_dino_encoder`).
 `clip_score` / `dino_scores` are the two metrics computed with them.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..imgproc import IMAGENET_MEAN, IMAGENET_STD
+from ....pipelines.imgproc import IMAGENET_MEAN, IMAGENET_STD
 from .metrics import on_white, resize_image
 
 DINO_SIZE = 224                 # the official eval_dino.py resizes masked images to 224²
@@ -70,7 +70,7 @@ class DINOEncoder:
         place) by one with the official interpolation, same weights."""
         import torch
 
-        from ..mgig import official_embeddings_class
+        from ....pipelines.mgig import official_embeddings_class
 
         # Swap in the official interpolation (bicubic with a +0.1 scale factor): the
         # official evaluation runs the original DINOv2 code at 224² (37² grid -> 16²).

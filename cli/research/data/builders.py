@@ -1,9 +1,9 @@
 """Build CHOI training datasets from real data: video clips (paper §4.2) and HOI images (§4.1).
 
-A CHOI sample (format: `pipelines.data.dataset`) needs the *same* human and object in a
+A CHOI sample (format: `cli.research.data.dataset`) needs the *same* human and object in a
 *different* pose than the target, so a model learns to separate identity from interaction
 pose. The paper gets such pairs two ways; this module implements both as builders that
-write the `pipelines.data.dataset` format through `ChoiWriter`.
+write the `cli.research.data.dataset` format through `ChoiWriter`.
 
 **From video clips** (§4.2, `build_video_dataset`). A clip shows one human-object pair
 without a camera change. For two frames f_r, f_t of a clip the human and object of f_r
@@ -101,9 +101,9 @@ import numpy as np
 from PIL import Image
 
 from .dataset import ChoiWriter, iter_json_lines
-from ..files import write_text_atomic
-from ..geometry import Box, mask_box
-from ..vocabulary import CAPTION_TEMPLATE, INTERACTIONS
+from ....pipelines.files import write_text_atomic
+from ....pipelines.geometry import Box, mask_box
+from ....pipelines.vocabulary import CAPTION_TEMPLATE, INTERACTIONS
 
 # An image is a uint8 H×W×3 array, a PIL image, or a path read when needed.
 ImageSource = Any

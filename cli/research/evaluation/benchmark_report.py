@@ -3,7 +3,7 @@
 `ratios` derives the speed-up / FLOP / memory ratios of columns (2) and (3) against (1)
 from the measured rows; `markdown_report` renders the dict that `cli.benchmark`'s
 `run_benchmark` writes as ``benchmark.json`` into ``benchmark.md``. The columns and
-measurements themselves: `pipelines.evaluation.benchmark`.
+measurements themselves: `cli.research.evaluation.benchmark`.
 """
 from __future__ import annotations
 

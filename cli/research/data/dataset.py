@@ -57,7 +57,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from ..files import atomic_path
+from ....pipelines.files import atomic_path
 
 INDEX_NAME = "index.jsonl"
 SAMPLES_DIR = "samples"

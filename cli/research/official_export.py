@@ -18,14 +18,14 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..pipelines import samplers
-from ..pipelines.files import strip_prefix
-from ..pipelines.iamg import IAMGModel
-from ..pipelines.mgig import MGIGModel
-from .ldm_vae import convert_diffusers_vae_to_ldm
-from .native_iamg import TEXT_MODEL, native_state_dict
-from .official_iamg import _RESNET, TEXT_PREFIX, unet_module_map
-from .official_mgig import _RESBLOCK_NAMES, OFFICIAL_PREFIXES, _dinov2_hf_to_official, _unet_module_map
+from ...pipelines import samplers
+from ...pipelines.files import strip_prefix
+from ...pipelines.iamg import IAMGModel
+from ...pipelines.mgig import MGIGModel
+from ...weights_manager.ldm_vae import convert_diffusers_vae_to_ldm
+from ...weights_manager.native_iamg import TEXT_MODEL, native_state_dict
+from ...weights_manager.official_iamg import _RESNET, TEXT_PREFIX, unet_module_map
+from ...weights_manager.official_mgig import _RESBLOCK_NAMES, OFFICIAL_PREFIXES, _dinov2_hf_to_official, _unet_module_map
 
 
 def ldm_schedule_buffers(schedule: Mapping | None = None, *, logvar: bool = True) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 - `metrics`: the pure measures (mask IoU / spatial KL / verb shapes, colour distances,
   changed pixels, CIELAB);
 - `encoders`: the CLIP image / DINOv2 encoders of the CLIP- and DINO-Scores, around built
-  models (reading them from files: `weights_manager.eval_models`);
+  models (reading them from files: `cli.research.evaluation.eval_models`);
 - `evaluate`: `evaluate()` over a CHOI dataset and its JSON / markdown report;
 - `synthbench`: the synthetic benchmark end to end on loaded IAMG / MGIG models;
 - `benchmark` / `benchmark_report`: speed, memory and FLOPs of the official procedure vs

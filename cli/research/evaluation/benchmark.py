@@ -29,7 +29,7 @@ and precision drift, not image quality, which needs trained weights).
 
 Checkpoint load time compares an official-format file (Lightning ``mgig.ckpt`` /
 trainer-dict ``iamg.pth``, written from the same random model by
-`weights_manager.official_export`'s `mgig_official_state_dict` /
+`cli.research.official_export`'s `mgig_official_state_dict` /
 `iamg_official_checkpoint`) with our safetensors file; that part needs the weight-file
 code, so it lives in `cli.benchmark` with the orchestration.
 
@@ -42,7 +42,7 @@ not counted.
 Here: what is compared (`VARIANTS`), the measurement helpers, seeded random models
 built on the meta device, the worker tasks that need only the pipelines
 (`time_configuration`, `time_forward`) and the quality proxy (`compare_outputs`). The
-report is rendered by `pipelines.evaluation.benchmark_report`.
+report is rendered by `cli.research.evaluation.benchmark_report`.
 """
 from __future__ import annotations
 
@@ -59,16 +59,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import iamg, samplers
-from ..files import DTYPES
-from ..geometry import Box
-from ..hardware import cpu_has_fast_bf16
-from ..mgig import ID_IMAGE_SIZE, MGIGModel, mgig_config
-from ..mgig import inputs as preprocess
-from ..mgig import pipeline as choi
-from ..sampling_settings import OFFICIAL, RECOMMENDED
-from ..text import TEXT_MAX_LENGTH, words_tokenizer
-from ..vae import build_vae
+from ....pipelines import iamg, samplers
+from ....pipelines.files import DTYPES
+from ....pipelines.geometry import Box
+from ....pipelines.hardware import cpu_has_fast_bf16
+from ....pipelines.mgig import ID_IMAGE_SIZE, MGIGModel, mgig_config
+from ....pipelines.mgig import inputs as preprocess
+from ....pipelines.mgig import pipeline as choi
+from ....pipelines.sampling_settings import OFFICIAL, RECOMMENDED
+from ....pipelines.text import TEXT_MAX_LENGTH, words_tokenizer
+from ....pipelines.vae import build_vae
 
 
 # ---------------------------------------------------------------------------------------

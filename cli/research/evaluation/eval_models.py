@@ -1,7 +1,7 @@
 """The CLIP / DINOv2 models of `evaluate`, from local files (nothing is downloaded).
 
 `load_clip_encoder` / `load_dino_encoder` read a transformers folder or one weight file
-and return the `pipelines.evaluation.encoders` wrapper around the built model. A single
+and return the `cli.research.evaluation.encoders` wrapper around the built model. A single
 DINOv2 file is in the original naming (``dinov2_vitg14_pretrain.pth``, what the official
 evaluation loads, or an MGIG/AnyDoor checkpoint's ``cond_stage_model.model.*``),
 converted with `official_mgig.dinov2_official_to_hf`; a CLIP vision file is in
@@ -16,10 +16,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..pipelines.evaluation.encoders import CLIP_MEAN, CLIP_STD, CLIPImageEncoder, DINOEncoder
-from ..pipelines.evaluation.evaluate import EvaluationError
-from ..pipelines.files import load_strict, read_weights
-from .official_mgig import dinov2_official_to_hf
+from .encoders import CLIP_MEAN, CLIP_STD, CLIPImageEncoder, DINOEncoder
+from .evaluate import EvaluationError
+from ....pipelines.files import load_strict, read_weights
+from ....weights_manager.official_mgig import dinov2_official_to_hf
 
 
 def _require_path(path: str | os.PathLike, what: str, option: str) -> Path:
@@ -83,7 +83,7 @@ def load_clip_encoder(path: str | os.PathLike, device="cpu") -> CLIPImageEncoder
 def _dinov2_config_from_original(sd: Mapping[str, Any], where: str):
     from transformers import Dinov2Config
 
-    from ..pipelines.mgig import dinov2_kwargs
+    from ....pipelines.mgig import dinov2_kwargs
 
     if any(k.startswith("register_tokens") for k in sd):
         raise EvaluationError(f"{where}: DINOv2 with register tokens is not supported; use a plain DINOv2")

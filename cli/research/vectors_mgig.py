@@ -15,9 +15,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..pipelines.mgig import inputs as pp
-from ..pipelines import samplers
-from ..pipelines.mgig import CONTROLNET_MEMORY_FORMAT, MGIGModel
+from ...pipelines.mgig import inputs as pp
+from ...pipelines import samplers
+from ...pipelines.mgig import CONTROLNET_MEMORY_FORMAT, MGIGModel
 from .vectors import Result, VectorFolder, compare, used_as_input
 
 PART = "mgig"
@@ -35,7 +35,7 @@ def _unet_params(folder: VectorFolder) -> dict:
 def load_model(folder: VectorFolder) -> MGIGModel:
     """The folder's MGIG checkpoint through our official loader (fp32, CPU). Head widths,
     which weights do not determine, come from the manifest config when it states them."""
-    from .official_mgig import load_mgig
+    from ...weights_manager.official_mgig import load_mgig
 
     head_dim = _unet_params(folder).get("num_head_channels")
     dino = ((folder.reduced_configs or {}).get("mgig_overrides") or {}).get("dino", {})

@@ -20,7 +20,7 @@ interaction pose. This module makes such data without any download:
 Each identity pair is rendered in `scenes_per_pair` scenes with different interactions
 (or poses); a sample's target is one scene, its human reference the human alone in the
 next scene, its object reference the object alone in the one after, so references always
-show another pose / placement. Output is the `pipelines.data.dataset` format; captions read
+show another pose / placement. Output is the `cli.research.data.dataset` format; captions read
 "a person is kicking the ball"; each index line also carries ``description`` (with the
 appearance: "a person in a red striped shirt ... the blue polka-dot ball") and ``synth``
 (pair, scene numbers, joint angles). Scenes are drawn in resolution-free units, so one seed
@@ -44,9 +44,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .dataset import ChoiWriter, save_png
-from ..files import write_text_atomic
-from ..geometry import Box, mask_box
-from ..vocabulary import CAPTION_TEMPLATE, INTERACTIONS
+from ....pipelines.files import write_text_atomic
+from ....pipelines.geometry import Box, mask_box
+from ....pipelines.vocabulary import CAPTION_TEMPLATE, INTERACTIONS
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -985,7 +985,7 @@ def _iter_samples(count: int, seed: int, size: int, val_fraction: float, S: int)
 
 def generate(out: str | os.PathLike, count: int, seed: int, size: int = 256, val_fraction: float = 0.1,
              overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
-    """Write a synthetic CHOI dataset (`pipelines.data.dataset` format) to `out`.
+    """Write a synthetic CHOI dataset (`cli.research.data.dataset` format) to `out`.
 
     Refuses a non-empty folder unless ``overwrite=True`` (which replaces the index and the
     files of the generated ids, leaving other files alone). Returns samples per split.
@@ -1048,7 +1048,7 @@ def write_examples(out: str | os.PathLike, seed: int = EXAMPLES_SEED, overwrite:
     meta = {"caption": caption(target.verb, obj.category), "verb": target.verb, "object": obj.category,
             "box": box, "background_size": [background.shape[1], background.shape[0]],
             "description": f"{human.describe()} is {INTERACTIONS[target.verb]} {obj.describe()}",
-            "generated_by": f"interact_custom.pipelines.data.synth.write_examples(seed={seed})"}
+            "generated_by": f"interact_custom.cli.research.data.synth.write_examples(seed={seed})"}
     save_png(paths["human.png"], cutout(pose_scene, "human", HUMAN), overwrite)
     save_png(paths["object.png"], cutout(obj_scene, "object", OBJECT), overwrite)
     save_png(paths["background.png"], Image.fromarray(background, "RGB"), overwrite)

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..pipelines.geometry import Box, official_mask_box
-from ..pipelines.mgig import inputs as pp
+from ...pipelines.geometry import Box, official_mask_box
+from ...pipelines.mgig import inputs as pp
 from .vectors import Result, VectorFolder, compare, skipped, used_as_input
 
 PART = "preproc"
@@ -84,7 +84,7 @@ def _check_functions(folder: VectorFolder, A, names: list[str]) -> Iterator[Resu
             rows = [list(r[:8]) + list(_box_in_box(r[:4], r[4:8])) for r in A[name].tolist()]
             yield compare(name, np.array(rows, dtype=np.int64), A[name])
         elif name == "fn_select_max_region_out":
-            from ..pipelines.imgproc import largest_component
+            from ...pipelines.imgproc import largest_component
             yield compare(name, largest_component(A["fn_select_max_region_in"]), A[name])
         elif name == "fn_perturb_mask_out_npseed":
             seed = folder.part(PART)["arrays"][name].get("np_random_seed")

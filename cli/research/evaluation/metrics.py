@@ -4,7 +4,7 @@ Masks and pixels: mask IoU, the spatial KL of mask occupancy maps, mask-in-box, 
 read off a mask's shape (k nearest ground-truth shapes), changed pixels and confinement,
 CIELAB conversion and the colour distances, plus the resizing / masking helpers they
 share and the constants that define them. What each measure means and why it is built
-this way: `pipelines.evaluation.evaluate` (module notes), which runs them over a dataset.
+this way: `cli.research.evaluation.evaluate` (module notes), which runs them over a dataset.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .. import imgproc
-from ..geometry import Box
+from ....pipelines import imgproc
+from ....pipelines.geometry import Box
 
 MASK_GRID = 64                  # occupancy-map resolution of mask_kl
 KL_EPS = 1e-3                   # per-cell mass added before normalising (finite KL)

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import samplers
-from ..iamg import IAMGModel
-from ..mgig import MGIGModel
-from ..mgig.refiner import reference_colours
-from ..sampling_settings import RECOMMENDED
+from ....pipelines import samplers
+from ....pipelines.iamg import IAMGModel
+from ....pipelines.mgig import MGIGModel
+from ....pipelines.mgig.refiner import reference_colours
+from ....pipelines.sampling_settings import RECOMMENDED
 from .config import TrainConfig
 
 # The guidance of the one-step predictions `MGIGLoss.predicted_latent` repairs: sampling's.

@@ -13,8 +13,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..pipelines import iamg, samplers
-from ..pipelines.geometry import Box
+from ...pipelines import iamg, samplers
+from ...pipelines.geometry import Box
 from .vectors import Result, VectorFolder, compare, skipped, used_as_input
 
 PART = "iamg"
@@ -61,7 +61,7 @@ def _guidance(folder: VectorFolder) -> float:
 
 def load_model(folder: VectorFolder) -> iamg.IAMGModel:
     """The folder's IAMG checkpoint through our official loader (fp32, CPU)."""
-    from .official_iamg import load_official_iamg
+    from ...weights_manager.official_iamg import load_official_iamg
 
     notes = folder.part(PART).get("notes", {})
     te_heads = notes.get("text_encoder_config", {}).get("num_attention_heads")

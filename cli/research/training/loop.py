@@ -7,7 +7,7 @@ optimizer with Accelerate, restore a checkpoint, then the optimizer steps — ea
 checkpointed and validated as the config says — and the final file. Every random draw of
 a step is seeded by `step_seed` (seed, step, micro-step, process), so a resumed run
 computes what an uninterrupted one does. Weight files are read and written through the
-caller's `models.WeightIO`.
+`weights_manager` (through `.models`).
 """
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import iamg, samplers
+from ....pipelines import iamg, samplers
 from ..data.dataset import save_png
-from ..files import DTYPES, write_failure, write_text_atomic
-from ..mgig.refiner import reference_colours
+from ....pipelines.files import DTYPES, write_failure, write_text_atomic
+from ....pipelines.mgig.refiner import reference_colours
 from . import data as train_data
 from .config import ConfigError, TrainConfig, resolved_lr, resolved_mixed_precision, resolved_resolution
 from .ema import EMA
 from .losses import LOSSES
-from .models import (WeightIO, build_model, calibrated_latent_scale, calibrated_latent_shift, cast_frozen,
+from .models import (build_model, calibrated_latent_scale, calibrated_latent_shift, cast_frozen,
                      enable_grad_checkpointing, save_final, set_latent_scale, set_trainable, trained_parameters)
 from .runs import (CHECKPOINT_FORMAT, EMA_FILE, FINAL_NOEMA_FILE, STATE_FILE, TMP_PREFIX, TRAINABLE_FILE, RunDir,
                    check_against_stored, copy_into, fsync_dir, fsync_file, load_tensors, save_tensors, step_name)
@@ -188,11 +188,10 @@ class TrainResult:
     main_process: bool = True
 
 
-def train(cfg: TrainConfig, weights: WeightIO, *, resume: bool = False, progress: bool = True,
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
           overwrite: bool = False) -> TrainResult:
     """Run (or, with ``resume``, continue) the training a config describes; see
-    `pipelines.training` for what is written. ``weights`` reads the init files and writes
-    the final IAMG / MGIG file (`cli.train.WEIGHTS`). Returns a `TrainResult`.
+    `cli.research.training` for what is written. Returns a `TrainResult`.
 
     The main process holds the run folder's lock throughout (`RunDir.locked`: a second
     `train` there is refused). A folder holding other files than a run is refused unless
@@ -213,15 +212,15 @@ def train(cfg: TrainConfig, weights: WeightIO, *, resume: bool = False, progress
                           "to files of those names. Choose an empty or new folder, or pass --overwrite to train "
                           "there anyway")
     with (run.locked() if main else nullcontext()), samplers.flush_denormals(accelerator.device.type == "cpu"):
-        return _train(cfg, accelerator, weights, run, resume=resume, progress=progress)
+        return _train(cfg, accelerator, run, resume=resume, progress=progress)
 
 
-def _train(cfg: TrainConfig, accelerator, weights: WeightIO, run: RunDir, *, resume: bool,
+def _train(cfg: TrainConfig, accelerator, run: RunDir, *, resume: bool,
            progress: bool) -> TrainResult:
     main = accelerator.is_main_process
     resume_from = _resume_point(run, cfg, resume=resume, main=main)
 
-    model, loss_module, params = _prepare_model(cfg, weights)
+    model, loss_module, params = _prepare_model(cfg)
     dataset = build_dataset(cfg, model)
     if getattr(model, "tokenizer", None) is not None and hasattr(dataset, "choi"):
         # The model's file then says which words it learned; IAMG warns about the others.
@@ -245,7 +244,7 @@ def _train(cfg: TrainConfig, accelerator, weights: WeightIO, run: RunDir, *, res
         _open_run_folder(run, cfg, start, model, scale)
     accelerator.wait_for_everyone()
 
-    session = _Session(cfg, accelerator, weights, run, loss_module, optimizer, scheduler, core, params, ema,
+    session = _Session(cfg, accelerator, run, loss_module, optimizer, scheduler, core, params, ema,
                        val_items)
     sampler = train_data.PositionSampler(cfg.batch_size, num_processes=accelerator.num_processes,
                                          process_index=accelerator.process_index, start=start * cfg.grad_accum)
@@ -288,10 +287,10 @@ def _resume_point(run: RunDir, cfg: TrainConfig, *, resume: bool, main: bool) ->
     return resume_from
 
 
-def _prepare_model(cfg: TrainConfig, weights: WeightIO) -> tuple[nn.Module, nn.Module, dict[str, nn.Parameter]]:
+def _prepare_model(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict[str, nn.Parameter]]:
     """The model with only its trainable parts unfrozen and the memory switches applied,
     its loss module (in training mode) and its trained parameters."""
-    model = build_model(cfg, weights)
+    model = build_model(cfg)
     set_trainable(cfg, model)
     if cfg.frozen_dtype in ("fp16", "bf16"):
         cast_frozen(cfg.model, model, DTYPES[cfg.frozen_dtype])
@@ -405,7 +404,6 @@ class _Session:
 
     cfg: TrainConfig
     accelerator: Any
-    weights: WeightIO
     run: RunDir
     loss_module: nn.Module
     optimizer: Any
@@ -513,11 +511,11 @@ class _Session:
         cfg, core, run = self.cfg, self.core, self.run
         if self.main:
             core.to("cpu")
-            save_final(cfg, core, run.final, self.weights)
+            save_final(cfg, core, run.final)
             if self.ema is not None:
                 os.replace(run.final, run.root / FINAL_NOEMA_FILE)
                 with self.ema.applied(trained_parameters(core)):
-                    save_final(cfg, core, run.final, self.weights)
+                    save_final(cfg, core, run.final)
             for path in (run.final, run.root / FINAL_NOEMA_FILE):
                 if path.is_file():
                     fsync_file(path)

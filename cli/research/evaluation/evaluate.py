@@ -6,7 +6,7 @@
 
 Inputs
 ------
-* ``--dataset``: a CHOI dataset (`pipelines.data.dataset` format). Its ``target`` is the
+* ``--dataset``: a CHOI dataset (`cli.research.data.dataset` format). Its ``target`` is the
   ground truth; its human / object masks are the ground-truth masks.
 * ``--generated``: one image per sample, matched by sample id: **``GEN/<id>.png``**
   (RGB; RGBA / palette flattened on white). Samples without that file are listed as
@@ -18,7 +18,7 @@ Inputs
   the generated images (a segmenter run by the user), or ``--interaction-masks`` = the
   interaction mask each image was generated from (IAMG / IAMG-R output; the synthetic
   benchmark). The report records which.
-* Models, from local files only (nothing is downloaded; `weights_manager.eval_models`
+* Models, from local files only (nothing is downloaded; `cli.research.evaluation.eval_models`
   reads them): ``--clip`` a transformers
   ``CLIPVisionModelWithProjection`` folder (``config.json`` + weights; a ``CLIPModel``
   folder works too) or one ``.safetensors`` / ``.bin`` file with its tensors in
@@ -51,7 +51,7 @@ Metrics (per sample, then mean / population std / count over the samples that ha
 * ``mask_iou``: intersection over union of the generated mask and the ground-truth union
   mask at the target's resolution.
 * Synthetic-benchmark measures (on by default when every sample carries the ``synth``
-  record of `pipelines.data.synth`; ``--synthetic`` / ``--no-synthetic`` force it):
+  record of `cli.research.data.synth`; ``--synthetic`` / ``--no-synthetic`` force it):
   - ``mask_in_box``: share of the generated mask's pixels inside the sample's box.
   - ``colour_human`` / ``colour_object``: colour preservation, CIE ΔE76 in CIELAB (D65),
     lower is better: the symmetric nearest-colour (chamfer) distance between the
@@ -95,9 +95,9 @@ Metrics (per sample, then mean / population std / count over the samples that ha
 Output: ``REPORT/metrics.json`` (settings, per-sample values, aggregates, skipped metrics
 with reasons) and ``REPORT/metrics.md`` (a table); the table is also printed.
 
-Where the pieces are: the measures themselves in `pipelines.evaluation.metrics` (pure
-numpy) and `pipelines.evaluation.encoders` (CLIP / DINOv2 around built models); reading
-the model files in `weights_manager.eval_models`; the command in `cli.evaluate`. This
+Where the pieces are: the measures themselves in `cli.research.evaluation.metrics` (pure
+numpy) and `cli.research.evaluation.encoders` (CLIP / DINOv2 around built models); reading
+the model files in `cli.research.evaluation.eval_models`; the command in `cli.evaluate`. This
 module runs them over a dataset (`evaluate`, given loaded encoders) and writes the report.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.dataset import ChoiDataset
-from ..files import write_text_atomic
+from ....pipelines.files import write_text_atomic
 from .encoders import DINO_SIZE, CLIPImageEncoder, DINOEncoder, clip_score, dino_scores
 from .metrics import (CHANGE_DELTA_E, COLOUR_BIN, COLOUR_ERODE, KL_EPS, MASK_GRID, SHAPE_K, box_mask,
                       changed_pixels, colour_distance, confinement, mask_in_box, mask_iou, mask_iou_mirror,
@@ -222,7 +222,7 @@ class UnavailableHOIJudge:
 
 
 def is_synthetic(dataset: ChoiDataset) -> bool:
-    """Whether every sample carries the ``synth`` record of `pipelines.data.synth`."""
+    """Whether every sample carries the ``synth`` record of `cli.research.data.synth`."""
     return len(dataset) > 0 and all(isinstance(r.get("synth"), dict) for r in dataset.records)
 
 

@@ -3,43 +3,60 @@ choosing the parts that train (`model_parts`, ``trainable``), memory switches (g
 checkpointing, reduced-precision frozen parts), latent calibration, and writing the final
 file.
 
-Weight files in the official and our IAMG / MGIG formats are read and written by the
-caller, through a `WeightIO` (`cli/train.py` supplies it); this
-module itself only writes the `vae.*` file of a VAE run (`save_vae`, `pipelines.files`).
+Weight files in the official and our IAMG / MGIG formats are read and written through
+`weights_manager` (`load_init`, `read_tensors`, `save_final`); a VAE run's `vae.*` file
+is written here (`save_vae`).
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from .. import iamg
-from ..files import load_strict, save_native, strip_prefix
-from ..mgig import MGIGModel, mgig_config, MGIG_PRESETS
-from ..text import resolve_prompt_tokenizer
-from ..vae import build_vae, kl_vae_config
+from ....pipelines import iamg
+from ....pipelines.files import check_finite, load_strict, read_weights, save_native, strip_prefix
+from ....pipelines.mgig import MGIGModel, mgig_config, MGIG_PRESETS
+from ....pipelines.text import resolve_prompt_tokenizer
+from ....pipelines.vae import build_vae, kl_vae_config
+from ....weights_manager import stored_config
+from ....weights_manager.ldm_vae import detect_diffusers_vae_config
+from ....weights_manager.native_iamg import load_iamg, save_iamg
+from ....weights_manager.official_mgig import load_mgig, native_for_installed_transformers, save_mgig
 from .config import ConfigError, TrainConfig, resolved_resolution
 
 
-@dataclass(frozen=True)
-class WeightIO:
-    """How training reads and writes weight files in the official and our formats. The
-    training core knows no format itself; `cli/train.py` supplies the implementation
-    (`cli.train.WEIGHTS`)."""
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of a weight file under the names the installed libraries use, and its
+    metadata: the files of ``init_vae`` / ``init_id_encoder``."""
+    sd, metadata = read_weights(path)
+    check_finite(sd, Path(path).name)  # an init file with NaN / Inf would train NaN
+    return native_for_installed_transformers(sd), metadata
 
-    # (kind, path, *, tokenizer_dir=None) -> the model ("vae": `AutoencoderKL`, "iamg":
-    # `IAMGModel`, "mgig": `MGIGModel`) stored in an official file or one of ours (``init``).
-    load_init: Callable[..., nn.Module]
-    # path -> (tensors under the names the installed libraries use, metadata): the files of
-    # ``init_vae`` / ``init_id_encoder``.
-    read_tensors: Callable[[str | os.PathLike], tuple[dict[str, torch.Tensor], Mapping[str, Any]]]
-    # (kind, model, path, *, dtype, source) -> path: a trained IAMG / MGIG in our format.
-    save_final: Callable[..., Path]
+
+def load_vae_file(path: str | os.PathLike) -> nn.Module:
+    """The VAE (diffusers `AutoencoderKL`) stored as `vae.*` in any of our files — a
+    `train vae` result, or an IAMG/MGIG file in our format."""
+    sd, metadata = part_tensors(path, "vae.", "VAE file")
+    stored = (stored_config.parse_config(metadata, Path(path).name) or {}).get("vae") or {}
+    stored_config.check_vae_settings(stored, Path(path).name)
+    vae = build_vae(detect_diffusers_vae_config(sd, scaling_factor=float(stored.get("scaling_factor",
+                                                                                  iamg.VAE_SCALE_FACTOR)),
+                                                norm_num_groups=stored.get("norm_num_groups")))
+    load_strict(vae, {k: v.float() for k, v in sd.items()}, f"{Path(path).name}: VAE ('vae.*')")
+    return vae
+
+
+def load_init(kind: str, path: str | os.PathLike, *, tokenizer_dir: str | None = None) -> nn.Module:
+    """The model of kind ``kind`` ("vae", "iamg", "mgig") stored in ``path`` (``init``):
+    an official file or one of ours."""
+    if kind == "vae":
+        return load_vae_file(path)
+    if kind == "iamg":
+        return load_iamg(path, tokenizer_dir=tokenizer_dir)
+    return load_mgig(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -63,24 +80,24 @@ def _vae_preset_config(preset: str) -> dict:
                       f"got {preset!r}")
 
 
-def part_tensors(weights: WeightIO, path: str | os.PathLike, prefix: str, what: str) -> tuple[dict, dict]:
+def part_tensors(path: str | os.PathLike, prefix: str, what: str) -> tuple[dict, dict]:
     """The ``prefix*`` tensors of a weight file (prefix stripped) and its metadata; a
     `ConfigError` naming ``what`` if it has none."""
-    sd, metadata = weights.read_tensors(path)
+    sd, metadata = read_tensors(path)
     sub = strip_prefix(sd, prefix)
     if not sub:
         raise ConfigError(f"{what}: {path} has no '{prefix}*' tensors (found e.g. {', '.join(list(sd)[:3])})")
     return sub, metadata
 
 
-def build_model(cfg: TrainConfig, weights: WeightIO) -> nn.Module:
+def build_model(cfg: TrainConfig) -> nn.Module:
     """The model a config trains, before freezing: `IAMGModel`, `MGIGModel` or a diffusers
-    `AutoencoderKL`. From ``init`` (official or our file, read by ``weights``) or a
+    `AutoencoderKL`. From ``init`` (official or our file) or a
     ``preset`` seeded with ``seed``; then ``init_vae`` / ``init_id_encoder`` replace those
     parts."""
     if cfg.model == "vae":
         if cfg.init:
-            model = weights.load_init("vae", cfg.init)
+            model = load_init("vae", cfg.init)
         else:
             arch = _vae_preset_config(cfg.preset)
             with torch.random.fork_rng(devices=[]):
@@ -97,7 +114,7 @@ def build_model(cfg: TrainConfig, weights: WeightIO) -> nn.Module:
 
     if cfg.model == "iamg":
         if cfg.init:
-            model = weights.load_init("iamg", cfg.init, tokenizer_dir=cfg.tokenizer_dir)
+            model = load_init("iamg", cfg.init, tokenizer_dir=cfg.tokenizer_dir)
             if cfg.text and not model.uses_text:
                 model = iamg.with_cross_attention(model)
         else:
@@ -109,7 +126,7 @@ def build_model(cfg: TrainConfig, weights: WeightIO) -> nn.Module:
             model.tokenizer = resolve_prompt_tokenizer(cfg.tokenizer_dir, vocab_size=model.text_vocab_size)
     else:
         if cfg.init:
-            model = weights.load_init("mgig", cfg.init)
+            model = load_init("mgig", cfg.init)
         else:
             if cfg.preset not in MGIG_PRESETS:
                 raise ConfigError(f"preset: unknown MGIG preset {cfg.preset!r}; choose from {', '.join(MGIG_PRESETS)}")
@@ -123,11 +140,11 @@ def build_model(cfg: TrainConfig, weights: WeightIO) -> nn.Module:
         if cfg.colour_hint:
             model.add_colour_hint()
         if cfg.init_id_encoder:
-            sd, _ = part_tensors(weights, cfg.init_id_encoder, "id_encoder.", "init_id_encoder")
+            sd, _ = part_tensors(cfg.init_id_encoder, "id_encoder.", "init_id_encoder")
             load_strict(model.id_encoder, {k: v.float() for k, v in sd.items()},
                         f"init_id_encoder {Path(cfg.init_id_encoder).name}")
     if cfg.init_vae:
-        sd, _ = part_tensors(weights, cfg.init_vae, "vae.", "init_vae")
+        sd, _ = part_tensors(cfg.init_vae, "vae.", "init_vae")
         load_strict(model.vae, {k: v.float() for k, v in sd.items()}, f"init_vae {Path(cfg.init_vae).name}")
     # The model works at the size it is trained at (saved with it; inference resizes to it).
     if cfg.model == "iamg":
@@ -148,13 +165,13 @@ def save_vae(vae: nn.Module, path: str | os.PathLike, *, dtype: str = "fp32", pr
                        overwrite=True)
 
 
-def save_final(cfg: TrainConfig, model: nn.Module, path: Path, weights: WeightIO) -> Path:
-    """The trained model in our format: `save_vae`, or ``weights.save_final`` (`save_iamg` /
-    `save_mgig` in `cli/train.py`)."""
+def save_final(cfg: TrainConfig, model: nn.Module, path: Path) -> Path:
+    """The trained model in our format: `save_vae`, `save_iamg` or `save_mgig`."""
     if cfg.model == "vae":
         return save_vae(model, path, dtype=cfg.save_dtype, preset=cfg.preset or "custom")
-    return weights.save_final(cfg.model, model, path, dtype=cfg.save_dtype,
-                              source=f"trained: {Path(cfg.output_dir).name}")
+    if cfg.model == "iamg":
+        return save_iamg(model, path, dtype=cfg.save_dtype, overwrite=True)
+    return save_mgig(model, path, dtype=cfg.save_dtype, overwrite=True, source=f"trained: {Path(cfg.output_dir).name}")
 
 
 # --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
         [--guidance 3] [--iamg-steps 20] [--iamg-sampler euler_a] [--dtype fp32|bf16] [--paste crop|mask]
         [--collage box|figure] [--ceiling] [--overwrite]
 
-What it does, per sample of the dataset (``--data``, else a fresh `pipelines.data.synth` set
+What it does, per sample of the dataset (``--data``, else a fresh `cli.research.data.synth` set
 written to ``DIR/data`` with ``--seed``: synthetic identities are random colours and
 patterns drawn from the seed, so another seed than the training set's gives humans and
 objects the models never saw):
@@ -42,12 +42,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .. import iamg
+from ....pipelines import iamg
 from ..data import synth
 from ..data.dataset import ChoiDataset
-from ..mgig import inputs as preprocess
-from ..mgig import pipeline as choi
-from ..sampling_settings import RECOMMENDED
+from ....pipelines.mgig import inputs as preprocess
+from ....pipelines.mgig import pipeline as choi
+from ....pipelines.sampling_settings import RECOMMENDED
 from . import evaluate
 from .metrics import blend_border_step
 

@@ -12,9 +12,9 @@ import sys
 import time
 import traceback
 
-from .vectors import Result, VectorFolder
+from .research.vectors import Result, VectorFolder
 
-CHECKERS = {"preproc": ".vectors_preproc", "mgig": ".vectors_mgig", "iamg": ".vectors_iamg"}
+CHECKERS = {"preproc": ".research.vectors_preproc", "mgig": ".research.vectors_mgig", "iamg": ".research.vectors_iamg"}
 
 
 def verify_part(folder: VectorFolder, part: str) -> list[Result]:

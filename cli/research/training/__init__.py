@@ -16,7 +16,7 @@ Modules:
 The same command runs on the CPU, one GPU, several GPUs (DDP) or several machines; mixed
 precision (``fp16``/``bf16``), gradient checkpointing, gradient accumulation and an
 optional EMA are config keys. A config is a JSON object of plain keys (`TrainConfig`,
-examples in ``pipelines/training/configs/``); ``--set key=value`` overrides one (the value is parsed as JSON,
+examples in ``cli/research/training/configs/``); ``--set key=value`` overrides one (the value is parsed as JSON,
 else taken as a string). Relative paths are relative to the working directory.
 
 What trains (``trainable``, defaults in brackets; everything else is frozen):

@@ -45,14 +45,14 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "fp16", overwrite:
     obj, metadata = read_weights(src)
     kind = kind or detect_kind(src, obj, metadata)
     if kind == "mgig":
-        from .official_mgig import load_mgig, save_mgig, state_dict_of
+        from ..weights_manager.official_mgig import load_mgig, save_mgig, state_dict_of
 
         model = load_mgig(state_dict_of(obj, name), metadata=metadata, what=name)
         del obj
         out = save_mgig(model, dst, dtype=dtype, overwrite=overwrite, source=name)
         expected = model.state_dict()
     elif kind == "iamg":
-        from .native_iamg import load_iamg, native_state_dict, save_iamg
+        from ..weights_manager.native_iamg import load_iamg, native_state_dict, save_iamg
 
         model = load_iamg(obj, metadata=metadata, what=name)
         del obj

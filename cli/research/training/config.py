@@ -1,7 +1,7 @@
 """Training configs: `TrainConfig` (every key, its default and meaning), reading a JSON
 file with ``--set key=value`` overrides, and validation (`ConfigError` names the key).
 
-A config is a JSON object of plain keys (examples in ``pipelines/training/configs/``);
+A config is a JSON object of plain keys (examples in ``cli/research/training/configs/``);
 ``train --list-keys`` prints them (`describe_keys`). Relative paths are relative to the
 working directory.
 """
@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import iamg, samplers
-from ..hardware import fast_bf16
+from ....pipelines import iamg, samplers
+from ....pipelines.hardware import fast_bf16
 from . import data as train_data
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the example training configs
 
 MODEL_KINDS = ("vae", "iamg", "mgig")
 # LR defaults: the paper fine-tunes both models with AdamW at 1e-5; from scratch a small
@@ -54,7 +56,7 @@ class TrainConfig:
     tokenizer_dir: str | None = _key(None, "IAMG text with a CLIP vocabulary: folder with vocab.json + merges.txt")
     trainable: list | None = _key(None, "parts to train (null = the model's default; see the module docstring)")
     # data
-    data_root: str | None = _key(None, "CHOI dataset folder (pipelines/data/dataset.py format)")
+    data_root: str | None = _key(None, "CHOI dataset folder (cli/research/data/dataset.py format)")
     split: str = _key("train", "training split")
     val_split: str | None = _key("val", "validation split (falls back to the training split when empty)")
     data_limit: int | None = _key(None, "use only the first N samples of the split (overfitting tests)")

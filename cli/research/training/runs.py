@@ -2,7 +2,7 @@
 bookkeeping (`RunDir`: publishing, choosing the checkpoint to resume from past damaged
 ones, removing temp leftovers of interrupted writes), the log (a torn last line
 tolerated), and the safetensors files of trained tensors a checkpoint holds.
-The layout and the checkpoint protocol are described in `pipelines.training`.
+The layout and the checkpoint protocol are described in `cli.research.training`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Mapping
 
 import torch
 
-from ..files import new_file_mode, write_text_atomic
+from ....pipelines.files import new_file_mode, write_text_atomic
 from .config import MODEL_KINDS, ConfigError, TrainConfig
 
 CHECKPOINTS = "checkpoints"
@@ -136,7 +136,7 @@ def step_name(step: int) -> str:
 
 
 class RunDir:
-    """Paths of a run folder and its checkpoint bookkeeping (layout and protocol: `pipelines.training`)."""
+    """Paths of a run folder and its checkpoint bookkeeping (layout and protocol: `cli.research.training`)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)

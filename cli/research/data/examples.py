@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..paths import EXAMPLES_DIR
+from ....pipelines.paths import EXAMPLES_DIR
 
 
 def load_examples(folder: Path = EXAMPLES_DIR) -> dict:
