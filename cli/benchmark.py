@@ -1,5 +1,6 @@
 """Speed, memory and FLOPs of IAMG and MGIG: the official procedure against ours
-(DESIGN.md §6). ``python -m interact_custom benchmark --out DIR [--quick] [--presets ...]``
+(docs/METHOD.md §9; results: docs/BENCHMARKS.md).
+``python -m interact_custom benchmark --out DIR [--quick] [--presets ...]``
 
 What is measured and how: `cli.research.evaluation.benchmark` (the columns, the timing and
 FLOP counting, the pipelines-only workers); the tables: `cli.research.evaluation.benchmark_report`.
@@ -54,7 +55,7 @@ def make_checkpoints(spec: Mapping) -> dict:
     format (fp32, as released) and our safetensors (fp16, what `convert` writes)."""
     from ..weights_manager.native_iamg import save_iamg
     from .research.official_export import iamg_official_checkpoint, mgig_official_state_dict
-    from ..weights_manager.official_mgig import save_mgig
+    from ..weights_manager.native_mgig import save_mgig
 
     model_kind, preset = spec["model"], spec["model_preset"]
     folder = Path(spec["dir"])

@@ -45,7 +45,8 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "fp16", overwrite:
     obj, metadata = read_weights(src)
     kind = kind or detect_kind(src, obj, metadata)
     if kind == "mgig":
-        from ..weights_manager.official_mgig import load_mgig, save_mgig, state_dict_of
+        from ..weights_manager.native_mgig import load_mgig, save_mgig
+        from ..weights_manager.official_mgig import state_dict_of
 
         model = load_mgig(state_dict_of(obj, name), metadata=metadata, what=name)
         del obj

@@ -20,37 +20,47 @@ from . import output_folder, whole_number
 from ..pipelines import samplers
 from .research.evaluation import synthbench
 from .research.evaluation.evaluate import markdown_report
-from .research.evaluation.synthbench import DEFAULT_COUNT, DEFAULT_SEED, DTYPES, REFS
+from .research.evaluation.synthbench import DEFAULT_COUNT, DEFAULT_SEED, DTYPES, REFS, SCORING_PASTE
+from ..pipelines.composite import PASTE_MODES
 from ..pipelines.mgig.inputs import COLLAGES, DEFAULT_COLLAGE
-from ..pipelines.sampling_settings import RECOMMENDED
+from ..pipelines.sampling_settings import OFFICIAL, RECOMMENDED, settings_for
 from ..weights_manager.loader import EMBEDDED, load_iamg_model, load_mgig_model
 
-MGIG, IAMG = RECOMMENDED["mgig"], RECOMMENDED["iamg"]  # the default sampling settings
+
+def _default(kind: str, field: str) -> str:
+    """How --help states a sampling default: the model's (`sampling_settings.settings_for`)."""
+    return (f"default: the model's, {getattr(OFFICIAL[kind], field)} for ε models such as the official checkpoint, "
+            f"{getattr(RECOMMENDED[kind], field)} for the v-models this package trains")
 
 
 def run_benchmark(out: str | Path, *, data: str | Path | None = None, count: int = DEFAULT_COUNT,
                   seed: int = DEFAULT_SEED, size: int = 256, iamg_source: str | None = None,
                   mgig_source: str | None = None, mask: str = "iamg", refs: str = "own",
-                  steps: int = MGIG.steps, sampler: str = MGIG.sampler,
-                  iamg_steps: int = IAMG.steps, iamg_sampler: str = IAMG.sampler,
-                  guidance: float = MGIG.guidance, iamg_guidance: float | None = None,
+                  steps: int | None = None, sampler: str | None = None,
+                  iamg_steps: int | None = None, iamg_sampler: str | None = None,
+                  guidance: float | None = None, iamg_guidance: float | None = None,
                   batched_guidance: bool = True, dtype: str = "fp32", limit: int | None = None,
-                  paste: str = "crop", collage: str = DEFAULT_COLLAGE, ceiling: bool = False,
+                  paste: str = SCORING_PASTE, collage: str = DEFAULT_COLLAGE, ceiling: bool = False,
                   overwrite: bool = False, log=print) -> dict:
-    """`synthbench.prepare`, load the models (``iamg_source`` / ``mgig_source``: a file,
-    None = the embedded default; IAMG only for ``mask="iamg"``) in ``dtype``, then
-    `synthbench.generate_and_score`; returns its report."""
-    dataset = synthbench.prepare(out, data=data, count=count, seed=seed, size=size, mask=mask, refs=refs,
-                                 dtype=dtype, ceiling=ceiling, overwrite=overwrite, log=log)
+    """Load the models (``iamg_source`` / ``mgig_source``: a file, None = the embedded
+    default; IAMG only for ``mask="iamg"``) in ``dtype`` and make each stage's settings
+    from its model and the choices given (`settings_for`: a sampling choice left None is
+    the model's), so that bad settings stop the run before anything is written; then
+    `synthbench.prepare` and `synthbench.generate_and_score`; returns its report."""
+    synthbench.check_options(out, mask=mask, refs=refs, dtype=dtype, ceiling=ceiling, overwrite=overwrite)
     torch_dtype = DTYPES[dtype]
     mgig = load_mgig_model(mgig_source or EMBEDDED, dtype=torch_dtype)
     model_iamg = load_iamg_model(iamg_source or EMBEDDED, dtype=torch_dtype) if mask == "iamg" else None
+    settings = settings_for("mgig", mgig, sampler=sampler, steps=steps, guidance=guidance,
+                            batched_guidance=batched_guidance, paste=paste, collage=collage)
+    iamg_settings = None if model_iamg is None else settings_for("iamg", model_iamg, sampler=iamg_sampler,
+                                                                 steps=iamg_steps, guidance=iamg_guidance)
+    dataset = synthbench.prepare(out, data=data, count=count, seed=seed, size=size, mask=mask, refs=refs,
+                                 dtype=dtype, ceiling=ceiling, overwrite=overwrite, log=log)
     return synthbench.generate_and_score(
-        out, dataset, mgig, model_iamg, refs=refs, steps=steps, sampler=sampler, iamg_steps=iamg_steps,
-        iamg_sampler=iamg_sampler, guidance=guidance, iamg_guidance=iamg_guidance,
-        batched_guidance=batched_guidance, limit=limit, paste=paste, collage=collage, mgig_source=str(mgig_source or EMBEDDED),
-        iamg_source=None if mask != "iamg" else str(iamg_source or EMBEDDED), dtype=dtype, ceiling=ceiling,
-        log=log)
+        out, dataset, mgig, model_iamg, refs=refs, settings=settings, iamg_settings=iamg_settings, limit=limit,
+        mgig_source=str(mgig_source or EMBEDDED), iamg_source=None if mask != "iamg" else str(iamg_source or EMBEDDED),
+        dtype=dtype, ceiling=ceiling, log=log)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,23 +76,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interaction masks from IAMG (default) or the ground truth (scores MGIG alone)")
     parser.add_argument("--refs", choices=list(REFS), default="own",
                         help="the sample's own references (default) or another pair's (identity control)")
-    parser.add_argument("--steps", type=int, default=MGIG.steps, help=f"MGIG sampling steps (default {MGIG.steps})")
-    parser.add_argument("--sampler", default=MGIG.sampler, choices=samplers.SAMPLER_NAMES,
-                        help=f"MGIG sampler (default {MGIG.sampler})")
-    parser.add_argument("--guidance", type=float, default=MGIG.guidance,
-                        help=f"MGIG CFG scale (default {MGIG.guidance})")
+    parser.add_argument("--steps", type=int, default=None, help=f"MGIG sampling steps ({_default('mgig', 'steps')})")
+    parser.add_argument("--sampler", default=None, choices=samplers.SAMPLER_NAMES,
+                        help=f"MGIG sampler ({_default('mgig', 'sampler')})")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help=f"MGIG CFG scale ({_default('mgig', 'guidance')})")
     parser.add_argument("--separate-guidance", action="store_true",
                         help="cond and uncond as two forwards (the official procedure)")
-    parser.add_argument("--iamg-steps", type=int, default=IAMG.steps,
-                        help=f"IAMG sampling steps (default {IAMG.steps})")
-    parser.add_argument("--iamg-sampler", default=IAMG.sampler, choices=samplers.SAMPLER_NAMES,
-                        help=f"IAMG sampler (default {IAMG.sampler})")
-    parser.add_argument("--iamg-guidance", type=float, default=None, help="IAMG CFG scale (default: IAMG's)")
+    parser.add_argument("--iamg-steps", type=int, default=None,
+                        help=f"IAMG sampling steps ({_default('iamg', 'steps')})")
+    parser.add_argument("--iamg-sampler", default=None, choices=samplers.SAMPLER_NAMES,
+                        help=f"IAMG sampler ({_default('iamg', 'sampler')})")
+    parser.add_argument("--iamg-guidance", type=float, default=None,
+                        help=f"IAMG CFG scale ({_default('iamg', 'guidance')})")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model dtype (default fp32)")
     parser.add_argument("--limit", type=whole_number(1), default=None, help="use only the first N samples")
-    parser.add_argument("--paste", choices=["crop", "mask"], default="crop",
-                        help="crop-back (default crop: the official one, so the changes columns measure the model; "
-                             "mask: the product default that keeps the scene outside the figure)")
+    parser.add_argument("--paste", choices=list(PASTE_MODES), default=SCORING_PASTE,
+                        help=f"crop-back (default {SCORING_PASTE}: the official one, so the changes columns measure "
+                             "the model; mask: the product default that keeps the scene outside the figure)")
     parser.add_argument("--collage", choices=list(COLLAGES), default=DEFAULT_COLLAGE,
                         help="where MGIG's hint covers the scene with the detail map: the whole target box "
                              "(default, official) or ★ the grown interaction mask only")
@@ -93,10 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        # Both stages' settings, before IAMG draws the first mask.
-        samplers.check_settings(args.sampler, args.steps, args.guidance)
-        samplers.check_settings(args.iamg_sampler, args.iamg_steps, args.iamg_guidance)
+    try:  # both stages' settings are made (and checked) before anything is written
         report = run_benchmark(args.out, data=args.data, count=args.count, seed=args.seed, size=args.size,
                                iamg_source=args.iamg, mgig_source=args.mgig, mask=args.mask, refs=args.refs,
                                steps=args.steps,

@@ -14,8 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..pipelines import iamg, samplers
+from ..pipelines import samplers
 from ..pipelines.files import WeightsError, check_output_dir, check_weights_file
+from ..pipelines.sampling_settings import settings_for
 from ..weights_manager.native_iamg import load_iamg
 from . import check_device, missing_dirs, output_folder, remove_empty, whole_number
 from .research.data.dataset import DatasetError
@@ -48,9 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     masks.add_argument("--data", help="CHOI dataset folder")
     masks.add_argument("--out", type=output_folder, help="folder for <sample id>.png masks")
     masks.add_argument("--split", default="train", help="dataset split (default train)")
-    masks.add_argument("--steps", type=int, default=iamg.DEFAULT_STEPS, help="sampler steps")
-    masks.add_argument("--sampler", default=iamg.DEFAULT_SAMPLER, choices=samplers.SAMPLER_NAMES)
-    masks.add_argument("--guidance", type=float, default=iamg.DEFAULT_GUIDANCE)
+    own = "default: the model's own (sampling_settings.settings_for)"
+    masks.add_argument("--steps", type=int, default=None, help=f"sampler steps ({own})")
+    masks.add_argument("--sampler", default=None, choices=samplers.SAMPLER_NAMES, help=f"sampler ({own})")
+    masks.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance ({own})")
     masks.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     masks.add_argument("--limit", type=whole_number(1), default=None, help="only the first N samples")
     masks.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
@@ -63,17 +65,17 @@ def _run_masks(args) -> int:
         print(f"interact-custom train masks: missing {', '.join(missing)}", file=sys.stderr)
         return 2
     args.device = check_device(args.device)  # fail before loading or sampling anything
-    samplers.check_settings(args.sampler, args.steps, args.guidance)
     check_weights_file(args.iamg, "--iamg")
     check_output_dir(args.out, "--out")
     model = load_iamg(args.iamg, device=args.device, tokenizer_dir=args.tokenizer_dir)
+    settings = settings_for("iamg", model, sampler=args.sampler, steps=args.steps, guidance=args.guidance)
 
     def report(i, n):
         print(f"\rmask {i}/{n}", end="", file=sys.stderr, flush=True)
 
-    written = train_data.write_generated_masks(model, args.data, args.out, split=args.split, steps=args.steps,
-                                               sampler=args.sampler, guidance=args.guidance, seed=args.seed,
-                                               overwrite=args.overwrite, limit=args.limit, progress=report)
+    written = train_data.write_generated_masks(model, args.data, args.out, split=args.split, settings=settings,
+                                               seed=args.seed, overwrite=args.overwrite, limit=args.limit,
+                                               progress=report)
     print(f"\nwrote {written} masks to {args.out}", file=sys.stderr)
     return 0
 

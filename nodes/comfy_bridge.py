@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -153,8 +154,6 @@ def _copy_exclusive(src: Path, dst: Path) -> bool:
     goes to a temporary file that is then hard-linked to ``dst`` (which fails if a file
     appeared meanwhile), so no half-written or overwritten file can result. Falls back to
     exclusive creation where hard links are unsupported."""
-    import tempfile
-
     data = src.read_bytes()
     fd, tmp = tempfile.mkstemp(prefix=".interact_custom_", dir=dst.parent)
     try:

@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from . import comfy_bridge as bridge
 from . import tensors
-from .loaders import CATEGORY
-from .masks import MAX_BATCH, check_box
+from .common import Node, batch_input, check_box, outputs, seed_input, shown
 from .sampling import resolve_sampling, sampling_inputs
-from ..pipelines.composite import DEFAULT_PASTE, PASTE_FEATHER, PASTE_GROW, PASTE_MODES
-from ..pipelines.mgig.inputs import COLLAGES, DEFAULT_COLLAGE
+from ..pipelines import memory
+from ..pipelines.composite import PASTE_FEATHER, PASTE_GROW, PASTE_MODES
+from ..pipelines.mgig import pipeline as choi
+from ..pipelines.mgig.inputs import COLLAGES, confine_to_box, detail_map
+from ..pipelines.sampling_settings import MGIGSettings
 
 
 def _references(image, mask, name: str, warnings: list[str]) -> tuple[list, list]:
     images = tensors.image_batch(image, f"{name}_image")
-    masks = tensors.mask_batch(mask, f"{name}_mask", size_hw=images[0].shape[:2], threshold=0.5)
+    masks = tensors.mask_batch(mask, f"{name}_mask", size_hw=images[0].shape[:2], binary=True)
     for i, m in enumerate(masks):
         label = f"{name}_mask" + (f" (batch item {i + 1})" if len(masks) > 1 else "")
         if (warning := tensors.inverted_mask_warning(label, m)) is not None:
@@ -24,15 +25,13 @@ def _references(image, mask, name: str, warnings: list[str]) -> tuple[list, list
     return tensors.pair_batches(f"{name}_image", images, f"{name}_mask", masks)
 
 
-class CHOIIDFeatures:
+class CHOIIDFeatures(Node):
     DESCRIPTION = ("Identity features for MGIG: the person and the object are cut out by their masks, laid out on "
                    "one 224x224 reference canvas (person top-left, object bottom-right) and encoded by DINOv2.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CHOI_ID", "IMAGE", "MASK")
-    RETURN_NAMES = ("id_features", "reference_canvas", "canvas_mask")
-    OUTPUT_TOOLTIPS = ("Identity tokens (conditional and unconditional) for the Mask-Guided Sampler.",
-                       "The 224x224 canvas the encoder saw — check both cut-outs look right.",
-                       "Foreground of the canvas (input of CHOI Detail Map).")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("CHOI_ID", "id_features", "Identity tokens (conditional and unconditional) for the Mask-Guided Sampler."),
+        ("IMAGE", "reference_canvas", "The 224x224 canvas the encoder saw — check both cut-outs look right."),
+        ("MASK", "canvas_mask", "Foreground of the canvas (input of CHOI Detail Map)."))
     FUNCTION = "extract"
 
     @classmethod
@@ -47,9 +46,6 @@ class CHOIIDFeatures:
         }}
 
     def extract(self, mgig_model, human_image, human_mask, object_image, object_mask):
-        from ..pipelines import memory
-        from ..pipelines.mgig import pipeline as choi
-
         need, sizes = 0, []
         for name, image in (("human", human_image), ("object", object_image)):
             count, height, width = tensors.image_size(image, f"{name}_image")
@@ -69,18 +65,14 @@ class CHOIIDFeatures:
                 features.append(choi.id_features(model, h_img, h_mask, o_img, o_mask, model_name=mgig_model.source))
         canvases = tensors.to_image([f.canvas.image for f in features])
         masks = tensors.to_mask([f.canvas.mask.astype(np.float32) / 255.0 for f in features])
-        if warnings:  # also shown on the node (ComfyUI sends "ui" to the front end)
-            return {"ui": {"text": warnings}, "result": (features, canvases, masks)}
-        return (features, canvases, masks)
+        return shown((features, canvases, masks), warnings)
 
 
-class CHOIDetailMap:
+class CHOIDetailMap(Node):
     DESCRIPTION = ("The Sobel high-frequency detail map of the reference canvas (colour weighted by edge "
                    "strength) that MGIG pastes into the target box. You may edit or replace it.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("detail_map",)
-    OUTPUT_TOOLTIPS = ("Detail map, same size as the canvas.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("IMAGE", "detail_map", "Detail map, same size as the canvas."))
     FUNCTION = "compute"
 
     @classmethod
@@ -93,9 +85,6 @@ class CHOIDetailMap:
         }}
 
     def compute(self, reference_canvas, canvas_mask, threshold):
-        from ..pipelines import memory
-        from ..pipelines.mgig.inputs import detail_map
-
         count, height, width = tensors.image_size(reference_canvas, "reference_canvas")
         memory.check_fits(sum(memory.estimate(kind, height, width, count)
                               for kind in ("image_input", "mask_input", "detail_map")),
@@ -107,16 +96,14 @@ class CHOIDetailMap:
         return (tensors.to_image([detail_map(i, m, thresh=threshold) for i, m in zip(images, masks)]),)
 
 
-class CHOIMaskGuidedSampler:
+class CHOIMaskGuidedSampler(Node):
     DESCRIPTION = ("MGIG: paints the person and object into the interaction mask (inside the box of the "
                    "background, or on a white canvas), then pastes the result back.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "IMAGE", "MASK")
-    RETURN_NAMES = ("image", "generated_crop", "alpha")
-    OUTPUT_TOOLTIPS = ("The background with the generated pair pasted in.",
-                       "The generated square crop (512x512) before pasting.",
-                       "The alpha the generation was pasted with (1 = generated, 0 = your background kept, "
-                       "between = blended): the feathered figure for paste = mask, the crop for paste = crop.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("IMAGE", "image", "The background with the generated pair pasted in."),
+        ("IMAGE", "generated_crop", "The generated square crop (512x512) before pasting."),
+        ("MASK", "alpha", "The alpha the generation was pasted with (1 = generated, 0 = your background kept, "
+                          "between = blended): the feathered figure for paste = mask, the crop for paste = crop."))
     FUNCTION = "sample"
 
     @classmethod
@@ -129,24 +116,24 @@ class CHOIMaskGuidedSampler:
                 "interaction_mask": ("MASK", {"tooltip": "Human ∪ object silhouette in background pixels: from "
                                               "IAMG, IAMG-R + Fit Mask To Box, or painted by hand."}),
                 **sampling_inputs("mgig"),
-                "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                "control_strength": ("FLOAT", {"default": MGIGSettings.control_scale, "min": 0.0, "max": 2.0,
+                                               "step": 0.05,
                                                "tooltip": "Scale of the ControlNet residuals (official 1.0)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                                 "tooltip": "Same seed, same images."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_BATCH, "tooltip": "Images per identity "
-                                       "pair (and per background, for a batch of backgrounds)."}),
-                "mask_channel": (["mask", "box"], {"default": "mask", "tooltip": "What MGIG's 4th hint channel "
-                                 "holds: the interaction mask (shape follows the mask) or its box (official "
-                                 "inference; shape left to the model)."}),
-                "crop_ratio": ("FLOAT", {"default": 1.3, "min": 1.0, "max": 3.0, "step": 0.05,
+                "seed": seed_input("Same seed, same images."),
+                "batch_size": batch_input("Images per identity pair (and per background, for a batch of "
+                                          "backgrounds)."),
+                "mask_channel": (["mask", "box"], {"default": MGIGSettings.mask_channel, "tooltip": (
+                    "What MGIG's 4th hint channel holds: the interaction mask (shape follows the mask) or its box "
+                    "(official inference; shape left to the model).")}),
+                "crop_ratio": ("FLOAT", {"default": MGIGSettings.crop_ratio, "min": 1.0, "max": 3.0, "step": 0.05,
                                          "tooltip": "Context around the pair: crop = target box x this "
                                                     "(official draws 1.3..2.9 at random; 1.3 = tightest)."}),
-                "paste": (list(PASTE_MODES), {"default": DEFAULT_PASTE, "tooltip": (
+                "paste": (list(PASTE_MODES), {"default": MGIGSettings.paste, "tooltip": (
                     "How the generation goes back into the background. mask = only the generated figure (the "
                     f"interaction mask grown by {PASTE_GROW} and feathered over {PASTE_FEATHER} of the model's "
                     "pixels, so more background pixels on a large photo); the rest of your scene stays exactly as "
                     "it was. crop = the whole square crop is replaced (official).")}),
-                "collage": (list(COLLAGES), {"default": DEFAULT_COLLAGE, "tooltip": (
+                "collage": (list(COLLAGES), {"default": MGIGSettings.collage, "tooltip": (
                     "Where MGIG's hint covers your scene with the detail map. box = the whole target box "
                     "(official: the model repaints the scene around the figure inside the box). figure = only the "
                     "interaction mask and a small margin: the model sees (and gives back) the scene around the "
@@ -163,16 +150,12 @@ class CHOIMaskGuidedSampler:
     def sample(self, mgig_model, id_features, detail_map, interaction_mask, steps, sampler, guidance,
                control_strength, seed, batch_size, mask_channel, crop_ratio, paste, collage, background=None,
                box=None):
-        from ..pipelines import memory
-        from ..pipelines.mgig import pipeline as choi
-        from ..pipelines.mgig.inputs import confine_to_box
-
         features = list(id_features)
         if not features:
             raise ValueError("id_features is empty (0 identity pairs); connect CHOI ID Features")
         bg_count, *bg_size = tensors.image_size(background, "background") if background is not None else (1, None)
         size_hw = tuple(bg_size) if background is not None else None
-        masks = tensors.mask_batch(interaction_mask, "interaction_mask", size_hw=size_hw, threshold=0.5)
+        masks = tensors.mask_batch(interaction_mask, "interaction_mask", size_hw=size_hw, binary=True)
         size_hw = masks[0].shape
         if box is not None:
             box_px = check_box(box, size_hw)
@@ -181,41 +164,23 @@ class CHOIMaskGuidedSampler:
         features, details = tensors.pair_batches("id_features", features, "detail_map", details)
         pairs, masks = tensors.pair_batches("id_features", list(zip(features, details)), "interaction_mask", masks)
         # A batch of backgrounds: each gets its own generation (index lists: converted after the memory check).
-        jobs, which_bg = tensors.pair_batches("id_features / interaction_mask", list(zip(pairs, masks)),
-                                              "background", list(range(bg_count)))
-        items = len(jobs) * batch_size
-        what = (f"Mask-Guided Sampler: {items} image(s) of {size_hw[1]}x{size_hw[0]} ({len(jobs)} x batch_size "
+        matched, which_bg = tensors.pair_batches("id_features / interaction_mask", list(zip(pairs, masks)),
+                                                 "background", list(range(bg_count)))
+        items = len(matched) * batch_size
+        what = (f"Mask-Guided Sampler: {items} image(s) of {size_hw[1]}x{size_hw[0]} ({len(matched)} x batch_size "
                 f"{batch_size})")
         advice = ("lower batch_size, use fewer identity pairs / masks / backgrounds, or a smaller background "
                   "(e.g. Upscale Image By < 1)")
-        memory.check_fits(memory.estimate("mgig_images", *size_hw, items)
-                          + memory.estimate("image_input", *size_hw, bg_count if background is not None else 0),
-                          what, advice)
+        memory.check_fits(choi.images_memory(size_hw, items, bg_count if background is not None else 0), what, advice)
         backgrounds = tensors.image_batch(background, "background") if background is not None else [None]
+        jobs = [choi.ChoiJob(feat, detail, mask, backgrounds[b])
+                for ((feat, detail), mask), b in zip(matched, which_bg)]
 
         with memory.explained_out_of_memory(what, advice), mgig_model as model:
-            for feat in {id(f): f for f, _ in pairs}.values():
-                choi.check_features(model, feat, mgig_model.source)
-            run = resolve_sampling("mgig", model, sampler, steps, guidance)
-            steps, sampler, guidance = run.steps, run.sampler, run.guidance
-            progress = bridge.Progress(steps * len(jobs))
-            images = alphas = crops = None
-            for k, (((feat, detail), mask), b) in enumerate(zip(jobs, which_bg)):
-                def callback(i, total, x, x0, k=k):
-                    progress.update(k * steps + i + 1, tensors.latent_preview(x0))
-
-                result = choi.generate(model, feat, detail, mask, backgrounds[b], steps=steps, sampler=sampler,
-                                       guidance=guidance, control_scale=control_strength, seed=seed,
-                                       batch=batch_size, crop_ratio=crop_ratio, mask_channel=mask_channel,
-                                       paste=paste, collage=collage, callback=callback)
-                if images is None:  # outputs filled job by job (one job's full-size arrays in work at a time)
-                    images = torch.empty((items, *result.images[0].shape))
-                    crops = torch.empty((items, *result.crops[0].shape))
-                    alphas = torch.empty((items, *result.pasted_mask.shape))
-                first = k * batch_size
-                for j, (image, crop) in enumerate(zip(result.images, result.crops)):
-                    images[first + j] = torch.from_numpy(image)
-                    crops[first + j] = torch.from_numpy(crop)
-                alphas[first:first + batch_size] = torch.from_numpy(np.asarray(result.pasted_mask, np.float32))
-                del result
-        return (images.div_(255.0), crops.div_(255.0), alphas)
+            settings = resolve_sampling("mgig", model, sampler, steps, guidance, control_scale=control_strength,
+                                        mask_channel=mask_channel, crop_ratio=crop_ratio, paste=paste, collage=collage)
+            progress = bridge.Progress(settings.steps * len(jobs))
+            out = choi.generate_all(model, jobs, settings=settings, seed=seed, batch=batch_size,
+                                    model_name=mgig_model.source,
+                                    callback=lambda i, total, x, x0: progress.update(i + 1, tensors.latent_preview(x0)))
+        return (out.images, out.crops, out.alphas)

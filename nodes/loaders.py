@@ -6,8 +6,9 @@ from dataclasses import dataclass
 import torch
 
 from . import comfy_bridge as bridge
+from .common import Node, outputs
+from ..weights_manager.loader import EMBEDDED, load_iamg_model, load_mgig_model
 
-CATEGORY = "Interact-Custom"
 DTYPE_CHOICES = ["auto", "fp32", "bf16", "fp16"]
 DEVICE_CHOICES = ["auto", "cpu", "gpu"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,22 +32,18 @@ class LoadedModel:
 
 
 def model_choices() -> list[str]:
-    from ..weights_manager.loader import EMBEDDED
-
     return [EMBEDDED] + bridge.list_model_files()
 
 
 def _resolve(model_name: str, dtype: str, device: str):
-    from ..weights_manager.loader import EMBEDDED
-
     load_device = bridge.torch_device(device)
     torch_dtype = bridge.auto_dtype(load_device) if dtype == "auto" else _DTYPES[dtype]
     if torch_dtype == torch.float16 and load_device.type == "cpu":
         bridge.warn("dtype fp16 on the CPU: CPUs have no fast fp16 maths, so sampling runs many times slower "
-                    "than fp32 (measured ~29x on a 2-core EPYC); choose auto (bf16 or fp32) unless you need fp16")
+                    "than fp32 (docs/BENCHMARKS.md); choose auto (bf16 or fp32) unless you need fp16")
     if torch_dtype == torch.bfloat16 and load_device.type == "cpu" and not bridge.cpu_has_fast_bf16():
         bridge.warn("dtype bf16 on a CPU without AVX512-bf16 / AMX: bf16 is emulated there and runs many times "
-                    "slower than fp32 (measured 61-117x on a 2-core AVX2 EPYC); choose auto (fp32 on this CPU)")
+                    "slower than fp32 (docs/BENCHMARKS.md); choose auto (fp32 on this CPU)")
     path = model_name if model_name == EMBEDDED else bridge.model_file_path(model_name)
     return path, load_device, torch_dtype
 
@@ -68,11 +65,10 @@ def _inputs(kind: str) -> dict:
     }}
 
 
-class _ModelLoader:
+class _ModelLoader(Node):
     """Shared by Load MGIG / Load IAMG: resolve the file, load on the CPU in the chosen
     dtype, hand the module to ComfyUI's memory manager."""
 
-    CATEGORY = CATEGORY
     FUNCTION = "load"
     KIND = ""
 
@@ -95,28 +91,22 @@ class _ModelLoader:
 class LoadMGIG(_ModelLoader):
     DESCRIPTION = ("Loads MGIG, the mask-guided image generator (AnyDoor-style ControlNet + DINOv2 identity "
                    "encoder). Accepts the official mgig.ckpt or our converted .safetensors.")
-    RETURN_TYPES = ("MGIG_MODEL",)
-    RETURN_NAMES = ("mgig_model",)
-    OUTPUT_TOOLTIPS = ("The MGIG model, for CHOI ID Features and the Mask-Guided Sampler.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("MGIG_MODEL", "mgig_model", "The MGIG model, for CHOI ID Features and the Mask-Guided Sampler."))
     KIND = "mgig"
 
     @staticmethod
     def _load_module(path, dtype):
-        from ..weights_manager.loader import load_mgig_model
-
         return load_mgig_model(path, device="cpu", dtype=dtype)
 
 
 class LoadIAMG(_ModelLoader):
     DESCRIPTION = ("Loads IAMG, the interaction-aware mask generator. Accepts the official iamg.pth (which "
                    "ignores the text prompt) or our .safetensors (the text-conditioned variant).")
-    RETURN_TYPES = ("IAMG_MODEL",)
-    RETURN_NAMES = ("iamg_model",)
-    OUTPUT_TOOLTIPS = ("The IAMG model, for IAMG Generate Mask.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("IAMG_MODEL", "iamg_model", "The IAMG model, for IAMG Generate Mask."))
     KIND = "iamg"
 
     @staticmethod
     def _load_module(path, dtype):
-        from ..weights_manager.loader import load_iamg_model
-
         return load_iamg_model(path, device="cpu", dtype=dtype, clip_fallback_dir=bridge.clip_tokenizer_dir())

@@ -10,10 +10,14 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from ..pipelines import memory
+from ..pipelines.readers import MASK_THRESHOLD, as_mask
 
 log = logging.getLogger("interact_custom")
 
-# LoadImage's mask for an image without alpha (COMFYUI.md): recognise it to explain it.
+# LoadImage gives an image without alpha an all-zero 64x64 mask: recognise it to explain it.
 LOADIMAGE_EMPTY_MASK_SIZE = (64, 64)
 # IMAGE/MASK values are 0..1. Slight overshoot (resamplers, upscalers) is clamped; a
 # maximum above this means 0..255 data was passed as a tensor, which clamping would turn
@@ -65,8 +69,6 @@ def image_size(image: torch.Tensor, name: str) -> tuple[int, int, int]:
 def image_batch(image: torch.Tensor, name: str) -> list[np.ndarray]:
     """IMAGE → list of uint8 HxWx3 arrays (alpha dropped). Converted a block of rows at a
     time, so the only full-size memory is the uint8 result (`memory` checks it fits)."""
-    from ..pipelines import memory
-
     count, height, width = image_size(image, name)
     if image.ndim == 3:
         image = image[None]
@@ -118,15 +120,14 @@ def mask_size(mask: torch.Tensor, name: str) -> tuple[int, int, int]:
 
 
 def mask_batch(mask: torch.Tensor, name: str, size_hw: tuple[int, int] | None = None,
-               threshold: float | None = None) -> list[np.ndarray]:
-    """MASK ([H,W] or [B,H,W]) → list of float32 HxW arrays in 0..1.
+               binary: bool = False) -> list[np.ndarray]:
+    """MASK ([H,W] or [B,H,W]) → list of float32 HxW arrays in 0..1; with ``binary``, 0 / 1:
+    the pixels above `readers.MASK_THRESHOLD` (`readers.as_mask`), after the resize.
 
     Resized (bilinear) to ``size_hw`` when given and different — logged, since it usually
     means the mask came from another image. An all-zero mask is an error that explains
     how to make one (LoadImage's 64×64 zero mask for images without alpha included).
     """
-    from ..pipelines import memory
-
     count, height, width = mask_size(mask, name)
     m = mask[None] if mask.ndim == 2 else mask
     out_h, out_w = size_hw if size_hw is not None else (height, width)
@@ -149,10 +150,10 @@ def mask_batch(mask: torch.Tensor, name: str, size_hw: tuple[int, int] | None = 
                      size_hw[1], size_hw[0])
             item = F.interpolate(item[None, None], size=tuple(size_hw), mode="bilinear", align_corners=False)[0, 0]
         arr = item.clamp(0, 1).numpy()
-        if threshold is not None:
-            arr = (arr >= threshold).astype(np.float32)
+        if binary:
+            arr = as_mask(arr, name, allow_empty=True).astype(np.float32)
             if not arr.any():
-                raise ValueError(f"{name}: no pixel reaches {threshold} after resizing; the mask is too faint "
+                raise ValueError(f"{name}: no pixel is above {MASK_THRESHOLD} after resizing; the mask is too faint "
                                  "or too small for this image")
         out.append(arr)
     return out
@@ -176,7 +177,7 @@ def inverted_mask_warning(name: str, mask: np.ndarray) -> str | None:
     """A warning when a person/object mask covers (nearly) its whole image or touches all
     four borders — what an inverted mask looks like (a Load Image alpha mask without
     InvertMask, an inverted 64x64 placeholder); None otherwise."""
-    m = np.asarray(mask) >= 0.5
+    m = np.asarray(mask) > MASK_THRESHOLD
     if not m.any():
         return None
     whole = m.mean() >= WHOLE_IMAGE_FRACTION
@@ -215,8 +216,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 64), alpha: flo
 def latent_preview(latent: torch.Tensor, size: int = 256):
     """A free preview of a latent [B,4,h,w]: its first three channels, each stretched to
     0..255 (no VAE decode per step — too costly at full size on a CPU)."""
-    from PIL import Image
-
     x = latent[0, :3].float().cpu()
     lo, hi = x.amin(dim=(1, 2), keepdim=True), x.amax(dim=(1, 2), keepdim=True)
     x = ((x - lo) / (hi - lo).clamp_min(1e-6) * 255).byte().permute(1, 2, 0).numpy()

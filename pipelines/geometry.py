@@ -14,6 +14,10 @@ the bottom and right. The released checkpoints were trained on those crops, so
 `official_mask_box` reproduces it exactly (a `Box` whose far edges are the last
 foreground row/column) and the MGIG/IAMG preprocessing that needs parity uses it; every
 other caller uses `mask_box`, the tight box.
+
+Also here: the official box arithmetic the MGIG preprocessing reproduces on such boxes
+(`official_box`, `official_crop`, `expand_box`, `box_to_square`), and `check_xywh`, the
+validation of a user's ``(x, y, w, h)``.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from .imgproc import check_size
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,17 @@ class Box:
         x0, y0 = self.x0 + margin, self.y0 + margin
         return Box(x0, y0, max(x0, self.x1 - margin), max(y0, self.y1 - margin))
 
+    def union(self, other: "Box") -> "Box":
+        """The smallest box holding this box and ``other``."""
+        return Box(min(self.x0, other.x0), min(self.y0, other.y0), max(self.x1, other.x1), max(self.y1, other.y1))
+
+    def scaled(self, factor: float) -> "Box":
+        """Grown about its centre to ``factor`` times its width and height (``factor`` >= 0),
+        the edges rounded outwards to whole pixels (unclipped: `clipped` keeps it in an image)."""
+        cx, cy = self.x0 + self.width / 2, self.y0 + self.height / 2
+        half_w, half_h = self.width * factor / 2, self.height * factor / 2
+        return Box(math.floor(cx - half_w), math.floor(cy - half_h), math.ceil(cx + half_w), math.ceil(cy + half_h))
+
     def inside(self, height: int, width: int) -> bool:
         return 0 <= self.x0 and 0 <= self.y0 and self.x1 <= width and self.y1 <= height
 
@@ -111,13 +128,16 @@ class Box:
         return out
 
 
-def mask_box(mask) -> Box | None:
-    """The tight box of the non-zero pixels of ``mask`` (exclusive ends); None if empty."""
+def mask_box(mask, name: str | None = None) -> Box | None:
+    """The tight box of the non-zero pixels of ``mask`` (exclusive ends); None if empty,
+    or -- given the mask's ``name`` -- a ValueError naming it."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f"mask: expected an H x W mask, got shape {mask.shape}")
+        raise ValueError(f"{name or 'mask'}: expected an H x W mask, got shape {mask.shape}")
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
+        if name is not None:
+            raise ValueError(f"{name} is empty: it has no foreground pixels")
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return Box(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
@@ -135,6 +155,107 @@ def official_mask_box(mask, *, min_pixels: float = 10) -> Box:
     rows = np.flatnonzero(np.any(mask, axis=1))
     cols = np.flatnonzero(np.any(mask, axis=0))
     return Box(int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+
+
+def official_box(mask, name: str = "mask") -> Box:
+    """`official_mask_box` (far edges = last foreground row/column) that raises
+    ``ValueError`` naming ``name`` for an empty mask and returns the box of tiny
+    (< 10 pixel) masks instead of the whole image. Identical to the official box for
+    every mask of 10 pixels or more."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{name}: expected an H x W mask, got shape {mask.shape}")
+    if not np.any(mask):
+        raise ValueError(f"{name} is empty: it has no foreground pixels")
+    return official_mask_box(mask, min_pixels=0)
+
+
+def official_crop(array: np.ndarray, box: Box) -> np.ndarray:
+    """``array[box.slices]`` as the official code slices an official box, but never empty:
+    a box with ``y1 == y0`` (a one-row mask, whose far edge is its last row) keeps one row,
+    where the official code would hand an empty crop to cv2.resize and fail."""
+    return array[box.y0:max(box.y1, box.y0 + 1), box.x0:max(box.x1, box.x0 + 1)]
+
+
+# -- the official box arithmetic (AnyDoor / Inter-custom ``data_utils``) --------------
+
+def _shape_hw(shape) -> tuple[int, int]:
+    """The (height, width) leading an image shape."""
+    try:
+        leading = tuple(shape[:2])
+    except TypeError:
+        raise ValueError(f"shape: expected (height, width, ...), got {shape!r}") from None
+    return check_size(leading, "shape")
+
+
+def _is_finite_number(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except TypeError:
+        return False
+
+
+def expand_box(box: Box, ratio: float, shape, min_crop: float = 0) -> Box:
+    """Grow ``box`` about its centre by ``ratio`` (at least ``min_crop`` pixels per side)
+    and clip it to ``shape = (height, width, ...)`` (so ``image.shape`` works).
+
+    The official ``expand_bbox`` with its ratio passed in instead of drawn at random
+    (``randint(10 * lo, 10 * hi) / 10``): written for official boxes (`official_box`), the
+    size is ``ratio * (y1 - y0 + 1)``, the new edges are truncated towards zero with
+    ``int()``. One addition: where that arithmetic yields an empty box (a one-pixel mask on
+    the image's top or left edge), the box keeps one pixel instead.
+
+    Raises ``ValueError`` naming ``ratio`` / ``min_crop`` for a ratio that is not a
+    positive finite number (``inf`` would overflow ``int()``) or a non-finite min_crop.
+    """
+    if not _is_finite_number(ratio) or not ratio > 0:
+        raise ValueError(f"ratio: expected a positive finite number, got {ratio!r}")
+    if not _is_finite_number(min_crop):
+        raise ValueError(f"min_crop: expected a finite number of pixels, got {min_crop!r}")
+    height, width = _shape_hw(shape)
+    y1, y2, x1, x2 = box.yyxx
+    xc, yc = 0.5 * (x1 + x2), 0.5 * (y1 + y2)
+    h = max(ratio * (y2 - y1 + 1), min_crop)
+    w = max(ratio * (x2 - x1 + 1), min_crop)
+    x1, x2 = max(0, int(xc - w * 0.5)), min(width, int(xc + w * 0.5))
+    y1, y2 = max(0, int(yc - h * 0.5)), min(height, int(yc + h * 0.5))
+    if y2 <= y1:
+        y1, y2 = min(y1, height - 1), min(y1, height - 1) + 1
+    if x2 <= x1:
+        x1, x2 = min(x1, width - 1), min(x1, width - 1) + 1
+    return Box.from_yyxx(y1, y2, x1, x2)
+
+
+def box_to_square(box: Box, shape) -> Box:
+    """Grow the short side of ``box`` to its long side about the centre, then clip to
+    ``shape = (height, width, ...)`` (the official ``box2squre``). Integer halves, as in
+    the official code: an odd long side gives a square one pixel smaller, and clipping
+    at the border leaves it non-square (the MGIG hint pads it square afterwards). A
+    one-pixel box stays one pixel (the official arithmetic would empty it).
+
+    The result always lies inside the image (``0 <= x0 <= x1 <= width``, same for y).
+    A box that does not intersect the image raises ``ValueError``; an official box
+    whose far edge is its near edge (a one-row / one-column mask) counts as that row /
+    column."""
+    height, width = _shape_hw(shape)
+    by1, by2, bx1, bx2 = box.yyxx
+    if not (bx1 < width and max(bx2, bx1 + 1) > 0 and by1 < height and max(by2, by1 + 1) > 0):
+        raise ValueError(f"box_to_square: box {box} does not intersect the {height}x{width} image")
+    y1, y2, x1, x2 = box.yyxx
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    h, w = y2 - y1, x2 - x1
+    if h >= w:
+        x1, x2 = cx - h // 2, cx + h // 2
+    else:
+        y1, y2 = cy - w // 2, cy + w // 2
+    # A one-pixel side would become empty (2 * (1 // 2) = 0); keep it as it was.
+    if x2 <= x1:
+        x1, x2 = bx1, bx2
+    if y2 <= y1:
+        y1, y2 = by1, by2
+    # Clip (as the official code) -- the squared box can reach past the border.
+    y1, x1 = min(max(0, y1), height), min(max(0, x1), width)
+    return Box.from_yyxx(y1, max(y1, min(height, y2)), x1, max(x1, min(width, x2)))
 
 
 def check_xywh(box: Sequence[float], height: int, width: int, what: str = "background") -> Box:

@@ -10,7 +10,7 @@ import torch
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU has bf16 instructions (AMX or AVX512-bf16); without them torch
-    emulates bf16 maths, measured 61-117x slower than fp32 on an AVX2-only EPYC."""
+    emulates bf16 maths, many times slower than fp32 (docs/BENCHMARKS.md)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -281,7 +281,7 @@ _flush_depth = 0
 def flush_denormals(enabled: bool):
     """Flush denormal floats to zero (x86 FTZ/DAZ) while working on the CPU: nearly
     constant inputs (a white-canvas hint, an all-zero reference) drive activations into
-    the denormal range, where every CPU op becomes ~10× slower. torch cannot report the
+    the denormal range, where every CPU op becomes many times slower. torch cannot report the
     setting, so nested uses are counted and the outermost one restores torch's default
     (off)."""
     global _flush_depth
@@ -316,7 +316,8 @@ class SettingsError(ValueError):
 
 
 def check_settings(sampler: str, steps, guidance=None, control_scale=None) -> None:
-    """The one check of sampling settings (nodes, CLI and pipelines all end here): a known
+    """The one check of sampling settings (a run's settings are checked by it when they are
+    made, `sampling_settings.settings_for`; `sample` checks its own arguments): a known
     sampler, a whole number of steps in 1..`max_steps`, a finite guidance >= 0 and a finite
     control strength >= 0. Raises `SettingsError` naming the input and what was expected."""
     if sampler not in SAMPLER_NAMES:

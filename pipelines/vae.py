@@ -37,7 +37,7 @@ SD_VAE = kl_vae_config((128, 256, 512, 512), 2)
 # bottleneck, while the diffusion networks' cost barely changes. GroupNorm with ONE group
 # (normalise over all channels): with SD's 32 groups a 32-wide level is instance
 # normalisation and even 8 groups of 4 channels removed each group's per-image mean,
-# i.e. the colour — measured: after 500 steps such VAEs decoded every colour as grey.
+# i.e. the colour: such VAEs decoded every colour as grey (docs/METHOD.md §12).
 # One group keeps the differences between channels, so chroma survives.
 SMALL_LATENT_CHANNELS = 8
 SMALL_VAE = kl_vae_config((32, 64, 64, 64), 1, latent_channels=SMALL_LATENT_CHANNELS, norm_num_groups=1)

@@ -52,3 +52,11 @@ def training_cpu():
             yield
     finally:
         torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The real-ComfyUI suites (server, browser) start ComfyUI and a browser: they count as
+    slow, so ``-m "not slow"`` is the fast loop (README, Testing)."""
+    for item in items:
+        if item.get_closest_marker("server") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 def write_random_official(path: Path) -> None:
     from interact_custom.cli.research.evaluation.benchmark import random_model
-    from interact_custom.weights_manager.official_mgig import save_mgig
+    from interact_custom.weights_manager.native_mgig import save_mgig
 
     save_mgig(random_model("mgig", "official", "fp16"), path, dtype="fp16")
 

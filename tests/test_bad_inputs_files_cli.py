@@ -114,7 +114,7 @@ def _poisoned_native(tmp_path: Path, kind: str, value: float) -> tuple[Path, str
 
 
 def test_native_mgig_with_a_nan_tensor_is_refused(tmp_path):
-    from interact_custom.weights_manager.official_mgig import load_mgig
+    from interact_custom.weights_manager.native_mgig import load_mgig
 
     path, name = _poisoned_native(tmp_path, "mgig", math.nan)
     with pytest.raises(WeightsError) as info:
@@ -134,7 +134,7 @@ def test_native_iamg_with_an_inf_tensor_is_refused(tmp_path):
 
 
 def test_official_mgig_with_a_nan_tensor_is_refused(vectors, tmp_path):
-    from interact_custom.weights_manager.official_mgig import load_mgig
+    from interact_custom.weights_manager.native_mgig import load_mgig
 
     ckpt = torch.load(vectors.checkpoint("mgig"), map_location="cpu", weights_only=True)
     sd = ckpt.get("state_dict", ckpt)

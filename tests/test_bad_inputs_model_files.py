@@ -42,7 +42,7 @@ from interact_custom.pipelines import files
 from interact_custom.pipelines.files import WeightsError, read_weights
 from interact_custom.weights_manager.loader import EMBEDDED_FILES
 from interact_custom.weights_manager.native_iamg import load_iamg
-from interact_custom.weights_manager.official_mgig import load_mgig
+from interact_custom.weights_manager.native_mgig import load_mgig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = CONFIGS_DIR
@@ -145,6 +145,7 @@ LOADS = 12
 
 @pytest.mark.parametrize("kind", ["safetensors", "ckpt"])
 @pytest.mark.parametrize("mode", ["rewrite", "rename"])
+@pytest.mark.slow
 def test_a_file_changing_under_a_load_never_kills_the_process(tmp_path, kind, mode):
     path = _two_versions(tmp_path, kind)
     proc = subprocess.run([sys.executable, "-c", _RACE, str(path), mode, str(LOADS)], capture_output=True, text=True,

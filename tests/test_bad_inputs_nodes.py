@@ -200,6 +200,7 @@ def no_sampling(monkeypatch):
     def sampled(*args, **kwargs):
         raise AssertionError("sampled although the run cannot fit in memory")
     monkeypatch.setattr(iamg_pipeline, "generate_mask", sampled)
+    monkeypatch.setattr(iamg_pipeline.pipeline, "generate_mask", sampled)  # what `generate_masks` calls
     monkeypatch.setattr(mgig_pipeline, "generate", sampled)
 
 
@@ -342,6 +343,7 @@ print(json.dumps(rows))
 
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's peak-RSS reset")
+@pytest.mark.slow
 def test_memory_estimates_cover_what_the_nodes_use():
     # Each node's estimate (pipelines/memory.py FOOTPRINTS) is at least the peak memory it
     # really adds, measured in a fresh process (glibc told to return every large block, so

@@ -30,7 +30,8 @@ def test_count_flops_matches_hand_computed_values():
 
 def test_official_writers_reproduce_the_reduced_official_files(vectors):
     from interact_custom.weights_manager.official_iamg import load_official_iamg, read_official_iamg
-    from interact_custom.weights_manager.official_mgig import load_mgig, read_state_dict
+    from interact_custom.weights_manager.native_mgig import load_mgig
+    from interact_custom.weights_manager.official_mgig import read_state_dict
 
     ref, _ = read_state_dict(vectors.checkpoint("mgig"))
     back = official_export.mgig_official_state_dict(load_mgig(ref))
@@ -53,7 +54,7 @@ def test_official_writers_reproduce_the_reduced_official_files(vectors):
 
 def test_random_models_round_trip_through_the_official_format():
     from interact_custom.weights_manager.official_iamg import load_official_iamg
-    from interact_custom.weights_manager.official_mgig import load_mgig
+    from interact_custom.weights_manager.native_mgig import load_mgig
 
     mgig = B.random_model("mgig", "tiny")
     again = load_mgig(official_export.mgig_official_state_dict(mgig))
@@ -163,6 +164,7 @@ ALL = [(preset, model, key) for preset in B.PRESETS for model in B.MODELS for ke
 
 
 @pytest.mark.parametrize("preset", list(B.PRESETS))
+@pytest.mark.slow
 def test_every_column_counts_its_flops_at_every_preset(preset):
     # On the meta device: shapes and FLOPs at every size, the official one included,
     # without materialising a model (the part that failed, and all of the official

@@ -18,6 +18,7 @@ from interact_custom import cli
 from interact_custom.cli.research.data import builders as B
 from interact_custom.cli.research.data import synth
 from interact_custom.cli.research.data.dataset import ChoiDataset
+from interact_custom.pipelines.geometry import Box
 from interact_custom.pipelines.vocabulary import INTERACTIONS
 
 SIZE = 96
@@ -485,8 +486,8 @@ def test_captions_and_geometry():
         "hopping on", "riding", "greeting", "opening", "riding", "swinging"]
     for verb in INTERACTIONS:  # one vocabulary with the synthetic data
         assert B.default_caption(verb, "box") == synth.caption(verb, "box")
-    assert B.scale_xywh((10, 20, 30, 40), 1.0, 100, 100) == (10, 20, 30, 40)
-    assert B.scale_xywh((10, 20, 30, 40), 2.0, 100, 100) == (0, 0, 55, 80)
+    assert Box.from_xywh(10, 20, 30, 40).scaled(1.0).clipped(100, 100).xywh == (10, 20, 30, 40)
+    assert Box.from_xywh(10, 20, 30, 40).scaled(2.0).clipped(100, 100).xywh == (0, 0, 55, 80)
     img = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
     mask = np.zeros((20, 30), bool)
     mask[5:9, 10:20] = True

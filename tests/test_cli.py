@@ -55,8 +55,9 @@ def test_verify_bad_folder_and_part(tmp_path, vectors, capsys):
     assert "has no part(s) nope" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_convert_official_mgig_round_trip(vectors, tmp_path, capsys):
-    from interact_custom.weights_manager.official_mgig import load_mgig
+    from interact_custom.weights_manager.native_mgig import load_mgig
 
     dst = tmp_path / "mgig.safetensors"
     assert main(["convert", str(vectors.checkpoint("mgig")), str(dst), "--dtype", "fp32"]) == 0

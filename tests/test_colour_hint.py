@@ -16,14 +16,15 @@ from interact_custom.cli.research.training.config import CONFIGS_DIR
 from interact_custom.cli import train as train_cli
 from interact_custom.cli.research.data import synth
 from interact_custom.pipelines.files import WeightsError
-from interact_custom.pipelines.mgig import MGIGModel, mgig_config, resize_hint
+from interact_custom.pipelines.mgig import MGIGModel, mgig_config, preset_name_of, resize_hint
 from interact_custom.pipelines.mgig import inputs as preprocess
 from interact_custom.pipelines.mgig import pipeline as choi
 from interact_custom.cli.research.training import config as train_config
 from interact_custom.cli.research.training import data as train_data
 from interact_custom.weights_manager import stored_config
 from interact_custom.weights_manager.loader import EMBEDDED, EMBEDDED_MGIG_FILE, load_mgig_model
-from interact_custom.weights_manager.official_mgig import MGIGCheckpointError, load_mgig, preset_name_of, save_mgig
+from interact_custom.weights_manager.native_mgig import load_mgig, save_mgig
+from interact_custom.weights_manager.official_mgig import MGIGCheckpointError
 
 CONFIGS = CONFIGS_DIR
 YELLOW, NAVY = (240, 210, 20), (20, 30, 110)
@@ -70,8 +71,8 @@ def test_the_colour_planes_carry_a_flat_objects_colour_where_the_detail_map_is_b
     assert blank.any() and np.abs(colour[blank]).max() == 0
 
     bg, mask = scene_and_mask()
-    plain = preprocess.build_hint(bg, mask, detail)
-    hint = preprocess.build_hint(bg, mask, detail, colour=colour)
+    plain = preprocess.build_hint(bg, mask, detail, mask_channel="box")
+    hint = preprocess.build_hint(bg, mask, detail, mask_channel="box", colour=colour)
     assert plain.hint.shape == (512, 512, 4) and hint.hint.shape == (512, 512, 8)
     np.testing.assert_array_equal(hint.hint[..., :4], plain.hint)  # the official planes are untouched
     # The colour collage lies where the detail map lies: the target box; the object tile
@@ -93,7 +94,7 @@ def test_the_colour_planes_carry_a_flat_objects_colour_where_the_detail_map_is_b
     assert small.shape == (8, 128, 128)
     assert torch.equal(small[:4], resize_hint(torch.from_numpy(plain.hint).permute(2, 0, 1), 128))
     with pytest.raises(ValueError, match="colour"):
-        preprocess.build_hint(bg, mask, detail, colour=colour[..., :3])
+        preprocess.build_hint(bg, mask, detail, mask_channel="box", colour=colour[..., :3])
 
 
 def _generate(model, seed=3):
@@ -105,6 +106,7 @@ def _generate(model, seed=3):
                          paste="crop")
 
 
+@pytest.mark.slow
 def test_a_colour_hint_made_from_the_shipped_default_generates_exactly_what_it_did():
     model = load_mgig_model(EMBEDDED)
     assert not model.config.colour_hint
@@ -147,6 +149,7 @@ def tiny_colour_model() -> MGIGModel:
     return model.eval().requires_grad_(False)
 
 
+@pytest.mark.slow
 def test_a_colour_hint_model_is_saved_and_loaded(tmp_path):
     model = tiny_colour_model()
     path = save_mgig(model, tmp_path / "c.safetensors", dtype="fp32")
@@ -219,6 +222,7 @@ def test_training_items_and_the_shipped_config_use_the_same_colour_hint(data):
         train_config.make_config({**raw, "colour_hint": "yes"}, model="mgig")
 
 
+@pytest.mark.slow
 def test_a_colour_hint_run_trains_the_new_channels_and_saves_a_colour_hint_model(data, tmp_path):
     raw = json.loads((CONFIGS / "tiny_mgig.json").read_text(encoding="utf-8"))
     raw.pop("_comment", None)

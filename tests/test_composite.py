@@ -96,6 +96,7 @@ def test_paste_pixels_scale_with_the_enlargement():
         composite.paste_pixels(2, 2, 0.0)
 
 
+@pytest.mark.slow
 def test_paste_mask_is_the_default_and_keeps_the_scene_outside_the_figure(tiny_run):
     bg, mask, crop, masked = tiny_run
     alpha = masked.pasted_mask
@@ -119,8 +120,8 @@ def test_paste_mask_is_the_default_and_keeps_the_scene_outside_the_figure(tiny_r
 
 def test_paste_crop_is_the_official_crop_back(tiny_run):
     bg, mask, crop, _ = tiny_run
-    pred = preprocess.decoded_to_prediction(crop.crops[0].astype(np.float32) / 127.5 - 1.0)
-    ref = preprocess.crop_back(pred, bg, crop.hint.extra_sizes, crop.hint.crop_box)
+    pred = composite.decoded_to_prediction(crop.crops[0].astype(np.float32) / 127.5 - 1.0)
+    ref = composite.crop_back(pred, bg, crop.hint.extra_sizes, crop.hint.crop_box)
     assert np.abs(ref.astype(int) - crop.images[0].astype(int)).max() <= 1  # uint8 crop round trip
 
 

@@ -2,21 +2,22 @@
 
 These check what a user gets from a fresh install: the files fit the budget, load as the
 embedded default, and do their jobs on synthetic identities they never saw in training
-(another synthesis seed). Their measured quality is the README's held-out table; the
+(another synthesis seed). Their measured quality is docs/TRAINING.md's held-out table; the
 tests pin what training demonstrably gave them against the same architecture untrained.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
-import torch
 
 from interact_custom.pipelines import iamg, imgproc
 from interact_custom.pipelines.mgig import pipeline as choi
 from interact_custom.cli.research.evaluation import evaluate as ev
 from interact_custom.pipelines.mgig import inputs as preprocess
 from interact_custom.cli.research.data import synth
-from interact_custom.pipelines.mgig import MGIGModel, mgig_config
+from interact_custom.pipelines.mgig import build_mgig, mgig_config
 from interact_custom.weights_manager.loader import (EMBEDDED, EMBEDDED_IAMG_FILE, EMBEDDED_MGIG_FILE, embedded_is_random,
                                                     load_iamg_model, load_mgig_model)
 
@@ -43,7 +44,7 @@ def test_the_trained_default_ships_within_budget():
         with safe_open(str(f), "pt") as h:
             assert h.metadata()["dtype"] == "fp16"
             assert all(h.get_slice(k).get_dtype() == "F16" for k in h.keys())
-    from interact_custom.weights_manager.official_mgig import preset_name_of
+    from interact_custom.pipelines.mgig import preset_name_of
 
     assert preset_name_of(load_mgig_model(EMBEDDED).config) == "small"
     assert load_iamg_model(EMBEDDED).preset == "small_text"
@@ -69,6 +70,7 @@ def test_defaults_work_at_the_size_they_were_trained_at(models):
     assert model_mgig.latent_scale != pytest.approx(iamg.VAE_SCALE_FACTOR, rel=0.05)
 
 
+@pytest.mark.slow
 def test_iamg_default_learned_to_draw_a_figure_sized_mask_in_the_box(models, held_out):
     """Against the same architecture untrained (seeded), unclipped masks: the trained model
     draws a figure-sized silhouette inside the box; untrained weights fill half the canvas
@@ -90,6 +92,7 @@ def test_iamg_default_learned_to_draw_a_figure_sized_mask_in_the_box(models, hel
     assert (trained[:, 1] > 0).all() and trained[:, 1].max() < 0.15 and untrained_stats[:, 1].min() > 0.3
 
 
+@pytest.mark.slow
 def test_iamg_default_mask_overlaps_the_true_figure(models, held_out):
     """The shipped IAMG (a v-prediction model, README step 2b) draws its mask where the true
     human ∪ object is, not just somewhere in the box. Measured on these six (unclipped):
@@ -121,6 +124,7 @@ def test_mgig_default_runs_at_its_size_and_only_touches_the_crop(models, held_ou
     assert not np.array_equal(out.images[0], s["background"])
 
 
+@pytest.mark.slow
 def test_mgig_default_learned_to_keep_the_background_around_the_figure(models, held_out):
     """What training gave the shipped MGIG, in pixels: inside the pasted crop but away from
     the interaction mask, the generated image reproduces the background the hint shows.
@@ -131,11 +135,9 @@ def test_mgig_default_learned_to_keep_the_background_around_the_figure(models, h
     With DPM-Solver++ 20, guidance 5: the step-6 model at 4000 steps 8-14; after step 4 alone
     11-20; the earlier ε-prediction default 26-53."""
     trained = models[1]
-    config = mgig_config("small")
-    config.image_size, config.vae, config.refiner = trained.config.image_size, trained.config.vae, trained.config.refiner
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        untrained = MGIGModel(config).eval().requires_grad_(False)
+    config = replace(mgig_config("small"), image_size=trained.config.image_size, vae=trained.config.vae,
+                     refiner=trained.config.refiner)
+    untrained = build_mgig(config, seed=0).requires_grad_(False)
     untrained.vae.load_state_dict(trained.vae.state_dict())
     if trained.refiner is not None:  # the decoding side is shared too (step 7's refiner)
         untrained.refiner.load_state_dict(trained.refiner.state_dict())
@@ -156,6 +158,7 @@ def test_mgig_default_learned_to_keep_the_background_around_the_figure(models, h
     assert (trained_err < 15).all() and (trained_err < 0.2 * untrained_err).all(), errors
 
 
+@pytest.mark.slow
 def test_mgig_default_takes_the_human_colour_from_its_references(models):
     """The identity pathway, in pixels: three held-out identity pairs (synthetic pairs come
     in runs of four samples), each generated on its true mask once with its own references
@@ -180,6 +183,7 @@ def test_mgig_default_takes_the_human_colour_from_its_references(models):
     assert np.mean(own) < 0.6 * np.mean(swapped), (own, swapped)
 
 
+@pytest.mark.slow
 def test_mgig_default_refiner_gives_the_scene_back_around_the_figure(models, held_out):
     """★ Step 7, in pixels: the same sampled latents (same seed) decoded with and without
     the shipped scene refiner, pasted with the official crop-back. In the crop outside the
@@ -210,6 +214,7 @@ def test_mgig_default_refiner_gives_the_scene_back_around_the_figure(models, hel
     assert np.mean(refined_err) < 0.9 * np.mean(plain_err), (refined_err, plain_err)
 
 
+@pytest.mark.slow
 def test_mgig_default_paste_leaves_little_of_the_rim_it_paints(models, held_out):
     """★ paste="mask" with the default soft edge (2 + 2 of the model's pixels): the shipped
     MGIG paints a pale rim around the figure, and the wider edge of earlier versions (6 + 4)

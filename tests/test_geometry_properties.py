@@ -1,7 +1,7 @@
 """Property tests (hypothesis) of the box geometry and the MGIG crop arithmetic:
-`geometry.Box` / `mask_box` / `official_mask_box` / `check_xywh` and
-`mgig.inputs.expand_box` / `box_to_square` / `pad_to_square` / `build_hint` /
-`crop_back`, on small images (8..96 px a side) with masks drawn anywhere, borders
+`geometry.Box` / `mask_box` / `official_mask_box` / `official_box` / `check_xywh` /
+`expand_box` / `box_to_square`, `imgproc.pad_to_square`, `mgig.inputs.build_hint` and
+`composite.crop_back`, on small images (8..96 px a side) with masks drawn anywhere, borders
 included. Deterministic (derandomized) and fast: a few seconds in all."""
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from interact_custom.pipelines.geometry import Box, check_xywh, mask_box, official_mask_box  # noqa: E402
+from interact_custom.pipelines import composite, imgproc  # noqa: E402
+from interact_custom.pipelines import geometry as geo  # noqa: E402
 from interact_custom.pipelines.mgig import inputs as pp  # noqa: E402
 
 FAST = settings(derandomize=True, max_examples=150, deadline=None)
@@ -131,7 +133,7 @@ def test_official_mask_box_is_one_pixel_short(args):
     official = official_mask_box(mask, min_pixels=0)
     assert official == Box(tight.x0, tight.y0, tight.x1 - 1, tight.y1 - 1)
     assert _inside(official, height, width)
-    assert pp.official_box(mask) == official
+    assert geo.official_box(mask) == official
     if mask.sum() < 10:
         assert official_mask_box(mask) == Box(0, 0, width, height)   # the official fallback
 
@@ -175,7 +177,7 @@ def test_check_xywh_messages():
 @given(shapes().flatmap(lambda s: st.tuples(st.just(s), boxes_in(*s))), ratios, st.integers(0, 40))
 def test_expand_box_stays_inside_and_holds_the_box(args, ratio, min_crop):
     (height, width), box = args
-    out = pp.expand_box(box, ratio, (height, width, 3), min_crop=min_crop)
+    out = geo.expand_box(box, ratio, (height, width, 3), min_crop=min_crop)
     assert _inside(out, height, width) and not out.is_empty
     # ratios >= 1 never shrink the box (the official size is ratio * (far - near + 1))
     assert out.x0 <= box.x0 and out.y0 <= box.y0 and box.x1 <= out.x1 and box.y1 <= out.y1
@@ -184,7 +186,7 @@ def test_expand_box_stays_inside_and_holds_the_box(args, ratio, min_crop):
 @pytest.mark.parametrize("ratio", [float("inf"), float("nan"), 0.0, -1.0])
 def test_expand_box_refuses_bad_ratios(ratio):
     with pytest.raises(ValueError, match="ratio"):
-        pp.expand_box(Box(2, 2, 5, 5), ratio, (16, 16))
+        geo.expand_box(Box(2, 2, 5, 5), ratio, (16, 16))
 
 
 @FAST
@@ -195,9 +197,9 @@ def test_box_to_square_is_inside_or_refused(shape, x, y, w, h):
     hits = x < width and max(x + w, x + 1) > 0 and y < height and max(y + h, y + 1) > 0
     if not hits:
         with pytest.raises(ValueError, match="does not intersect"):
-            pp.box_to_square(box, shape)
+            geo.box_to_square(box, shape)
         return
-    out = pp.box_to_square(box, shape)
+    out = geo.box_to_square(box, shape)
     assert _inside(out, height, width)
     if box.inside(height, width) and not box.is_empty:
         assert not out.is_empty
@@ -213,7 +215,7 @@ def test_box_to_square_is_inside_or_refused(shape, x, y, w, h):
 def test_pad_to_square_centres_the_image(h, w, channels, value):
     shape = (h, w) if channels == 0 else (h, w, channels)
     image = np.full(shape, 7 if value != 7 else 8, np.uint8)
-    out = pp.pad_to_square(image, value)
+    out = imgproc.pad_to_square(image, value)
     side = max(h, w)
     assert out.shape == (side, side) + shape[2:] and out.dtype == image.dtype
     top, left = (side - h) // 2, (side - w) // 2
@@ -249,9 +251,9 @@ def test_build_hint_crop_holds_the_mask_and_crop_back_pastes_only_there(args, bo
     assert set(np.unique(hint.hint[..., 3])) <= {-1.0, 0.0, 1.0}
 
     for pred in (np.full((511, 512, 3), 200.5, np.float32), (hint.target + 1) * 127.5):
-        out = pp.crop_back(pred, bg, hint.extra_sizes, crop)
+        out = composite.crop_back(pred, bg, hint.extra_sizes, crop)
         assert out.shape == bg.shape and out.dtype == np.uint8
-        pasted = pp.pasted_box(crop)
+        pasted = composite.pasted_box(crop)
         keep = np.ones((height, width), bool)
         keep[pasted.clipped(height, width).slices] = False
         np.testing.assert_array_equal(out[keep], bg[keep])
@@ -264,10 +266,10 @@ def test_crop_back_on_any_crop_inside(args, margin):
     (height, width), crop = args
     bg = _background(height, width)
     side = max(crop.height, crop.width)
-    out = pp.crop_back(np.full((511, 512, 3), 3.0, np.float32), bg, (crop.height, crop.width, side, side),
+    out = composite.crop_back(np.full((511, 512, 3), 3.0, np.float32), bg, (crop.height, crop.width, side, side),
                        crop, margin=margin)
     assert out.shape == bg.shape
-    pasted = pp.pasted_box(crop, margin).clipped(height, width)
+    pasted = composite.pasted_box(crop, margin).clipped(height, width)
     keep = np.ones((height, width), bool)
     keep[pasted.slices] = False
     np.testing.assert_array_equal(out[keep], bg[keep])

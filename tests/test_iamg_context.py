@@ -58,6 +58,7 @@ def test_context_box_gives_the_box_its_training_share_inside_the_image():
         context_box(Box(0, 0, 5, 5), 10, 10, fraction=0)
 
 
+@pytest.mark.slow
 def test_small_box_in_a_photo_gets_one_figure_in_the_box(model, photo):
     ex, big = photo
     box = (1500, 100, 300, 300)  # top right, in the sky: 20 px of the whole-photo condition

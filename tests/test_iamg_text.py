@@ -289,6 +289,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool((a - b).abs().max() <= 1e-5 * b.abs().max())
 
 
+@pytest.mark.slow
 def test_native_round_trip_official_shape(official, vectors, tmp_path):
     path = ni.save_iamg(official, tmp_path / "iamg_reduced.safetensors", dtype="fp32")
     with pytest.raises(FileExistsError, match="refusing to overwrite"):

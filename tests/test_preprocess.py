@@ -7,10 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from interact_custom.pipelines import composite
+from interact_custom.pipelines import geometry as geo
 from interact_custom.pipelines import imgproc as ip
 from interact_custom.pipelines.geometry import Box, official_mask_box
 from interact_custom.pipelines.mgig import inputs as pp
 from interact_custom.cli.research import vectors_preproc
+from interact_custom.cli.research.training import augment
 
 B = Box.from_yyxx  # the official (y1, y2, x1, x2) order the cases below are written in
 
@@ -149,55 +152,55 @@ def test_bbox_has_inclusive_ends_and_official_tiny_fallback():
     tiny = np.zeros((40, 56), np.uint8)
     tiny[3, 4] = tiny[3, 5] = 1
     assert official_mask_box(tiny).yyxx == (0, 40, 0, 56)     # official: whole image
-    assert pp.official_box(tiny, "object_mask").yyxx == (3, 3, 4, 5)
+    assert geo.official_box(tiny, "object_mask").yyxx == (3, 3, 4, 5)
     with pytest.raises(ValueError, match="human_mask is empty"):
-        pp.official_box(np.zeros((4, 4)), "human_mask")
+        geo.official_box(np.zeros((4, 4)), "human_mask")
 
 
 def test_expand_box_clips_at_the_border_and_never_collapses():
-    assert pp.expand_box(B(100, 180, 150, 260), 1.1, (300, 420)).yyxx == (95, 184, 143, 266)
-    assert pp.expand_box(B(5, 290, 3, 80), 1.5, (300, 420, 3)).yyxx == (0, 300, 0, 100)
-    assert pp.expand_box(B(100, 110, 200, 205), 1.3, (300, 420), min_crop=40).yyxx == (85, 125, 182, 222)
+    assert geo.expand_box(B(100, 180, 150, 260), 1.1, (300, 420)).yyxx == (95, 184, 143, 266)
+    assert geo.expand_box(B(5, 290, 3, 80), 1.5, (300, 420, 3)).yyxx == (0, 300, 0, 100)
+    assert geo.expand_box(B(100, 110, 200, 205), 1.3, (300, 420), min_crop=40).yyxx == (85, 125, 182, 222)
     # A 1-pixel mask in the top-left corner: the official arithmetic gives an empty box.
-    assert pp.expand_box(B(0, 0, 0, 0), 1.0, (10, 10)).yyxx == (0, 1, 0, 1)
+    assert geo.expand_box(B(0, 0, 0, 0), 1.0, (10, 10)).yyxx == (0, 1, 0, 1)
     with pytest.raises(ValueError, match="ratio"):
-        pp.expand_box(B(0, 5, 0, 5), 0, (10, 10))
+        geo.expand_box(B(0, 5, 0, 5), 0, (10, 10))
 
 
 def test_box_to_square_portrait_landscape_and_border():
-    assert pp.box_to_square(B(50, 150, 100, 160), (300, 420)).yyxx == (50, 150, 80, 180)
-    assert pp.box_to_square(B(50, 90, 10, 200), (300, 420)).yyxx == (0, 165, 10, 200)
-    assert pp.box_to_square(B(0, 120, 380, 420), (300, 420)).yyxx == (0, 120, 340, 420)
+    assert geo.box_to_square(B(50, 150, 100, 160), (300, 420)).yyxx == (50, 150, 80, 180)
+    assert geo.box_to_square(B(50, 90, 10, 200), (300, 420)).yyxx == (0, 165, 10, 200)
+    assert geo.box_to_square(B(0, 120, 380, 420), (300, 420)).yyxx == (0, 120, 340, 420)
     assert B(10, 50, 20, 70).relative_to(B(5, 100, 15, 110)).yyxx == (5, 45, 5, 55)
 
 
 def test_box_to_square_result_is_always_inside_the_image():
     # Partly outside: squared, then clipped -- never past the border.
     for box in (B(-30, 10, 5, 12), B(50, 90, 400, 440), B(290, 310, -8, 2), B(0, 300, 410, 430)):
-        y1, y2, x1, x2 = pp.box_to_square(box, (300, 420)).yyxx
+        y1, y2, x1, x2 = geo.box_to_square(box, (300, 420)).yyxx
         assert 0 <= y1 <= y2 <= 300 and 0 <= x1 <= x2 <= 420, (box, (y1, y2, x1, x2))
     # Entirely outside: a clear error, not a box past the edge.
     for box in (B(10, 20, 430, 440), B(310, 330, 5, 9), B(-20, -10, 5, 9), B(5, 9, 420, 420)):
         with pytest.raises(ValueError, match=r"box_to_square: box .* does not intersect the 300x420 image"):
-            pp.box_to_square(box, (300, 420))
+            geo.box_to_square(box, (300, 420))
     # The official one-pixel boxes (far edge = the same row/column) still pass.
-    assert pp.box_to_square(B(0, 0, 0, 0), (10, 10)).yyxx == (0, 0, 0, 0)
-    assert pp.box_to_square(B(9, 9, 9, 9), (10, 10)).yyxx == (9, 9, 9, 9)
+    assert geo.box_to_square(B(0, 0, 0, 0), (10, 10)).yyxx == (0, 0, 0, 0)
+    assert geo.box_to_square(B(9, 9, 9, 9), (10, 10)).yyxx == (9, 9, 9, 9)
 
 
 @pytest.mark.parametrize("ratio", [float("inf"), float("-inf"), float("nan")])
 def test_expand_box_refuses_non_finite_ratios(ratio):
     with pytest.raises(ValueError, match="ratio: expected a positive finite number"):
-        pp.expand_box(B(10, 20, 10, 20), ratio, (64, 64))
+        geo.expand_box(B(10, 20, 10, 20), ratio, (64, 64))
     with pytest.raises(ValueError, match="min_crop: expected a finite number"):
-        pp.expand_box(B(10, 20, 10, 20), 1.1, (64, 64), min_crop=ratio)
+        geo.expand_box(B(10, 20, 10, 20), 1.1, (64, 64), min_crop=ratio)
 
 
 def test_pad_to_square_centres_with_the_smaller_half_first():
     x = np.ones((2, 5), np.uint8)
-    p = pp.pad_to_square(x, 7)
+    p = ip.pad_to_square(x, 7)
     assert p.shape == (5, 5) and (p[0] == 7).all() and (p[1:3] == 1).all() and (p[3:] == 7).all()
-    y = pp.pad_to_square(np.ones((4, 1, 3)), 0)
+    y = ip.pad_to_square(np.ones((4, 1, 3)), 0)
     assert y.shape == (4, 4, 3) and y[:, 1].all() and not y[:, [0, 2, 3]].any()
 
 
@@ -224,7 +227,7 @@ def _scene(h: int, w: int, human_box, object_box, seed: int = 0):
 
 
 def _prepare(bg, human, obj, **kw):
-    return pp.prepare_mgig_inputs(bg, human, bg, obj, bg, np.maximum(human, obj), **kw)
+    return vectors_preproc.prepare_mgig_inputs(bg, human, bg, obj, bg, np.maximum(human, obj), **kw)
 
 
 def _check_geometry(inputs, shape):
@@ -298,7 +301,7 @@ def test_single_pixel_union_in_the_corner():
 def test_float_and_bool_inputs_match_uint8():
     bg, human, obj = _scene(160, 200, (20, 140, 30, 90), (60, 150, 80, 190))
     ref = _prepare(bg, human, obj)
-    alt = pp.prepare_mgig_inputs(bg.astype(np.float32) / 255, human.astype(bool), bg, obj * 255, bg,
+    alt = vectors_preproc.prepare_mgig_inputs(bg.astype(np.float32) / 255, human.astype(bool), bg, obj * 255, bg,
                                  np.maximum(human, obj).astype(np.float32))
     np.testing.assert_array_equal(alt.hint, ref.hint)
     np.testing.assert_array_equal(alt.reference, ref.reference)
@@ -322,7 +325,7 @@ def test_mask_channel_mask_uses_the_interaction_mask():
     np.testing.assert_array_equal(msk.hint[..., :3], box.hint[..., :3])
     y1, y2, x1, x2 = msk.crop_box.yyxx
     ours = msk.hint[..., 3]
-    expected = ip.resize_nearest(pp.pad_to_square(union[y1:y2, x1:x2], 2), (512, 512)).astype(np.float32)
+    expected = ip.resize_nearest(ip.pad_to_square(union[y1:y2, x1:x2], 2), (512, 512)).astype(np.float32)
     expected[expected == 2] = -1
     np.testing.assert_array_equal(ours, expected)
     assert (ours == 1).sum() < (box.hint[..., 3] == 1).sum()  # the L-shape is smaller than its box
@@ -358,7 +361,7 @@ def test_figure_collage_shows_the_scene_in_the_box_off_the_figure():
     np.testing.assert_allclose(fig.hint[..., :3][ip.erode(on_mask.astype(np.uint8), 3) > 0], grey, atol=1e-6)
     assert ((fig.scene == 0) & ~on_mask & in_box).any()  # the grown margin
     with pytest.raises(ValueError, match="collage"):
-        pp.build_hint(bg, union, detail, collage="mask")
+        pp.build_hint(bg, union, detail, mask_channel="box", collage="mask")
 
 @pytest.mark.parametrize("shape, rows, cols", [
     ((64, 64), slice(30, 31), slice(20, 21)),     # one pixel
@@ -377,7 +380,7 @@ def test_build_hint_crop_contains_every_mask_pixel(shape, rows, cols):
     union[rows, cols] = 1
     bg = np.zeros((*shape, 3), np.uint8)
     detail = np.full((16, 16, 3), 90, np.uint8)
-    hint = pp.build_hint(bg, union, detail)
+    hint = pp.build_hint(bg, union, detail, mask_channel="box")
     outside = np.ones(shape, bool)
     outside[hint.crop_box.slices] = False
     assert not union[outside].any(), hint.crop_box
@@ -385,7 +388,7 @@ def test_build_hint_crop_contains_every_mask_pixel(shape, rows, cols):
     h1, w1, h2, w2 = hint.extra_sizes
     assert (hint.crop_box.height, hint.crop_box.width) == (h1, w1) and h2 == w2 == max(h1, w1)
     assert hint.hint.shape == (512, 512, 4)
-    out = pp.crop_back(np.full((511, 512, 3), 7.0, np.float32), bg, hint.extra_sizes, hint.crop_box)
+    out = composite.crop_back(np.full((511, 512, 3), 7.0, np.float32), bg, hint.extra_sizes, hint.crop_box)
     assert out.shape == bg.shape
 
 
@@ -394,9 +397,9 @@ def test_build_hint_widens_the_crop_only_for_small_masks():
     bg, human, obj = _scene(300, 420, (69, 232, 255, 340), (155, 255, 199, 325))
     union = np.maximum(human, obj)
     detail = np.full((16, 16, 3), 90, np.uint8)
-    hint = pp.build_hint(bg, union, detail)
-    target = pp.expand_box(pp.official_box(union), pp.TARGET_BOX_RATIO, bg.shape)
-    assert hint.crop_box == pp.box_to_square(pp.expand_box(target, pp.CROP_RATIO, bg.shape), bg.shape)
+    hint = pp.build_hint(bg, union, detail, mask_channel="box")
+    target = geo.expand_box(geo.official_box(union), pp.TARGET_BOX_RATIO, bg.shape)
+    assert hint.crop_box == geo.box_to_square(geo.expand_box(target, pp.CROP_RATIO, bg.shape), bg.shape)
 
 
 def test_detail_map_edges_only_inside_the_eroded_mask():
@@ -421,10 +424,10 @@ def test_crop_back_places_the_prediction_in_the_crop_only(shape, human_box, obje
     before = bg.copy()
     inputs = _prepare(bg, human, obj)
     pred = np.full((511, 512, 3), 200.7, np.float32)
-    out = pp.crop_back(pred, bg, inputs.extra_sizes, inputs.crop_box)
+    out = composite.crop_back(pred, bg, inputs.extra_sizes, inputs.crop_box)
     np.testing.assert_array_equal(bg, before)              # background untouched
     y1, y2, x1, x2 = inputs.crop_box.yyxx
-    m = pp.CROP_MARGIN
+    m = composite.CROP_MARGIN
     assert (out[y1 + m:y2 - m, x1 + m:x2 - m] == 200).all()  # truncation, like the official
     outside = np.ones(shape, bool)
     outside[y1 + m:y2 - m, x1 + m:x2 - m] = False
@@ -441,7 +444,7 @@ def test_crop_back_round_trip_is_aligned(shape, human_box, object_box):
     bg, human, obj = _scene(*shape, human_box, object_box)
     inputs = _prepare(bg, human, obj)
     pred = (inputs.target + 1) * 127.5
-    out = pp.crop_back(pred, bg, inputs.extra_sizes, inputs.crop_box, margin=0)
+    out = composite.crop_back(pred, bg, inputs.extra_sizes, inputs.crop_box, margin=0)
     y1, y2, x1, x2 = inputs.crop_box.yyxx
     err = np.abs(out[y1:y2, x1:x2].astype(int) - bg[y1:y2, x1:x2])
     assert err.mean() < 3.0, err.mean()
@@ -467,10 +470,10 @@ def test_crop_back_near_the_top_left_corner(shape, rows, cols, crop_ratio):
     union = np.zeros(shape, np.uint8)
     union[rows, cols] = 1
     bg = (np.arange(h * w * 3) % 251).astype(np.uint8).reshape(h, w, 3)
-    hint = pp.build_hint(bg, union, np.full((16, 16, 3), 90, np.uint8), crop_ratio=crop_ratio)
-    out = pp.crop_back(np.full((511, 512, 3), 200.5, np.float32), bg, hint.extra_sizes, hint.crop_box)
+    hint = pp.build_hint(bg, union, np.full((16, 16, 3), 90, np.uint8), mask_channel="box", crop_ratio=crop_ratio)
+    out = composite.crop_back(np.full((511, 512, 3), 200.5, np.float32), bg, hint.extra_sizes, hint.crop_box)
     assert out.shape == bg.shape and out.dtype == np.uint8
-    pasted = pp.pasted_box(hint.crop_box).clipped(h, w)
+    pasted = composite.pasted_box(hint.crop_box).clipped(h, w)
     keep = np.ones(shape, bool)
     keep[pasted.slices] = False
     np.testing.assert_array_equal(out[keep], bg[keep])
@@ -482,10 +485,10 @@ def test_crop_back_with_crops_thinner_than_the_margin():
     pred = np.full((511, 512, 3), 9.0, np.float32)
     for crop in (Box(0, 0, 3, 3), Box(0, 0, 4, 12), Box(0, 0, 12, 4), Box(2, 0, 30, 7), Box(0, 1, 9, 40)):
         side = max(crop.height, crop.width)
-        out = pp.crop_back(pred, bg, (crop.height, crop.width, side, side), crop)
+        out = composite.crop_back(pred, bg, (crop.height, crop.width, side, side), crop)
         assert out.shape == bg.shape
         keep = np.ones((50, 60), bool)
-        keep[pp.pasted_box(crop).clipped(50, 60).slices] = False
+        keep[composite.pasted_box(crop).clipped(50, 60).slices] = False
         np.testing.assert_array_equal(out[keep], bg[keep])
 
 
@@ -493,7 +496,7 @@ def test_decoded_to_prediction_drops_the_first_row():
     decoded = np.zeros((512, 512, 3), np.float32)
     decoded[0] = 1.0
     decoded[1] = 2.0   # clipped to 255
-    pred = pp.decoded_to_prediction(decoded)
+    pred = composite.decoded_to_prediction(decoded)
     assert pred.shape == (511, 512, 3) and pred.dtype == np.float32
     assert (pred[0] == 255).all() and (pred[1:] == 127.5).all()
 
@@ -501,9 +504,9 @@ def test_decoded_to_prediction_drops_the_first_row():
 def test_crop_back_rejects_mismatched_geometry():
     bg = np.zeros((100, 120, 3), np.uint8)
     with pytest.raises(ValueError, match="extra_sizes"):
-        pp.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), B(0, 40, 0, 50))
+        composite.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), B(0, 40, 0, 50))
     with pytest.raises(ValueError, match="outside the background"):
-        pp.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), B(80, 130, 0, 50))
+        composite.crop_back(np.zeros((511, 512, 3)), bg, (50, 50, 50, 50), B(80, 130, 0, 50))
 
 
 # --- input validation -----------------------------------------------------------------------
@@ -512,25 +515,25 @@ def test_errors_name_the_input():
     bg, human, obj = _scene(120, 160, (10, 100, 20, 80), (40, 110, 60, 150))
     union = np.maximum(human, obj)
     with pytest.raises(ValueError, match="human_mask is empty"):
-        pp.prepare_mgig_inputs(bg, np.zeros_like(human), bg, obj, bg, union)
+        vectors_preproc.prepare_mgig_inputs(bg, np.zeros_like(human), bg, obj, bg, union)
     with pytest.raises(ValueError, match="union_mask is empty"):
-        pp.prepare_mgig_inputs(bg, human, bg, obj, bg, np.zeros_like(union))
+        vectors_preproc.prepare_mgig_inputs(bg, human, bg, obj, bg, np.zeros_like(union))
     with pytest.raises(ValueError, match=r"object_mask: size 60x160 .* 120x160"):
-        pp.prepare_mgig_inputs(bg, human, bg, obj[:60], bg, union)
+        vectors_preproc.prepare_mgig_inputs(bg, human, bg, obj[:60], bg, union)
     with pytest.raises(ValueError, match="background: expected an H x W x 3"):
-        pp.prepare_mgig_inputs(bg, human, bg, obj, bg[:, :, 0], union)
+        vectors_preproc.prepare_mgig_inputs(bg, human, bg, obj, bg[:, :, 0], union)
     with pytest.raises(ValueError, match="human_image: .*batch"):
-        pp.prepare_mgig_inputs(bg[None], human, bg, obj, bg, union)
+        vectors_preproc.prepare_mgig_inputs(bg[None], human, bg, obj, bg, union)
     with pytest.raises(ValueError, match=r"object_image: float pixels must be in \[0, 1\]"):
-        pp.prepare_mgig_inputs(bg, human, bg.astype(np.float32), obj, bg, union)
+        vectors_preproc.prepare_mgig_inputs(bg, human, bg.astype(np.float32), obj, bg, union)
     with pytest.raises(TypeError, match="human_image: expected uint8 or float pixels, got bool"):
-        pp.prepare_mgig_inputs(bg > 0, human, bg, obj, bg, union)
+        vectors_preproc.prepare_mgig_inputs(bg > 0, human, bg, obj, bg, union)
 
 
 def test_perturb_mask_is_reproducible_and_binary():
     gt = np.zeros((48, 64), np.uint8)
     gt[10:40, 12:50] = 1
-    a = pp.perturb_mask(gt, np.random.RandomState(3))
-    b = pp.perturb_mask(gt, np.random.RandomState(3))
+    a = augment.perturb_mask(gt, np.random.RandomState(3))
+    b = augment.perturb_mask(gt, np.random.RandomState(3))
     np.testing.assert_array_equal(a, b)
     assert set(np.unique(a)) <= {0, 1} and a.sum() >= gt.sum() * 0.5

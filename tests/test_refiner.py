@@ -13,7 +13,7 @@ from interact_custom.cli.research.training.config import CONFIGS_DIR
 from interact_custom.cli import train as train_cli
 from interact_custom.pipelines import imgproc
 from interact_custom.cli.research.data import synth
-from interact_custom.pipelines.mgig import MGIGModel, mgig_config
+from interact_custom.pipelines.mgig import MGIGModel, mgig_config, preset_name_of
 from interact_custom.pipelines.mgig import inputs as preprocess
 from interact_custom.pipelines.mgig import pipeline as choi
 from interact_custom.pipelines.mgig import refiner as refiner_module
@@ -21,8 +21,8 @@ from interact_custom.pipelines.mgig.refiner import SceneRefiner
 from interact_custom.cli.research.training import config as train_config
 from interact_custom.cli.research.training import data as train_data
 from interact_custom.cli.research.training import losses
-from interact_custom.weights_manager.official_mgig import (MGIGCheckpointError, load_mgig, preset_name_of,
-                                                           save_mgig)
+from interact_custom.weights_manager.native_mgig import load_mgig, save_mgig
+from interact_custom.weights_manager.official_mgig import MGIGCheckpointError
 
 CONFIGS = CONFIGS_DIR
 pytestmark = pytest.mark.usefixtures("training_cpu")
@@ -67,6 +67,7 @@ def test_a_fresh_refiner_is_the_identity():
         SceneRefiner(0)
 
 
+@pytest.mark.slow
 def test_the_refiner_gets_the_hint_and_its_output_is_what_is_pasted(monkeypatch):
     # A refiner that returns the hint's RGB: outside the target box the hint is the scene, so
     # the pasted crop gives the scene back there — what a trained refiner learns to do.
@@ -102,6 +103,7 @@ def test_the_refiner_gets_the_hint_and_its_output_is_what_is_pasted(monkeypatch)
     assert np.median(err[scene]) <= 3 and err_plain[scene].mean() > 10 * max(err[scene].mean(), 1)
 
 
+@pytest.mark.slow
 def test_with_the_figure_collage_the_scene_comes_back_in_the_box_too(monkeypatch):
     # ★ collage="figure": the hint shows the scene in the target box off the grown mask, and
     # the scene plane marks it; a refiner that copies the hint gives the scene back there.
@@ -140,6 +142,7 @@ def test_reference_colours_are_the_human_and_object_means():
         tiny_model().refiner(torch.zeros(1, 3, 32, 32), torch.zeros(1, 4, 32, 32), torch.zeros(1, 3))
 
 
+@pytest.mark.slow
 def test_a_refiner_is_saved_and_loaded_with_the_model(tmp_path):
     model = tiny_model()
     with torch.no_grad():
@@ -205,6 +208,7 @@ def test_training_items_say_where_the_hint_shows_the_target_scene(data):
     assert diff[plane & ~scene].mean() < 0.1 and diff[~plane].mean() > 4 * diff[plane].mean()
 
 
+@pytest.mark.slow
 def test_objective_decode_trains_the_refiner_alone(data, tmp_path):
     cfg = decode_config(data, tmp_path / "run")
     start = train_cli.build_model(cfg)

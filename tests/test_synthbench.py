@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from interact_custom.pipelines import iamg
 from interact_custom.cli.research.evaluation import synthbench
 from interact_custom.pipelines.mgig import MGIGModel, mgig_config
 from interact_custom.weights_manager.native_iamg import save_iamg
-from interact_custom.weights_manager.official_mgig import save_mgig
+from interact_custom.weights_manager.native_mgig import save_mgig
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,7 @@ def models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    config = mgig_config("tiny")
-    config.image_size = 128
+    config = replace(mgig_config("tiny"), image_size=128)
     save_mgig(MGIGModel(config), root / "mgig.safetensors")
     model = iamg.build_iamg("tiny_text", seed=0, zero_init_cross_attention=False)
     model.image_size = 64
@@ -65,6 +65,7 @@ def test_cli_with_iamg_masks_inside_the_box(models, tmp_path, capsys):
     assert "empty masks" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_swapped_references_are_the_identity_control(models, tmp_path):
     # Same masks, seeds and backgrounds; only the references change, to those of sample
     # (i + n/2) mod n, while the colours are still scored against the sample's own truth.
@@ -88,6 +89,7 @@ def test_swapped_references_are_the_identity_control(models, tmp_path):
                                  refs="swapped")
 
 
+@pytest.mark.slow
 def test_ceiling_scores_the_decoding_of_the_true_targets_own_latent(models, tmp_path, capsys):
     # With a lossless stand-in for the VAE (latent = the image itself), the ceiling gives the
     # ground truth back: the right crop of the right image is encoded and pasted back where
@@ -95,7 +97,7 @@ def test_ceiling_scores_the_decoding_of_the_true_targets_own_latent(models, tmp_
     # (the same model, sampling from noise) is far from it.
     import torch
 
-    from interact_custom.weights_manager.official_mgig import load_mgig
+    from interact_custom.weights_manager.native_mgig import load_mgig
 
     mgig = load_mgig(models / "mgig.safetensors")
     dataset = synthbench.prepare(tmp_path / "c", count=3, seed=5, size=128, mask="truth", log=lambda *a: None)

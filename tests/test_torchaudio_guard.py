@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 BUILD_DINOV2 = textwrap.dedent("""
@@ -50,6 +52,7 @@ def test_without_the_guard_transformers_counts_on_the_broken_torchaudio(tmp_path
     assert result.returncode != 0 and "OSError" in result.stderr and "_torchaudio.so" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_guard_tells_transformers_torchaudio_is_absent(tmp_path):
     code = ("from interact_custom.pipelines import torchaudio_guard as g\n"
             "g.hide_broken_torchaudio()\n" + TRANSFORMERS_VIEW)
@@ -58,6 +61,7 @@ def test_the_guard_tells_transformers_torchaudio_is_absent(tmp_path):
     assert "available False" in result.stdout and "ImportError" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_model_classes_build_beside_a_broken_torchaudio(tmp_path):
     code = ("import interact_custom.pipelines as p\n"
             "from interact_custom.pipelines import torchaudio_guard as g\n"

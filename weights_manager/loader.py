@@ -47,25 +47,22 @@ def _stand_in_warning(kind: str) -> None:
 def load_mgig_model(source: str | Path = EMBEDDED, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None):
     """MGIG from ``EMBEDDED`` or a file path (official `mgig.ckpt` or our safetensors), in
-    ``dtype`` (None: float32 — fp16 files would otherwise run in fp16, ~10x slower on a CPU)."""
+    ``dtype`` (None: float32 — fp16 files would otherwise run in fp16, many times slower on a CPU)."""
     dtype = dtype or torch.float32
     if not is_embedded(source):
         return _load_mgig_file(source, device, dtype)
     if not embedded_is_random("mgig"):
         return _load_mgig_file(EMBEDDED_FILES["mgig"], device, dtype)
-    from ..pipelines.mgig import MGIGModel, mgig_config
+    from ..pipelines.mgig import build_mgig
 
     _stand_in_warning("mgig")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(EMBEDDED_SEED)
-        model = MGIGModel(mgig_config(EMBEDDED_PRESETS["mgig"]))
-    return model.to(device=device, dtype=dtype).eval()
+    return build_mgig(EMBEDDED_PRESETS["mgig"], seed=EMBEDDED_SEED, device=device, dtype=dtype)
 
 
 def _load_mgig_file(path: str | Path, device, dtype: torch.dtype):
     # `load_mgig` casts the tensors to `dtype` as they are read (`files.read_weights`): an
     # fp16 file loaded as fp32 then peaks at the fp32 model plus one tensor (docs/BENCHMARKS.md).
-    from .official_mgig import load_mgig
+    from .native_mgig import load_mgig
 
     return load_mgig(path, device=device, dtype=dtype)
 

@@ -1,4 +1,4 @@
-"""Loading the official IAMG checkpoint (`iamg.pth`, DESIGN.md §1).
+"""Loading the official IAMG checkpoint (`iamg.pth`, docs/METHOD.md §6.1).
 
 The file is the official trainer's `torch.save` dict:
 ``model`` (UNet state dict, official `openaimodel` names, no prefix), ``autoencoder``

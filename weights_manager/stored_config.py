@@ -24,8 +24,9 @@ from ..pipelines.files import DTYPES, FORMAT_NAME, FORMAT_VERSION, WeightsError
 from ..pipelines.mgig.inputs import COLOUR_HINT_CHANNELS, HINT_CHANNELS
 from ..pipelines.text import TRAINED_WORDS_FILE
 
-# Bounds of a sane setting. Latent scales: SD's 0.18215, trained small VAEs ~0.3-1
-# (`training.models.calibrated_latent_scale`); far outside means a broken VAE or an edit.
+# Bounds of a sane setting. Latent scales: SD's 0.18215, or what training calibrated for
+# a small VAE (`training.models.calibrated_latent_scale`, docs/METHOD.md §11.4); far
+# outside means a broken VAE or an edit.
 LATENT_SCALE_RANGE = (1e-3, 1e3)
 LATENT_SHIFT_MAX = 1e3
 MAX_IMAGE_SIZE = 2048
@@ -169,17 +170,25 @@ def check_metadata(metadata: Mapping[str, str], what: str) -> None:
         raise _bad(what, "dtype", f"one of {', '.join(DTYPES)}", metadata["dtype"])
 
 
+def _stored_json(metadata: Mapping[str, str], key: str, what: str, expected: str) -> Any:
+    """The JSON value of the metadata entry ``key``; `_MISSING` when the file has none (or
+    an empty one); a `WeightsError` saying ``expected`` when it is not valid JSON."""
+    raw = metadata.get(key)
+    if not raw:
+        return _MISSING
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise _bad(what, key, f"{expected} (it is not valid JSON)") from None
+
+
 def parse_config(metadata: Mapping[str, str], what: str) -> dict | None:
     """The ``config`` metadata as a dict (None when the file has none); a `WeightsError`
     when it is not a JSON object. Check it with the checker of its model kind."""
     check_metadata(metadata, what)
-    raw = metadata.get("config")
-    if not raw:
+    config = _stored_json(metadata, "config", what, "a JSON object")
+    if config is _MISSING:
         return None
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        raise _bad(what, "config", "a JSON object (it is not valid JSON)") from None
     if not isinstance(config, dict):
         raise _bad(what, "config", "a JSON object", config)
     return config
@@ -359,13 +368,9 @@ def check_iamg_config(config: Any, what: str) -> None:
 def parse_tokenizer(metadata: Mapping[str, str], what: str) -> dict[str, str] | None:
     """The ``tokenizer`` metadata (JSON {file name: text}) as a dict, None when absent; a
     `WeightsError` when it is not a map of the known tokenizer files to text."""
-    raw = metadata.get("tokenizer")
-    if not raw:
+    files = _stored_json(metadata, "tokenizer", what, "a JSON object of tokenizer files")
+    if files is _MISSING:
         return None
-    try:
-        files = json.loads(raw)
-    except ValueError:
-        raise _bad(what, "tokenizer", "a JSON object of tokenizer files (it is not valid JSON)") from None
     if (not isinstance(files, dict) or not files or set(files) - set(TOKENIZER_FILES)
             or not all(isinstance(v, str) for v in files.values())):
         raise _bad(what, "tokenizer", f"a JSON object mapping {', '.join(TOKENIZER_FILES)} to their text", files)

@@ -7,12 +7,12 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
-from PIL import Image
 
 from ...pipelines.geometry import mask_box
+from ...pipelines.readers import MASK_THRESHOLD, as_mask
 from ...pipelines.retrieval.bank import (INDEX_NAMES, MAX_BANK_ENTRIES, BankEntry, MaskBank, normalize_category,
                                          save_mask_png, write_index)
 
@@ -29,20 +29,6 @@ class BankSource:
     human_mask: np.ndarray
     object_mask: np.ndarray
     image: str | None = None
-
-
-def _as_mask(m: Any) -> np.ndarray:
-    """Dataset masks may come as PIL images, uint8/bool/float arrays or tensors."""
-    if isinstance(m, Image.Image):
-        m = np.asarray(m.convert("L"), dtype=np.float32) / 255.0
-    elif hasattr(m, "detach"):
-        m = m.detach().cpu().float().numpy()
-    m = np.asarray(m)
-    if m.ndim == 3:
-        m = m[..., 0] if m.shape[-1] in (1, 3, 4) else m[0]
-    if m.dtype == np.uint8:
-        return m.astype(np.float32) / 255.0
-    return m.astype(np.float32)
 
 
 def dataset_sources(dataset_root: str | os.PathLike, split: str | None = None) -> Iterator[BankSource]:
@@ -78,7 +64,8 @@ def _file_stem(sid: str) -> str:
 
 def build_bank(dataset_root: str | os.PathLike | None, out_dir: str | os.PathLike, *,
                split: str | None = None, sources: Iterable[BankSource] | None = None,
-               save_parts: bool = True, overwrite: bool = False, threshold: float = 0.5) -> MaskBank:
+               save_parts: bool = True, overwrite: bool = False,
+               threshold: float = MASK_THRESHOLD) -> MaskBank:
     """Build a mask bank in ``out_dir`` from a dataset in the project's format.
 
     Per sample: union = human ∪ object (binarised at ``threshold``), cropped to its bbox
@@ -106,8 +93,11 @@ def build_bank(dataset_root: str | os.PathLike | None, out_dir: str | os.PathLik
     used: set[str] = set()
     skipped: list[str] = []
     for src in sources:
-        human = _as_mask(src.human_mask) > threshold
-        obj = _as_mask(src.object_mask) > threshold
+        # Masks may come as PIL images, bool / uint8 / float arrays or tensors (`readers.as_mask`).
+        human = as_mask(src.human_mask, f"sample {src.id!r}: human_mask", allow_empty=True,
+                        threshold=threshold).astype(bool)
+        obj = as_mask(src.object_mask, f"sample {src.id!r}: object_mask", allow_empty=True,
+                      threshold=threshold).astype(bool)
         if human.shape != obj.shape:
             raise ValueError(f"sample {src.id!r}: human mask {human.shape} and object mask "
                              f"{obj.shape} differ in size")

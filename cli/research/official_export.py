@@ -1,7 +1,7 @@
 """Writing a model in the official checkpoint formats: the inverse of the official loaders.
 
 - `mgig_official_state_dict`: an `MGIGModel` as the official AnyDoor/MGIG Lightning
-  ``state_dict`` (``mgig.ckpt``), read back by `official_mgig.load_mgig`;
+  ``state_dict`` (``mgig.ckpt``), read back by `native_mgig.load_mgig`;
 - `iamg_official_checkpoint`: an `IAMGModel` (released architecture) as the official
   trainer's ``iamg.pth`` dict, read back by `official_iamg.load_official_iamg`;
 - `ldm_unet_to_official` / `ldm_schedule_buffers`: the LDM UNet names and the DDPM
@@ -80,7 +80,7 @@ def mgig_official_state_dict(model: MGIGModel, seed: int = 0) -> dict[str, torch
     """``model`` as the official AnyDoor/MGIG Lightning ``state_dict`` (prefixes
     ``model.diffusion_model.``, ``control_model.``, ``cond_stage_model.model.``,
     ``cond_stage_model.projector.``, ``first_stage_model.`` + the 13 schedule buffers):
-    what `official_mgig.load_mgig` reads back to the same model. The
+    what `native_mgig.load_mgig` reads back to the same model. The
     ControlNet's input conv, which the official file holds but never uses, gets seeded
     random values. A ★ refiner has no place in the official format and is left out; a ★
     colour hint would change the official hint width, so it is refused."""

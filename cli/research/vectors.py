@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-# Default tolerance for float outputs: max|ours - ref| / max|ref| (see DESIGN.md §7).
+# Default tolerance for float outputs: max|ours - ref| / max|ref| (docs/METHOD.md §10).
 REL_TOL = 1e-4
 
 
@@ -149,8 +149,8 @@ class VectorFolder:
         """Run the block with the reference's torch thread count. Some references are
         ill-conditioned: the reduced MGIG's ControlNet residuals at t = 981 go through a
         GroupNorm of a nearly constant hint embedding, whose channels-last CPU kernel
-        splits its sums by thread, so 1, 3, 4 or 8 threads land ~1e-3 away where the
-        reference's own 2 threads reproduce it to ~1e-6 (measured). The count is a
+        splits its sums by thread, so other thread counts land far outside the tolerance
+        where the reference's own thread count reproduces it (docs/METHOD.md §10). The count is a
         partition of the work, not the cores used, so this reproduces on any machine."""
         import torch
 

@@ -153,5 +153,5 @@ def check(folder: VectorFolder) -> Iterator[Result]:
 
     yield skipped("crop_generation",
                   "official resize_forward crops the square padding off the HEIGHT axis in 256² space "
-                  "with rounded offsets, also for portrait images (defect, DESIGN §5); our "
+                  "with rounded offsets, also for portrait images (defect, docs/METHOD.md §7); our "
                   "crop_square_padding crops the padded axis at full resolution (tests/test_iamg.py)")

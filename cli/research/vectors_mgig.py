@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from ...pipelines.mgig import inputs as pp
-from ...pipelines import samplers
+from ...pipelines import composite, samplers
 from ...pipelines.mgig import CONTROLNET_MEMORY_FORMAT, MGIGModel
 from .vectors import Result, VectorFolder, compare, used_as_input
+from .vectors_preproc import prepare_mgig_inputs
 
 PART = "mgig"
 
@@ -35,7 +36,7 @@ def _unet_params(folder: VectorFolder) -> dict:
 def load_model(folder: VectorFolder) -> MGIGModel:
     """The folder's MGIG checkpoint through our official loader (fp32, CPU). Head widths,
     which weights do not determine, come from the manifest config when it states them."""
-    from ...weights_manager.official_mgig import load_mgig
+    from ...weights_manager.native_mgig import load_mgig
 
     head_dim = _unet_params(folder).get("num_head_channels")
     dino = ((folder.reduced_configs or {}).get("mgig_overrides") or {}).get("dino", {})
@@ -185,10 +186,10 @@ def _check_gen_image(folder: VectorFolder, A, decoded: torch.Tensor) -> Result:
     if settings["perturbed"]:
         return Result("gen_image", "FAIL", note="the official run perturbed the mask channel (random); "
                                                 "not reproducible")
-    inputs = pp.prepare_mgig_inputs(human, human_mask, hoi, object_mask, hoi, union,
-                                    box_ratio=settings["box_ratio"], crop_ratio=settings["crop_ratio"])
-    pred = pp.decoded_to_prediction(decoded[0].permute(1, 2, 0).numpy())
-    image = pp.crop_back(pred, hoi, inputs.extra_sizes, inputs.crop_box)
+    inputs = prepare_mgig_inputs(human, human_mask, hoi, object_mask, hoi, union,
+                                 box_ratio=settings["box_ratio"], crop_ratio=settings["crop_ratio"])
+    pred = composite.decoded_to_prediction(decoded[0].permute(1, 2, 0).numpy())
+    image = composite.crop_back(pred, hoi, inputs.extra_sizes, inputs.crop_box)
     # float -> uint8 truncates: a ~1e-6 difference in the decoded image can cross an integer
     return compare("gen_image", image, A["gen_image"], int_levels=1,
                    note=f"box x{settings['box_ratio']}, crop x{settings['crop_ratio']}")

@@ -1,8 +1,9 @@
 """Checker for the ``preproc`` part of a test-vector folder (`verify`, tests/test_preprocess.py).
 
 Recomputes every reference array of the official MGIG preprocessing with
-:mod:`..pipelines.mgig.inputs`: the single-function cases (``fn_*``, with their inputs
-``fn_*_in_*``), the full ``hico_process_pairs`` item (``pipe_*``) and its traced
+:mod:`..pipelines.mgig.inputs`, `pipelines.geometry` and `pipelines.composite`: the
+single-function cases (``fn_*``, with their inputs ``fn_*_in_*``), the full
+``hico_process_pairs`` item (``pipe_*``, `prepare_mgig_inputs`) and its traced
 intermediates (``trace_*``) from the stored scene (``scene_*``). The random choices the
 generator pinned (box / crop expansion ratios, the perturbation draw) are read from the
 folder's manifest, never assumed.
@@ -10,17 +11,82 @@ folder's manifest, never assumed.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
-from ...pipelines.geometry import Box, official_mask_box
+from ...pipelines import composite
+from ...pipelines.geometry import Box, box_to_square, expand_box, official_box, official_mask_box
+from ...pipelines.imgproc import pad_to_square
 from ...pipelines.mgig import inputs as pp
+from ...pipelines.readers import as_mask
+from .training.augment import perturb_mask
 from .vectors import Result, VectorFolder, compare, skipped, used_as_input
 
 PART = "preproc"
 # Threshold of the official mask perturbation draw: perturb if uniform(0, 1) < 0.7.
 _PERTURB_PROBABILITY = 0.7
+
+
+@dataclass(frozen=True)
+class MGIGInputs:
+    """Everything MGIG needs for one image (the official ``hico_process_pairs`` item).
+
+    reference: (224, 224, 3) float32 in [0, 1] -- ID-encoder input (``item['ref']``).
+    hint: (512, 512, 4) float32 -- ControlNet hint (``item['hint']``).
+    target: (512, 512, 3) float32 in [-1, 1] -- background crop (``item['jpg']``).
+    extra_sizes, crop_box: for `composite.crop_back`.
+    target_box: the expanded target box in background coordinates.
+    reference_image / reference_mask / detail: uint8 previews of the canvas, its mask
+        and the detail map pasted into the hint.
+    """
+
+    reference: np.ndarray
+    hint: np.ndarray
+    target: np.ndarray
+    extra_sizes: tuple[int, int, int, int]
+    crop_box: Box
+    target_box: Box
+    reference_image: np.ndarray
+    reference_mask: np.ndarray
+    detail: np.ndarray
+
+
+def prepare_mgig_inputs(human_image, human_mask, object_image, object_mask, background,
+                        union_mask, *, box_ratio: float = pp.TARGET_BOX_RATIO,
+                        crop_ratio: float = pp.CROP_RATIO, hflip: bool = False,
+                        mask_channel: str = "box",
+                        detail_threshold: float = pp.DETAIL_THRESHOLD) -> MGIGInputs:
+    """All MGIG inputs for one image, as the official ``hico_process_pairs`` builds them
+    at inference, without its randomness: the item the reference vectors hold, built from
+    the `mgig.inputs` builders the runtime uses.
+
+    human_image / human_mask: the reference person and its mask.
+    object_image / object_mask: the reference object and its mask (the official code
+        cuts the object from the HOI image itself: pass the background there).
+    background: the image to generate into; union_mask: the interaction mask (human ∪
+        object silhouette, e.g. from IAMG) in background coordinates.
+    box_ratio, crop_ratio: target-box and crop expansion (official: 1.1 and a random
+        1.3..2.9; 1.3 reproduces the reference vectors).
+    hflip: apply the official augmentation's horizontal flip of the reference canvas.
+    mask_channel: "box" (official inference) or "mask" (see `mgig.inputs.build_hint`).
+    """
+    canvas = pp.reference_canvas(human_image, human_mask, object_image, object_mask, hflip=hflip)
+    detail = pp.detail_map(canvas.image, canvas.mask, thresh=detail_threshold)
+    hint = pp.build_hint(background, union_mask, detail, box_ratio=box_ratio, crop_ratio=crop_ratio,
+                         mask_channel=mask_channel)
+    return MGIGInputs(
+        reference=(canvas.image.astype(np.float32) / 255.0).astype(np.float32),
+        hint=hint.hint,
+        target=hint.target,
+        extra_sizes=hint.extra_sizes,
+        crop_box=hint.crop_box,
+        target_box=hint.target_box,
+        reference_image=canvas.image,
+        reference_mask=canvas.mask,
+        detail=detail,
+    )
 
 
 def _box(b: Box) -> np.ndarray:
@@ -71,14 +137,14 @@ def _check_functions(folder: VectorFolder, A, names: list[str]) -> Iterator[Resu
         m = re.fullmatch(r"fn_pad_to_square_out_(.+)_pad(-?\d+)", name)
         if m:
             src = A[f"fn_pad_to_square_in_{m.group(1)}_pad{m.group(2)}"]
-            yield compare(name, pp.pad_to_square(src, int(m.group(2))), A[name])
+            yield compare(name, pad_to_square(src, int(m.group(2))), A[name])
             continue
         if name == "fn_expand_bbox_cases":
-            rows = [list(r[:8]) + list(pp.expand_box(Box.from_yyxx(*r[2:6]), r[6] / 10, (r[0], r[1]), min_crop=r[7]).yyxx)
+            rows = [list(r[:8]) + list(expand_box(Box.from_yyxx(*r[2:6]), r[6] / 10, (r[0], r[1]), min_crop=r[7]).yyxx)
                     for r in A[name].tolist()]
             yield compare(name, np.array(rows, dtype=np.int64), A[name], note="ratio*10 column used as ratio")
         elif name == "fn_box2squre_cases":
-            rows = [list(r[:6]) + list(pp.box_to_square(Box.from_yyxx(*r[2:6]), (r[0], r[1])).yyxx) for r in A[name].tolist()]
+            rows = [list(r[:6]) + list(box_to_square(Box.from_yyxx(*r[2:6]), (r[0], r[1])).yyxx) for r in A[name].tolist()]
             yield compare(name, np.array(rows, dtype=np.int64), A[name])
         elif name == "fn_box_in_box_cases":
             rows = [list(r[:8]) + list(_box_in_box(r[:4], r[4:8])) for r in A[name].tolist()]
@@ -91,7 +157,7 @@ def _check_functions(folder: VectorFolder, A, names: list[str]) -> Iterator[Resu
             if seed is None:
                 yield skipped(name, "manifest gives no np_random_seed for the legacy-RNG draw")
             else:
-                ours = pp.perturb_mask(A["fn_perturb_mask_in"], np.random.RandomState(int(seed)))
+                ours = perturb_mask(A["fn_perturb_mask_in"], np.random.RandomState(int(seed)))
                 yield compare(name, ours, A[name], note=f"legacy numpy RNG, seed {seed}")
 
 
@@ -107,11 +173,11 @@ def _check_pipeline(folder: VectorFolder, A, names: list[str]) -> Iterator[Resul
 
     canvas = pp.reference_canvas(human, human_mask, hoi, object_mask)
     detail = pp.detail_map(canvas.image, canvas.mask)
-    hint = pp.build_hint(hoi, union, detail, **ratios)
-    inputs = pp.prepare_mgig_inputs(human, human_mask, hoi, object_mask, hoi, union, **ratios)
-    flipped = pp.prepare_mgig_inputs(human, human_mask, hoi, object_mask, hoi, union, hflip=True, **ratios)
+    hint = pp.build_hint(hoi, union, detail, mask_channel="box", **ratios)  # official inference
+    inputs = prepare_mgig_inputs(human, human_mask, hoi, object_mask, hoi, union, **ratios)
+    flipped = prepare_mgig_inputs(human, human_mask, hoi, object_mask, hoi, union, hflip=True, **ratios)
     masked_crop = pp.whiten_background(canvas.layout, canvas.layout_mask)[canvas.layout_box.slices]
-    crop_expanded = pp.expand_box(hint.target_box, settings["crop_ratio"], hoi.shape)
+    crop_expanded = expand_box(hint.target_box, settings["crop_ratio"], hoi.shape)
 
     ours = {
         "pipe_ref": inputs.reference,
@@ -125,8 +191,8 @@ def _check_pipeline(folder: VectorFolder, A, names: list[str]) -> Iterator[Resul
         "trace_human_box": _box(canvas.human_box),
         "trace_canvas_mask": canvas.layout_mask,
         "trace_canvas_box": _box(canvas.layout_box),
-        "trace_tar_mask": pp.as_mask(union, "union_mask"),
-        "trace_tar_box": _box(pp.official_box(union, "union_mask")),
+        "trace_tar_mask": as_mask(union, "union_mask"),
+        "trace_tar_box": _box(official_box(union, "union_mask")),
         "trace_masked_canvas_crop": masked_crop,
         "trace_sobel_in_image": canvas.image,
         "trace_sobel_in_mask": canvas.mask / 255.0,
@@ -155,7 +221,7 @@ def check(folder: VectorFolder) -> Iterator[Result]:
     yield from _check_functions(folder, A, names)
     yield from _check_pipeline(folder, A, names)
     if "fn_crop_back_out" in names:
-        ours = pp.crop_back(A["fn_crop_back_in_pred"], A["scene_hoi_image"], A["pipe_extra_sizes"],
+        ours = composite.crop_back(A["fn_crop_back_in_pred"], A["scene_hoi_image"], A["pipe_extra_sizes"],
                             Box.from_yyxx(*A["pipe_tar_box_yyxx_crop"].tolist()))
         yield compare("fn_crop_back_out", ours, A["fn_crop_back_out"],
                       note="reference extra_sizes / crop box as inputs")

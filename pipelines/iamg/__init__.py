@@ -7,8 +7,8 @@ from .inputs import (DEFAULT_THRESHOLD, IMAGE_SIZE, condition_image,
 from .model import (CLIP_L_TEXT, MODEL_PRESETS, PRESETS, VAE_SCALE_FACTOR, IAMGAttention, IAMGConfig, IAMGModel,
                     IAMGUNet, IAMGUNetConfig, build_iamg, model_preset, preset, preset_name_of,
                     with_cross_attention)
-from .pipeline import (DEFAULT_CANVAS_HW, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MaskResult,
-                       generate_mask, sample_mask_latent)
+from .pipeline import (DEFAULT_CANVAS_HW, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, BackgroundMasks,
+                       MaskResult, generate_mask, generate_masks, masks_memory, sample_mask_latent)
 
 __all__ = [
     "DEFAULT_THRESHOLD", "IMAGE_SIZE", "condition_image",
@@ -16,5 +16,5 @@ __all__ = [
     "union_box", "CLIP_L_TEXT", "MODEL_PRESETS", "PRESETS", "VAE_SCALE_FACTOR", "IAMGAttention", "IAMGConfig",
     "IAMGModel", "IAMGUNet", "IAMGUNetConfig", "build_iamg", "model_preset", "preset", "preset_name_of",
     "with_cross_attention", "DEFAULT_CANVAS_HW", "DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "MaskResult",
-    "generate_mask", "sample_mask_latent",
+    "BackgroundMasks", "generate_mask", "generate_masks", "masks_memory", "sample_mask_latent",
 ]

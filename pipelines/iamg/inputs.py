@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 from ..geometry import Box, official_mask_box
 from ..imgproc import pad_to_square
+from ..readers import as_mask
 
 # Square side of the IAMG image space (condition and mask); the latent is 1/8 of it.
 IMAGE_SIZE = 256
 # ★ Context crop: the models this package trains saw square scenes in which the
-# interaction box's long side is ~0.68 of the side (synthetic training data: p10 0.54,
-# p50 0.68, p90 0.82). A box that is small in a large photo (300 px in 1920x1080 is 20
-# px of the 128-px condition) is far outside that: the mask lands elsewhere and the box
+# interaction box takes a large share of the side (docs/METHOD.md §12). A box that is
+# small in a large photo is far outside that: the mask lands elsewhere and the box
 # clip leaves fragments. IAMG then runs on a square crop around the box in which the box
 # has this share, and the mask is placed back.
 CONTEXT_FRACTION = 0.6
@@ -26,7 +26,7 @@ CONTEXT_MODES = ("auto", "box", "full")
 # (specks of a small model); parts of comparable size (an object held apart) stay.
 DESPECKLE_FRACTION = 0.05
 
-# Foreground = soft mask above this (DESIGN §1: decoded → clamp → [0,1] → > 0.5).
+# Foreground = soft mask above this (docs/METHOD.md §2.4: decoded → clamp → [0,1] → > 0.5).
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -34,13 +34,10 @@ def union_box(union_mask: np.ndarray) -> Box:
     """Box of the human ∪ object mask as the official `get_bbox_from_mask`
     (`geometry.official_mask_box`): its far edges are the *last* foreground row/column,
     used as exclusive slice ends, so the blanked region is 1 px short on the
-    bottom/right — kept, the released model was trained with it (DESIGN §5). A mask with
-    fewer than 10 foreground pixels gives the whole image.
+    bottom/right — kept, the released model was trained with it (docs/METHOD.md §7). A mask with
+    fewer than 10 foreground pixels gives the whole image. Foreground: `readers.as_mask`.
     """
-    mask = np.asarray(union_mask)
-    if mask.ndim != 2:
-        raise ValueError(f"union_mask: expected an HxW mask, got shape {mask.shape}")
-    return official_mask_box(mask > 0.5)
+    return official_mask_box(as_mask(union_mask, "union_mask", allow_empty=True))
 
 
 def _check_box(box: Box, height: int, width: int) -> Box:
@@ -77,10 +74,8 @@ def condition_image(background: np.ndarray, box: Box | None, size: int = IMAGE_S
 def target_image(union_mask: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """IAMG training target: the union mask drawn white on black as a 3-channel image,
     padded to a square with 0, resized to ``size``, [-1, 1] → float32 [3, size, size]."""
-    mask = np.asarray(union_mask)
-    if mask.ndim != 2:
-        raise ValueError(f"union_mask: expected an HxW mask, got shape {mask.shape}")
-    drawn = np.repeat(((mask > 0.5).astype(np.uint8) * 255)[:, :, None], 3, axis=2)
+    mask = as_mask(union_mask, "union_mask", allow_empty=True)  # foreground: `readers.as_mask`
+    drawn = np.repeat((mask * np.uint8(255))[:, :, None], 3, axis=2)
     return _to_model_range(pad_to_square(drawn, 0), size)
 
 

@@ -1,4 +1,4 @@
-"""IAMG — Interaction-Aware Mask Generation (DESIGN.md §1).
+"""IAMG — Interaction-Aware Mask Generation (docs/METHOD.md §2).
 
 A latent-diffusion model whose "image" is the interaction mask (human ∪ object
 silhouette, drawn white on black) and whose condition is the background with the target
@@ -325,8 +325,8 @@ class IAMGModel(nn.Module):
         self.text_encoder = text_encoder
         self.scale_factor = float(scale_factor)
         # Per-channel latent mean subtracted before scaling (None: none, as the official
-        # model). A small VAE trained from scratch has latents far from zero mean (mask
-        # latents: channel means up to ±1.4 std), which ε-prediction samples badly: the
+        # model). A small VAE trained from scratch has latents far from zero mean
+        # (docs/METHOD.md §11.4), which ε-prediction samples badly: the
         # mean must come out of the noisiest steps, where ε errors are amplified ~15x.
         self.latent_shift = None if latent_shift is None else [float(v) for v in latent_shift]
         self.tokenizer = tokenizer
@@ -390,7 +390,7 @@ class IAMGModel(nn.Module):
         """Condition (or target) latent: posterior MEAN × scale_factor.
 
         The official `AutoencoderKL.encode` draws a posterior *sample*; at inference we
-        use the mean (deterministic; DESIGN §5). [B,3,256,256] in [-1,1] → [B,4,32,32].
+        use the mean (deterministic; docs/METHOD.md §7). [B,3,256,256] in [-1,1] → [B,4,32,32].
         """
         return self.to_latent(self.posterior(image).mean)
 

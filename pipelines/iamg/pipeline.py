@@ -1,5 +1,6 @@
 """IAMG generation: the sampling loop and `generate_mask`, the user-facing function
-(background + box + prompt → `MaskResult`)."""
+(background + box + prompt → `MaskResult`); `generate_masks` runs it for a batch of
+backgrounds (IAMG Generate Mask)."""
 from __future__ import annotations
 
 import logging
@@ -9,9 +10,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .. import imgproc, samplers
+from .. import imgproc, memory, samplers
 from ..geometry import check_xywh
-from ..sampling_settings import OFFICIAL
+from ..sampling_settings import OFFICIAL, SamplingSettings, settings_for
 from .inputs import (CONTEXT_MODES, DEFAULT_THRESHOLD, DESPECKLE_FRACTION, condition_image, context_box,
                      crop_square_padding, soft_mask_from_decoded)
 from .model import IAMGModel
@@ -19,8 +20,9 @@ from .model import IAMGModel
 log = logging.getLogger("interact_custom")
 
 # Official sampling settings (test_demo.py: PLMS, 50 steps, guidance 5 with an empty
-# prompt as the unconditional input — an exact no-op for the released network); one
-# source with the recommended ones: `sampling_settings`.
+# prompt as the unconditional input — an exact no-op for the released network): what
+# `sample_mask_latent` takes unless told, and what `generate_mask` gives an ε model
+# (`sampling_settings.settings_for`, one source with the recommended ones).
 DEFAULT_SAMPLER = OFFICIAL["iamg"].sampler
 DEFAULT_STEPS = OFFICIAL["iamg"].steps
 DEFAULT_GUIDANCE = OFFICIAL["iamg"].guidance
@@ -88,11 +90,16 @@ def _canvas_size(size_hw) -> tuple[int, int]:
 
 def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray | None = None,
                   box: Sequence[float] | None = None, size_hw: Sequence[int] | None = None,
-                  steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
-                  seed: int = 0, batch: int = 1, threshold: float = DEFAULT_THRESHOLD,
-                  clip_to_box: bool = True, context: str = "auto", despeckle: float = DESPECKLE_FRACTION,
-                  callback: samplers.Callback | None = None) -> MaskResult:
+                  settings: SamplingSettings | None = None, seed: int = 0, batch: int = 1,
+                  threshold: float = DEFAULT_THRESHOLD, clip_to_box: bool = True, context: str = "auto",
+                  despeckle: float = DESPECKLE_FRACTION, callback: samplers.Callback | None = None,
+                  **choices) -> MaskResult:
     """Generate interaction masks (human ∪ object silhouettes) with IAMG.
+
+    - ``settings``: the sampler, steps and guidance (`sampling_settings.settings_for("iamg",
+      model, ...)`); without them they are made here from ``choices`` (``sampler=``,
+      ``steps=``, ``guidance=``), each not given being the model's: the official PLMS 50
+      for ε models, the recommended ones for the v-prediction models this package trains.
 
     - ``context`` (★): "box" runs IAMG on a square crop around the box in which the box
       has the share the model was trained with (`inputs.context_box`), so a small box in a
@@ -116,10 +123,12 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
       released network has no cross-attention: the prompt is not even encoded and no
       unconditional pass runs (an exact no-op in the official sampler).
     - ``batch`` masks use seeds ``seed, seed + 1, …`` (sample i equals a single run with
-      seed + i). ``sampler``: "plms" (official), "ddim" or a diffusers name
-      (`samplers.SAMPLER_NAMES`). ``callback(i, total, x, pred_x0)`` after every step.
+      seed + i). ``callback(i, total, x, pred_x0)`` after every step.
     """
-    samplers.check_settings(sampler, steps, guidance)
+    if settings is None:
+        settings = settings_for("iamg", model, **choices)
+    elif choices:
+        raise TypeError(f"pass the settings or the choices ({', '.join(choices)}), not both")
     if not 0.0 <= float(despeckle) <= 1.0:
         raise ValueError(f"despeckle: expected a share in [0, 1], got {despeckle!r}")
     if context not in CONTEXT_MODES:
@@ -169,15 +178,15 @@ def generate_mask(model: IAMGModel, *, prompt: str = "", background: np.ndarray 
             for warning in prompt_warnings(model, prompt):
                 log.warning("IAMG: %s", warning)
                 warnings.append(warning)
-            if guidance != 1.0:
+            if settings.guidance != 1.0:
                 uncond = model.encode_prompts([""]).expand(batch, -1, -1)
 
         seeds = [int(seed) + i for i in range(batch)]
         x_T = torch.cat([samplers.initial_noise((1, *cond.shape[1:]), s, device=model.device) for s in seeds])
         generator = samplers.step_generator(seed)
-        latent = sample_mask_latent(model, cond, steps=steps, sampler=sampler, x_T=x_T, context=context,
-                                    uncond_context=uncond, guidance=guidance, callback=callback,
-                                    generator=generator)
+        latent = sample_mask_latent(model, cond, steps=settings.steps, sampler=settings.sampler, x_T=x_T,
+                                    context=context, uncond_context=uncond, guidance=settings.guidance,
+                                    callback=callback, generator=generator)
         # The masks at the canvas size are made on the CPU, one item at a time: their size is the user's
         # (up to a photo's), the model's square is not.
         square = soft_mask_from_decoded(model.decode(latent).float().cpu())
@@ -250,3 +259,49 @@ def prompt_warnings(model: IAMGModel, prompt: str) -> list[str]:
         warnings.append(f"the word {word!r} of the prompt is in none of the captions this model was trained on"
                         f"{hint}: it has not learned what it means, so the mask may ignore it")
     return warnings
+
+
+# ------------------------------------------------------- many backgrounds at a time
+
+@dataclass
+class BackgroundMasks:
+    """What `generate_masks` made, ``batch`` masks per background in background order (CPU
+    float32 [N, H, W]): ``binary`` and ``soft`` as `MaskResult`'s; ``warnings`` each once."""
+
+    binary: torch.Tensor
+    soft: torch.Tensor
+    warnings: list[str]
+
+
+def masks_memory(size_hw: tuple[int, int], items: int, backgrounds: int) -> int:
+    """Bytes `generate_masks` and its caller's previews hold for ``items`` masks of
+    ``size_hw`` (all backgrounds' batches together) beside ``backgrounds`` background
+    images (0: none given): `memory.estimate`."""
+    return memory.estimate("iamg_masks", *size_hw, items) + memory.estimate("image_input", *size_hw, backgrounds)
+
+
+def generate_masks(model: IAMGModel, backgrounds: Sequence[np.ndarray | None], *, prompt: str,
+                   size_hw: tuple[int, int], box: Sequence[float] | None, settings: SamplingSettings,
+                   seed: int = 0, batch: int = 1, threshold: float = DEFAULT_THRESHOLD, clip_to_box: bool = True,
+                   callback: samplers.Callback | None = None) -> BackgroundMasks:
+    """`generate_mask` of each background (None: the ``size_hw`` canvas) with the same
+    prompt, box, settings, seed and batch: what IAMG Generate Mask runs for a batch of
+    backgrounds. ``callback(i, total, x, pred_x0)`` counts the steps of all backgrounds. The
+    outputs are filled background by background: one set of full-size arrays is in work at
+    a time (`masks_memory`)."""
+    items = len(backgrounds) * batch
+    binary, soft = torch.empty((items, *size_hw)), torch.empty((items, *size_hw))
+    warnings: list[str] = []
+    for k, background in enumerate(backgrounds):
+        def step(i, total, x, x0, k=k):
+            callback(k * total + i, len(backgrounds) * total, x, x0)
+
+        result = generate_mask(model, prompt=prompt, background=background, box=box, size_hw=size_hw,
+                               settings=settings, seed=seed, batch=batch, threshold=threshold,
+                               clip_to_box=clip_to_box, callback=None if callback is None else step)
+        first = k * batch
+        binary[first:first + batch] = result.binary
+        soft[first:first + batch] = result.soft
+        warnings += [w for w in result.warnings if w not in warnings]
+        del result
+    return BackgroundMasks(binary=binary, soft=soft, warnings=warnings)

@@ -1,4 +1,4 @@
-"""MGIG — Mask-Guided Image Generation (DESIGN.md §3): the AnyDoor ControlLDM assembled
+"""MGIG — Mask-Guided Image Generation (docs/METHOD.md §4): the AnyDoor ControlLDM assembled
 from diffusers / transformers parts.
 
     identity   : reference canvas [B,3,224,224] in 0..1 -> ImageNet normalisation -> DINOv2
@@ -10,17 +10,25 @@ from diffusers / transformers parts.
     UNet       : eps = UNet(x_t, t, context) with the residuals added to skips / middle
     VAE        : SD kl-f8, latents scaled by 0.18215
 
-Configs are plain data (`MGIGConfig`: kwargs for `UNet2DConditionModel`,
-`ControlNetModel`, `Dinov2Config`, `AutoencoderKL`, and the noise schedule); presets are
-`official` (the released checkpoint), `tiny` (test-sized, the shape of the reduced test
-vectors) and `small` (a few-M-parameter model). Official checkpoints are converted and
-loaded by `weights_manager.official_mgig`.
+This module holds the configuration and the model:
+- `MGIGConfig`, the whole architecture as frozen plain data (kwargs for
+  `UNet2DConditionModel`, `ControlNetModel`, `Dinov2Config`, `AutoencoderKL`, and the noise
+  schedule); named ones in `MGIG_PRESETS` (`official`: the released checkpoint, `tiny`:
+  test-sized, the shape of the reduced test vectors, `small`: the shipped default's
+  architecture), looked up by `mgig_config`, recognised by `preset_name_of`, built with
+  seeded random weights by `build_mgig`;
+- `MGIGModel`: UNet + ControlNet + ID encoder + VAE (+ ★ refiner), with the few
+  operations a pipeline needs (`encode_id`, `predict_eps`, `encode_latent`, `decode_latent`).
+
+The official checkpoint is read by `weights_manager/official_mgig.py` (key maps there);
+our safetensors format by `weights_manager/native_mgig.py` (`load_mgig` loads either).
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +45,7 @@ from .refiner import DEFAULT_WIDTH as DEFAULT_REFINER_WIDTH, SceneRefiner
 OFFICIAL_SCHEDULE = {"linear_start": samplers.LINEAR_START, "linear_end": samplers.LINEAR_END,
                      "num_train_timesteps": samplers.NUM_TRAIN_TIMESTEPS}
 
-# The reference canvas is 224x224 (DESIGN.md §3); the unconditional context encodes an
+# The reference canvas is 224x224 (docs/METHOD.md §4.2); the unconditional context encodes an
 # all-zero image of this size.
 ID_IMAGE_SIZE = 224
 
@@ -129,9 +137,10 @@ def dinov2_kwargs(*, hidden_size: int, depth: int, num_heads: int | None = None,
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class MGIGConfig:
-    """Everything needed to build an `MGIGModel`, as plain (JSON-able) data."""
+    """Everything needed to build an `MGIGModel`, as plain (JSON-able) data. Frozen: a
+    changed config is a new one (`dataclasses.replace`)."""
 
     unet: dict
     controlnet: dict
@@ -140,9 +149,9 @@ class MGIGConfig:
     vae: dict
     schedule: dict = field(default_factory=lambda: dict(OFFICIAL_SCHEDULE))
     # Side of the square the model generates (hint and target crop). The official model
-    # works at `preprocess.HINT_SIZE` (512); a smaller model trained at a smaller size gets
+    # works at `inputs.HINT_SIZE` (512); a smaller model trained at a smaller size gets
     # the official 512 hint resized to this and its output resized back
-    # (`preprocess.resize_hint`), exactly as its training data was made.
+    # (`resize_hint`), exactly as its training data was made.
     image_size: int = 512
     # What the UNet predicts: "epsilon" (the official model) or ★ "v_prediction"
     # (`samplers.eps_from_v`). A small model trained from scratch learns the high-noise steps
@@ -195,35 +204,66 @@ def _preset(*, model_channels, channel_mult, attention_levels, context_dim, dino
     )
 
 
-def mgig_config(preset: str = "official") -> MGIGConfig:
-    """A named configuration.
-
-    - ``official``: the released mgig.ckpt — SD-2.1-base UNet (320·[1,2,4,4], 64-ch heads,
-      context 1024) + ControlNet, DINOv2 ViT-g/14 (37² position grid) + projector, SD kl-f8 VAE.
-    - ``tiny``: for tests, the shape of the reduced test vectors (≈4 M parameters).
-    - ``small``: ≈5.6 M parameters (≈11 MB in fp16), the shipped default's architecture;
-      16² position grid, so the 224 reference needs no interpolation; the small VAE with
-      an 8-channel latent (`vae.SMALL_VAE`, shared with the small IAMG). GroupNorm with
-      8 groups in the UNet / ControlNet (4 channels per group at the 32-wide level, not
-      instance norm), one in the VAE (see `vae.SMALL_VAE`).
-    """
-    if preset == "official":
-        return _preset(model_channels=320, channel_mult=(1, 2, 4, 4), attention_levels=(1, 1, 1, 0),
-                       context_dim=1024, dino_dim=1536, dino_depth=40, dino_image_size=518,
-                       vae_ch=128, vae_mult=(1, 2, 4, 4))
-    if preset == "tiny":
-        return _preset(model_channels=32, channel_mult=(1, 1, 1, 2), attention_levels=(1, 1, 1, 0),
-                       context_dim=64, dino_dim=48, dino_depth=2, dino_image_size=518,
-                       vae_ch=32, vae_mult=(1, 1, 1, 2))
-    if preset == "small":
-        return _preset(model_channels=32, channel_mult=(1, 1, 2, 2), attention_levels=(0, 1, 1, 0),
-                       context_dim=96, dino_dim=96, dino_depth=4, dino_image_size=224,
-                       vae_ch=32, vae_mult=(1, 2, 2, 2), vae_blocks=1, vae_groups=1, latent_channels=8,
-                       norm_groups=8)
-    raise ValueError(f"unknown MGIG preset {preset!r}; choose from {', '.join(MGIG_PRESETS)}")
+MGIG_PRESETS: dict[str, MGIGConfig] = {
+    # The released mgig.ckpt: SD-2.1-base UNet (320·[1,2,4,4], 64-channel heads, context
+    # 1024) + ControlNet, DINOv2 ViT-g/14 (37² position grid) + projector, SD kl-f8 VAE.
+    "official": _preset(model_channels=320, channel_mult=(1, 2, 4, 4), attention_levels=(1, 1, 1, 0),
+                        context_dim=1024, dino_dim=1536, dino_depth=40, dino_image_size=518,
+                        vae_ch=128, vae_mult=(1, 2, 4, 4)),
+    # For tests: the shape of the reduced test vectors.
+    "tiny": _preset(model_channels=32, channel_mult=(1, 1, 1, 2), attention_levels=(1, 1, 1, 0),
+                    context_dim=64, dino_dim=48, dino_depth=2, dino_image_size=518,
+                    vae_ch=32, vae_mult=(1, 1, 1, 2)),
+    # The shipped default's architecture: a 16² position grid, so the 224 reference needs no
+    # interpolation; the small VAE with an 8-channel latent (`vae.SMALL_VAE`, shared with
+    # the small IAMG); GroupNorm with 8 groups in the UNet / ControlNet (4 channels per
+    # group at the 32-wide level, not instance norm), one in the VAE (see `vae.SMALL_VAE`).
+    "small": _preset(model_channels=32, channel_mult=(1, 1, 2, 2), attention_levels=(0, 1, 1, 0),
+                     context_dim=96, dino_dim=96, dino_depth=4, dino_image_size=224,
+                     vae_ch=32, vae_mult=(1, 2, 2, 2), vae_blocks=1, vae_groups=1, latent_channels=8,
+                     norm_groups=8),
+}
 
 
-MGIG_PRESETS = ("official", "tiny", "small")
+def mgig_config(name: str = "official") -> MGIGConfig:
+    """The `MGIG_PRESETS` configuration ``name`` (a deep copy: its dicts are the caller's)."""
+    if name not in MGIG_PRESETS:
+        raise ValueError(f"unknown MGIG preset {name!r}; choose from {', '.join(MGIG_PRESETS)}")
+    return copy.deepcopy(MGIG_PRESETS[name])
+
+
+def preset_name_of(config: MGIGConfig) -> str:
+    """The `MGIG_PRESETS` name whose architecture ``config``'s equals (whatever its working
+    size, prediction type, latent scale, ★ refiner and ★ colour hint, which training sets),
+    else "custom" (written to saved files; informative only)."""
+    def arch(cfg: dict) -> dict:
+        cfg.pop("refiner", None)
+        if cfg.pop("colour_hint", False):
+            cfg["controlnet"]["conditioning_channels"] = HINT_CHANNELS
+        cfg.pop("image_size", None)
+        cfg.pop("prediction_type", None)
+        cfg["vae"].pop("scaling_factor", None)
+        return cfg
+
+    mine = arch(json.loads(json.dumps(config.to_dict())))
+    for name, preset in MGIG_PRESETS.items():
+        if arch(preset.to_dict()) == mine:
+            return name
+    return "custom"
+
+
+def build_mgig(name: str | MGIGConfig, *, seed: int | None = 0, device: torch.device | str = "cpu",
+               dtype: torch.dtype | None = None) -> "MGIGModel":
+    """A randomly initialised MGIG model of a preset (`MGIG_PRESETS` name) or a config
+    (training from scratch, tests, the embedded stand-in). ``seed`` makes the weights
+    reproducible without touching the global RNG (None: the current global RNG state);
+    ``dtype`` None keeps float32."""
+    config = mgig_config(name) if isinstance(name, str) else name
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        model = MGIGModel(config)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def resize_square(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
@@ -264,9 +304,9 @@ def schedule_alphas_cumprod(schedule: dict) -> torch.Tensor:
 # channels-last memory format, so the whole ControlNet runs channels-last, one sample per
 # call. PyTorch's channels-last GroupNorm (CPU) rounds differently from the contiguous
 # kernel on the nearly constant hint embedding, and its result even depends on the batch
-# size: ≈1e-3 relative in the residuals of the reduced test model (the contiguous result
-# being the closer one to float64). Running the ControlNet channels-last, sample by sample,
-# reproduces the official outputs to ~1e-6 and makes them independent of batching.
+# size, visibly in the residuals of the reduced test model (the contiguous result being
+# the closer one to float64). Running the ControlNet channels-last, sample by sample,
+# reproduces the official outputs and makes them independent of batching (docs/METHOD.md §10).
 CONTROLNET_MEMORY_FORMAT = torch.channels_last
 
 
@@ -367,11 +407,41 @@ class MGIGModel(nn.Module):
         self.vae = build_vae(config.vae)
         self.refiner = SceneRefiner(**config.refiner) if config.refiner else None
 
+    @property
+    def config(self) -> MGIGConfig:
+        """The architecture and training facts (frozen: set a changed copy, `dataclasses.replace`)."""
+        return self._config
+
+    @config.setter
+    def config(self, config: MGIGConfig) -> None:
+        self._config = config
+        # ᾱ is computed once per config, not per denoiser call. Not a buffer (as IAMG's): a
+        # fixed fact of the schedule, not a weight, and `model.to(torch.bfloat16)` would round
+        # ᾱ_t ≈ 1 to exactly 1. On the CPU even while the model is built on the meta device.
+        with torch.device("cpu"):
+            self._alphas_cumprod = schedule_alphas_cumprod(config.schedule)
+
     # -- schedule ------------------------------------------------------------------------
     @property
     def alphas_cumprod(self) -> torch.Tensor:
-        """ᾱ_t, float32 on CPU (float64 maths, then cast, like the official buffers)."""
-        return schedule_alphas_cumprod(self.config.schedule)
+        """ᾱ_t of the config's schedule [num_train_timesteps], float32 on the CPU whatever
+        the model's dtype/device (float64 maths, then cast, like the official buffers)."""
+        return self._alphas_cumprod
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts (`MGIGConfig.prediction_type`), read as IAMG's attribute is."""
+        return self.config.prediction_type
+
+    @property
+    def device(self) -> torch.device:
+        """The denoiser's (UNet's) device."""
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The denoiser's (UNet's) dtype; other parts may differ (`_dtype(module)`)."""
+        return self.unet.dtype
 
     @property
     def latent_channels(self) -> int:
@@ -442,7 +512,7 @@ class MGIGModel(nn.Module):
     # -- VAE -----------------------------------------------------------------------------
     def encode_latent(self, images_m11: torch.Tensor) -> torch.Tensor:
         """Images in [-1,1] -> posterior mean × scale (deterministic; the official code
-        samples the posterior, a defect we do not reproduce, DESIGN.md §5)."""
+        samples the posterior, a defect we do not reproduce, docs/METHOD.md §7)."""
         x = images_m11.to(self._dtype(self.vae))
         return self.vae.encode(x).latent_dist.mean * self.latent_scale
 
@@ -468,7 +538,7 @@ class MGIGModel(nn.Module):
     def add_refiner(self, width: int = DEFAULT_REFINER_WIDTH) -> None:
         """Give the model a fresh ★ refiner (the identity until trained)."""
         self.refiner = SceneRefiner(width).to(device=self._device(self.vae))
-        self.config.refiner = self.refiner.config()
+        self.config = replace(self.config, refiner=self.refiner.config())
 
     def add_colour_hint(self) -> None:
         """Let the ControlNet read the ★ colour hint (`MGIGConfig.colour_hint`): its first
@@ -486,8 +556,8 @@ class MGIGModel(nn.Module):
         new.requires_grad_(old.weight.requires_grad)
         self.controlnet.controlnet_cond_embedding.conv_in = new
         self.controlnet.register_to_config(conditioning_channels=new.in_channels)
-        self.config.controlnet["conditioning_channels"] = new.in_channels
-        self.config.colour_hint = True
+        controlnet = {**self.config.controlnet, "conditioning_channels": new.in_channels}
+        self.config = replace(self.config, controlnet=controlnet, colour_hint=True)
 
     @staticmethod
     def _dtype(module: nn.Module) -> torch.dtype:

@@ -4,25 +4,29 @@
    and its DINOv2 identity context, plus the unconditional context (encoder on zeros).
 2. :func:`inputs.detail_map` — the Sobel high-frequency map of that canvas.
 3. :func:`generate` — build the hint around the interaction mask, sample with
-   classifier-free guidance, decode, crop back into the background.
+   classifier-free guidance, decode, paste back into the background (`composite.paste`),
+   all as its `MGIGSettings` say; :func:`generate_all` runs it for the Mask-Guided
+   Sampler's batches of identities, masks and backgrounds.
 
 Images are uint8 HWC numpy arrays (float 0..1 accepted), masks HxW (bool / 0..1 / 0..255).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from .. import composite, samplers
+from .. import composite, memory, samplers
+from ..readers import as_image, as_mask
 from . import inputs as preprocess
 from .model import MGIGModel, resize_hint, resize_square
 from .refiner import reference_colours
-from ..sampling_settings import OFFICIAL, RECOMMENDED
+from ..sampling_settings import OFFICIAL, RECOMMENDED, MGIGSettings, settings_for
 
-# Official and recommended sampling: one source, `sampling_settings` (which also says why).
+# The official and recommended sampling (one source, `sampling_settings`, which also says
+# which a model gets: `generate` without settings samples as `settings_for` decides).
 DEFAULT_SAMPLER = OFFICIAL["mgig"].sampler
 DEFAULT_STEPS = OFFICIAL["mgig"].steps
 DEFAULT_GUIDANCE = OFFICIAL["mgig"].guidance
@@ -101,7 +105,7 @@ def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
 @torch.no_grad()
 def id_features(model: MGIGModel, human_image, human_mask, object_image, object_mask, *,
                 model_name: str = "") -> IDFeatures:
-    """Reference canvas + DINOv2 identity context (DESIGN.md §3, "Reference (ID) input").
+    """Reference canvas + DINOv2 identity context (docs/METHOD.md §4.2).
     ``model_name`` names the model in `check_features`' message."""
     canvas = preprocess.reference_canvas(human_image, human_mask, object_image, object_mask)
     device, dtype = _device_dtype(model)
@@ -116,49 +120,55 @@ def blank_background(mask_shape: tuple[int, int]) -> np.ndarray:
     return np.full((*mask_shape, 3), 255, dtype=np.uint8)
 
 
+def _settings(model: MGIGModel, settings: MGIGSettings | None, choices: dict) -> MGIGSettings:
+    """``settings`` as given, else made from the model and ``choices`` (`settings_for`)."""
+    if settings is None:
+        return settings_for("mgig", model, **choices)
+    if choices:
+        raise TypeError(f"pass the settings or the choices ({', '.join(choices)}), not both")
+    return settings
+
+
 @torch.no_grad()
 def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, background=None, *,
-             steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
-             control_scale: float = 1.0, seed: int = 0, batch: int = 1,
-             crop_ratio: float = preprocess.CROP_RATIO, box_ratio: float = preprocess.TARGET_BOX_RATIO,
-             mask_channel: str = "mask", collage: str = preprocess.DEFAULT_COLLAGE,
-             batched_guidance: bool = True, paste: str = composite.DEFAULT_PASTE,
-             paste_grow: int = composite.PASTE_GROW, paste_feather: int = composite.PASTE_FEATHER,
-             callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> ChoiResult:
+             settings: MGIGSettings | None = None, seed: int = 0, batch: int = 1,
+             callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+             **choices) -> ChoiResult:
     """Paint the identities into ``interaction_mask`` (background coordinates).
 
-    mask_channel: "mask" feeds the interaction mask as the hint's 4th channel (what MGIG
+    settings: an `MGIGSettings` (`sampling_settings.settings_for("mgig", model, ...)`);
+      without one it is made here from ``choices`` (its fields: ``sampler=``, ``steps=``,
+      ``paste=``, ...), sampler, steps and guidance not given being the model's. Its fields:
+    - mask_channel: "mask" feeds the interaction mask as the hint's 4th channel (what MGIG
       was trained on, and what makes the shape follow IAMG's mask); "box" feeds the box
       (the official inference path).
-    collage: where the hint's detail map covers the scene (`inputs.build_hint`): "box"
+    - collage: where the hint's detail map covers the scene (`inputs.build_hint`): "box"
       (official: the whole target box) or ★ "figure" (the grown mask only: the model sees
       the scene around the figure inside the box too, and a ★ refiner may copy it).
-    paste: "mask" (default) pastes only the generated figure (the mask grown by
-      ``paste_grow``, feathered over ``paste_feather``, both in the model's working pixels,
-      `composite.paste_pixels`) and keeps the background elsewhere; "crop" replaces the
-      whole crop, as the official code (`composite`).
-    guidance: classifier-free guidance scale (official 5.0); the unconditional context is
-      the encoder on an all-zero image. ``batched_guidance`` runs cond and uncond as one
-      forward (same maths as the official two calls).
+    - paste: "mask" pastes only the generated figure and keeps the background elsewhere;
+      "crop" replaces the whole crop, as the official code (`composite.paste`).
+    - guidance: classifier-free guidance scale; the unconditional context is the encoder on
+      an all-zero image. ``batched_guidance`` runs cond and uncond as one forward (same
+      maths as the official two calls). ``control_scale`` scales the ControlNet residuals.
     seed: batch item i starts from noise drawn with the same generator in one [batch, …]
       tensor, so the same seed and batch always give the same images; the stochastic
       samplers (euler_a) draw their per-step noise from `samplers.step_generator` (seed).
     callback(i, total, x, pred_x0) after every step; raise from it to cancel.
     """
-    samplers.check_settings(sampler, steps, guidance, control_scale)
-    composite.check_paste(paste, paste_grow, paste_feather)
+    settings = _settings(model, settings, choices)
     check_features(model, features)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    union = preprocess.as_mask(interaction_mask, "interaction_mask")
+    union = as_mask(interaction_mask, "interaction_mask")
     if background is None:
         background = blank_background(union.shape)
-    background = preprocess.as_image(background, "background")
+    background = as_image(background, "background")
     if background.shape[:2] != union.shape:
         raise ValueError(f"interaction_mask is {union.shape[1]}x{union.shape[0]} but the background is "
                          f"{background.shape[1]}x{background.shape[0]}; resize the mask to the background")
-    hint = preprocess.build_hint(background, union, detail, box_ratio=box_ratio, crop_ratio=crop_ratio,
-                                 mask_channel=mask_channel, collage=collage, colour=hint_colour(model, features))
+    hint = preprocess.build_hint(background, union, detail, box_ratio=settings.box_ratio,
+                                 crop_ratio=settings.crop_ratio, mask_channel=settings.mask_channel,
+                                 collage=settings.collage, colour=hint_colour(model, features))
 
     device, dtype = _device_dtype(model)
     hint_t = _model_hint(model, hint)
@@ -171,13 +181,13 @@ def generate(model: MGIGModel, features: IDFeatures, detail, interaction_mask, b
               "hint": cond["hint"]}
 
     def model_fn(x, t, context, hint):
-        return model.predict_eps(x, t, context, hint, control_scale=control_scale)
+        return model.predict_eps(x, t, context, hint, control_scale=settings.control_scale)
 
-    eps_fn = samplers.guided_eps(model_fn, cond, uncond, guidance, batched=batched_guidance)
-    z = samplers.sample(eps_fn, x_T, model.alphas_cumprod.to(device), steps, sampler=sampler,
+    eps_fn = samplers.guided_eps(model_fn, cond, uncond, settings.guidance, batched=settings.batched_guidance)
+    z = samplers.sample(eps_fn, x_T, model.alphas_cumprod.to(device), settings.steps, sampler=settings.sampler,
                         callback=callback, generator=samplers.step_generator(seed))
-    return _decode_and_paste(model, z, hint, hint_t, canvas_colours(features.canvas), union, background, paste,
-                             paste_grow, paste_feather)
+    return _decode_and_paste(model, z, hint, hint_t, canvas_colours(features.canvas), union, background,
+                             settings.paste)
 
 
 def hint_colour(model: MGIGModel, features: IDFeatures):
@@ -204,28 +214,19 @@ def _model_hint(model: MGIGModel, hint: preprocess.MGIGHint) -> torch.Tensor:
 
 
 def _decode_and_paste(model: MGIGModel, z: torch.Tensor, hint: preprocess.MGIGHint, hint_t: torch.Tensor,
-                      colours: torch.Tensor | None, union: np.ndarray, background: np.ndarray, paste: str,
-                      paste_grow: int, paste_feather: int) -> ChoiResult:
+                      colours: torch.Tensor | None, union: np.ndarray, background: np.ndarray,
+                      paste: str) -> ChoiResult:
     """Decode the latents (a ★ refiner reads the hint, its scene plane and the references'
-    colours), enlarge to the official square and put each into the background: the whole
-    crop (paste "crop") or the figure (`composite`)."""
+    colours), enlarge to the official square and put them into the background as ``paste``
+    says (`composite.paste`)."""
     scene = None
     if model.refiner is not None:
         scene = resize_square(torch.from_numpy(hint.scene)[None, None], hint_t.shape[-1], "nearest")
     decoded = model.decode_latent(z, hint=hint_t, colours=colours, scene=scene).float().cpu()
     decoded = resize_square(decoded, hint.hint.shape[0], "bilinear").permute(0, 2, 3, 1).numpy()
-    region = preprocess.pasted_box(hint.crop_box).mask(*background.shape[:2])
-    if paste == "crop":
-        alpha = region
-    else:
-        grow, feather = composite.paste_pixels(paste_grow, paste_feather, paste_scale(model, hint))
-        alpha = composite.figure_alpha(union, region, grow=grow, feather=feather)
-    images, crops = [], []
-    for item in decoded:
-        pred = preprocess.decoded_to_prediction(item)
-        crops.append(np.clip(item * 127.5 + 127.5, 0, 255).astype(np.uint8))
-        pasted = preprocess.crop_back(pred, background, hint.extra_sizes, hint.crop_box)
-        images.append(pasted if paste == "crop" else composite.blend(pasted, background, alpha))
+    crops = [np.clip(item * 127.5 + 127.5, 0, 255).astype(np.uint8) for item in decoded]
+    images, alpha = composite.paste(paste, [composite.decoded_to_prediction(item) for item in decoded], background,
+                                    union, hint, paste_scale(model, hint))
     return ChoiResult(images=images, crops=crops, pasted_mask=alpha, hint=hint)
 
 
@@ -236,25 +237,26 @@ def paste_scale(model: MGIGModel, hint: preprocess.MGIGHint) -> float:
 
 
 def reconstruct(model: MGIGModel, target, interaction_mask, background, detail, *,
-                canvas: preprocess.ReferenceCanvas | None = None,
-                paste: str = composite.DEFAULT_PASTE, mask_channel: str = "mask",
-                collage: str = preprocess.DEFAULT_COLLAGE, paste_grow: int = composite.PASTE_GROW,
-                paste_feather: int = composite.PASTE_FEATHER) -> ChoiResult:
+                canvas: preprocess.ReferenceCanvas | None = None, settings: MGIGSettings | None = None,
+                **choices) -> ChoiResult:
     """The latent's ceiling: what `generate` would give if sampling found the latent of the
     true ``target`` exactly. The target's crop (the one `generate` regenerates) is
     encoded (posterior mean) and decoded — through a ★ refiner with the hint built from
     ``background`` and ``detail`` and the colours of the reference ``canvas``, as
-    `generate` would — then pasted back the same way.
+    `generate` would — then pasted back the same way. ``settings`` / ``choices`` as for
+    `generate` (the hint and paste choices apply; nothing is sampled).
     No diffusion: it measures what the VAE (and refiner) alone lose (`synthbench --ceiling`)."""
-    composite.check_paste(paste, paste_grow, paste_feather)
-    union = preprocess.as_mask(interaction_mask, "interaction_mask")
-    background = preprocess.as_image(background, "background")
-    target = preprocess.as_image(target, "target")
+    settings = _settings(model, settings, choices)
+    union = as_mask(interaction_mask, "interaction_mask")
+    background = as_image(background, "background")
+    target = as_image(target, "target")
     if background.shape != target.shape or background.shape[:2] != union.shape:
         raise ValueError(f"target {target.shape}, background {background.shape} and interaction_mask "
                          f"{union.shape} must be the same size")
-    hint = preprocess.build_hint(background, union, detail, mask_channel=mask_channel, collage=collage)
-    crop = preprocess.build_hint(target, union, detail, mask_channel=mask_channel).target  # same geometry
+    geometry = {"mask_channel": settings.mask_channel, "box_ratio": settings.box_ratio,
+                "crop_ratio": settings.crop_ratio}
+    hint = preprocess.build_hint(background, union, detail, collage=settings.collage, **geometry)
+    crop = preprocess.build_hint(target, union, detail, **geometry).target  # the same crop
     hint_t = _model_hint(model, hint)
     device, dtype = _device_dtype(model)
     size = int(model.config.image_size)
@@ -263,5 +265,64 @@ def reconstruct(model: MGIGModel, target, interaction_mask, background, detail, 
     with torch.no_grad():
         z = model.encode_latent(crop_t)
         colours = None if canvas is None else canvas_colours(canvas)
-        return _decode_and_paste(model, z, hint, hint_t, colours, union, background, paste, paste_grow,
-                                 paste_feather)
+        return _decode_and_paste(model, z, hint, hint_t, colours, union, background, settings.paste)
+
+
+# ------------------------------------------------------- many generations at a time
+
+@dataclass
+class ChoiImages:
+    """What `generate_all` made, ``batch`` items per job in job order (CPU float32):
+    ``images`` [N, H, W, 3] and ``crops`` [N, S, S, 3] in 0..1, ``alphas`` [N, H, W] (each
+    as `ChoiResult`'s ``images``, ``crops`` and ``pasted_mask``)."""
+
+    images: torch.Tensor
+    crops: torch.Tensor
+    alphas: torch.Tensor
+
+
+class ChoiJob(NamedTuple):
+    """The inputs of one `generate` call of `generate_all`."""
+
+    features: IDFeatures
+    detail: np.ndarray
+    interaction_mask: np.ndarray
+    background: np.ndarray | None
+
+
+def images_memory(size_hw: tuple[int, int], items: int, backgrounds: int) -> int:
+    """Bytes `generate_all` holds for ``items`` images of ``size_hw`` (all jobs' batches
+    together) beside ``backgrounds`` background images (0: none given): `memory.estimate`."""
+    return memory.estimate("mgig_images", *size_hw, items) + memory.estimate("image_input", *size_hw, backgrounds)
+
+
+def generate_all(model: MGIGModel, jobs: Sequence[ChoiJob], *, settings: MGIGSettings, seed: int = 0, batch: int = 1,
+                 model_name: str = "",
+                 callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> ChoiImages:
+    """`generate` of each job with the same settings, seed and batch (every job's mask and
+    background of one size): what the Mask-Guided Sampler runs for its batches of identities,
+    masks and backgrounds. The features are checked against the model first
+    (`check_features`, its message naming ``model_name``). ``callback(i, total, x,
+    pred_x0)`` counts the steps of all jobs. The outputs are filled job by job: one job's
+    full-size arrays are in work at a time (`images_memory`)."""
+    for features in {id(job.features): job.features for job in jobs}.values():
+        check_features(model, features, model_name)
+    items = len(jobs) * batch
+    images = crops = alphas = None
+    for k, (features, detail, mask, background) in enumerate(jobs):
+        def step(i, total, x, x0, k=k):
+            callback(k * total + i, len(jobs) * total, x, x0)
+
+        result = generate(model, features, detail, mask, background, settings=settings, seed=seed, batch=batch,
+                          callback=None if callback is None else step)
+        if images is None:
+            images = torch.empty((items, *result.images[0].shape))
+            crops = torch.empty((items, *result.crops[0].shape))
+            alphas = torch.empty((items, *result.pasted_mask.shape))
+        first = k * batch
+        for j, (image, crop) in enumerate(zip(result.images, result.crops)):
+            images[first + j] = torch.from_numpy(image)
+            crops[first + j] = torch.from_numpy(crop)
+        alphas[first:first + batch] = torch.from_numpy(np.asarray(result.pasted_mask, np.float32))
+        del result
+    return ChoiImages(images=images.div_(255.0), crops=crops.div_(255.0), alphas=alphas)

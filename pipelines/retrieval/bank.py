@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import write_text_atomic
+from ..readers import mask_values
 
 INDEX_NAMES = ("bank.json", "bank.jsonl")
 BANK_FORMAT = "interact_custom.mask_bank"
@@ -172,6 +173,25 @@ def find_banks(folders: Iterable[str | os.PathLike]) -> dict[str, Path]:
             except OSError:
                 continue
     return dict(sorted(found.items()))
+
+
+def bank_choices(folders: Iterable[str | os.PathLike], shipped_name: str, shipped_dir: Path) -> dict[str, Path]:
+    """The banks a user may pick, by name: the shipped bank (``shipped_name``), then each
+    bank in ``folders`` (`find_banks`; one of the shipped bank's name is left out). A
+    caller offers only these, never a path it was sent."""
+    found = find_banks(folders)
+    found.pop(shipped_name, None)
+    return {shipped_name: Path(shipped_dir), **found}
+
+
+def chosen_bank(name, banks: dict[str, Path], how_to_add: str) -> Path:
+    """The folder of the bank ``name`` among ``banks`` (`bank_choices`); for any other value
+    an error listing the names there are, then ``how_to_add`` (it says nothing about files:
+    a name may come from anyone who can send a workflow)."""
+    if isinstance(name, str) and name in banks:
+        return banks[name]
+    shown = str(name) if len(str(name)) <= 80 else str(name)[:77] + "..."
+    raise ValueError(f"mask bank {shown!r} is not one of the available banks: {', '.join(banks)}. {how_to_add}")
 
 
 @dataclass
@@ -358,9 +378,7 @@ def load_mask_png(path: str | os.PathLike, *, max_pixels: int = MAX_MASK_PIXELS)
             im.load()
             if im.mode in ("RGB", "RGBA", "P", "LA"):
                 im = im.convert("RGB").getchannel(0)
-            elif im.mode != "L":
-                im = im.convert("L")
-            return np.asarray(im, dtype=np.float32) / 255.0
+            return mask_values(im, str(path)).astype(np.float32)  # grey 0..255 -> 0..1
     except (FileNotFoundError, MaskImageError):
         raise
     except Image.DecompressionBombError:

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..files import write_text_atomic
 from ..geometry import mask_box
 from ..paths import CACHE_ENV, cache_dir
+from ..readers import mask_values
 from .bank import MAX_BANK_ENTRIES, BankEntry, MaskBank, normalize_category
 from .encoders import TextEncoder, _unit
 
@@ -227,24 +228,12 @@ def retrieve(bank: MaskBank, query: str, *, encoder: TextEncoder, top_k: int = 5
 # Placing a mask and previews
 # --------------------------------------------------------------------------------------
 
-def _to_float_mask(mask: Any) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[0] == 1:
-        m = m[0]
-    if m.ndim != 2:
-        raise ValueError(f"mask must be 2-D [H, W], got shape {m.shape}")
-    if m.dtype == np.bool_:
-        return m.astype(np.float32)
-    if m.dtype == np.uint8:
-        return m.astype(np.float32) / 255.0
-    return np.clip(m.astype(np.float32), 0.0, 1.0)
-
-
 def fit_mask_to_box(mask: Any, box_xywh: Sequence[float], canvas_hw: Sequence[int], *,
                     mode: str = "keep_aspect", crop_to_content: bool = True,
                     resample: str = "bilinear") -> np.ndarray:
-    """Place ``mask`` inside ``box_xywh`` (pixels, x/y of the top-left corner) of an empty
-    canvas of size ``canvas_hw``; returns float32 [H, W] in 0..1.
+    """Place ``mask`` (soft values kept: `readers.mask_values`) inside ``box_xywh`` (pixels,
+    x/y of the top-left corner) of an empty canvas of size ``canvas_hw``; returns float32
+    [H, W] in 0..1.
 
     The mask is first cropped to its own non-zero bbox (``crop_to_content``; bank masks
     already are). ``mode="keep_aspect"`` scales it to fit the box and centres it (the
@@ -255,7 +244,7 @@ def fit_mask_to_box(mask: Any, box_xywh: Sequence[float], canvas_hw: Sequence[in
         raise ValueError(f"mode must be 'keep_aspect' or 'stretch', got {mode!r}")
     if resample not in ("bilinear", "nearest"):
         raise ValueError(f"resample must be 'bilinear' or 'nearest', got {resample!r}")
-    m = _to_float_mask(mask)
+    m = mask_values(mask, "mask").astype(np.float32)
     x, y, w, h = (float(v) for v in box_xywh)
     H, W = (int(v) for v in canvas_hw)
     if w <= 0 or h <= 0:

@@ -51,8 +51,9 @@ target and references came from, the crop boxes, frame gap and IoU). With ``val_
 identities are unseen in training. ``<out>/build_report.json`` records the parameters and
 the counts. The output folder must be empty unless ``overwrite=True``.
 
-Mask values accepted from files and callables: bool; integers 0/1 or 0..255 (>= 128 is
-foreground); floats (> 0.5); PIL images; leading singleton axes (1×H×W) are dropped.
+Images and masks from files and callables are read by `pipelines.readers` (`read_rgb`,
+`to_mask`): arrays, PIL images or files; masks bool, integers 0/1 or 0..255 (>= 128 is
+foreground), floats in [0, 1] (> 0.5); leading singleton axes (1×H×W) are dropped.
 
 **Folder layouts** (the CLI)::
 
@@ -102,7 +103,8 @@ from PIL import Image
 
 from .dataset import ChoiWriter, iter_json_lines
 from ....pipelines.files import write_text_atomic
-from ....pipelines.geometry import Box, mask_box
+from ....pipelines.geometry import mask_box
+from ....pipelines.readers import as_image, as_mask
 from ....pipelines.vocabulary import CAPTION_TEMPLATE, INTERACTIONS
 
 # An image is a uint8 H×W×3 array, a PIL image, or a path read when needed.
@@ -259,51 +261,19 @@ def _describe(src: Any) -> str:
 
 
 def read_rgb(src: ImageSource, where: str) -> np.ndarray:
-    """An RGB uint8 H×W×3 array from an array, a PIL image or an image file."""
-    if _is_path(src):
-        path = Path(src)
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: image file {path} does not exist")
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB")).copy()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BuildError(f"{where}: cannot read image {path}: {exc}") from exc
-    if isinstance(src, Image.Image):
-        return np.asarray(src.convert("RGB")).copy()
-    arr = np.asarray(src)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise BuildError(f"{where}: expected an RGB uint8 H×W×3 image, got {arr.dtype} {arr.shape}")
-    return arr
+    """An RGB uint8 H×W×3 array from an array, a PIL image or an image file (`readers.as_image`)."""
+    try:
+        return as_image(src, where)
+    except (ValueError, TypeError) as exc:
+        raise BuildError(str(exc)) from exc
 
 
 def to_mask(src: MaskSource, where: str) -> np.ndarray:
-    """A bool H×W mask from a file, a PIL image or an array (rules in the module docstring)."""
-    if _is_path(src):
-        path = Path(src)
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: mask file {path} does not exist")
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("L")) >= 128
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BuildError(f"{where}: cannot read mask {path}: {exc}") from exc
-    if isinstance(src, Image.Image):
-        return np.asarray(src.convert("L")) >= 128
-    arr = np.asarray(src)
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise BuildError(f"{where}: expected an H×W mask, got shape {arr.shape}")
-    if arr.dtype == np.bool_:
-        return arr
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr > 0 if arr.max(initial=0) <= 1 else arr >= 128
-    if np.issubdtype(arr.dtype, np.floating):
-        return arr > 0.5
-    raise BuildError(f"{where}: unsupported mask dtype {arr.dtype}")
+    """A bool H×W mask from a file, a PIL image or an array (`readers.as_mask`)."""
+    try:
+        return as_mask(src, where, allow_empty=True).astype(bool)
+    except (ValueError, TypeError) as exc:
+        raise BuildError(str(exc)) from exc
 
 
 def _image_size(src: ImageSource, where: str) -> tuple[int, int]:
@@ -329,30 +299,12 @@ def _check_same_size(mask: np.ndarray, shape: tuple[int, int], what: str, src: A
     return mask
 
 
-def mask_xywh(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """[x, y, w, h] of a non-empty mask (x/y = left/top column/row, w/h inclusive extents):
-    `geometry.mask_box`'s tight box, with a builder error when the mask is empty."""
-    box = mask_box(mask)
-    if box is None:
-        raise BuildError("the mask is empty")
-    return box.xywh
-
-
-def scale_xywh(box: Sequence[int], factor: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """Scale an [x, y, w, h] box about its centre by `factor` (>= 1), clipped to the image."""
-    x, y, w, h = box
-    cx, cy = x + w / 2, y + h / 2
-    x0, y0 = max(0, math.floor(cx - w * factor / 2)), max(0, math.floor(cy - h * factor / 2))
-    x1, y1 = min(width, math.ceil(cx + w * factor / 2)), min(height, math.ceil(cy + h * factor / 2))
-    return x0, y0, x1 - x0, y1 - y0
-
-
 def crop_reference(image: np.ndarray, mask: np.ndarray, margin: float = DEFAULT_MARGIN
                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """Crop a reference to its mask's box grown by ``margin`` × the box's longer side on
     each side (clipped to the image). Returns (RGB crop, bool mask crop, [x, y, w, h])."""
-    x, y, w, h = mask_xywh(mask)
-    crop = Box.from_xywh(x, y, w, h).grown(round(margin * max(w, h))).clipped(*mask.shape[:2])
+    box = mask_box(mask, "reference mask")
+    crop = box.grown(round(margin * max(box.width, box.height))).clipped(*mask.shape[:2])
     return image[crop.slices].copy(), mask[crop.slices].copy(), crop.xywh
 
 
@@ -674,7 +626,7 @@ def _video_clip_samples(writer: ChoiWriter, report: BuildReport, clip: VideoClip
             target=target, human_mask=human[t], object_mask=obj[t],
             human_ref=h_ref, human_ref_mask=h_ref_mask, object_ref=o_ref, object_ref_mask=o_ref_mask,
             background=_background(inpaint, target, union, sw),
-            box=scale_xywh(mask_xywh(union), box_expand, shape[1], shape[0]),
+            box=mask_box(union, "union mask").scaled(box_expand).clipped(shape[0], shape[1]).xywh,
             extra={"source": {"kind": "video", "clip": clip_id, "target_frame": names[t],
                               "reference_frame": names[r], "target_index": t, "reference_index": r,
                               "frame_gap": abs(t - r), "human_iou": round(float(iou), 4),
@@ -1008,7 +960,7 @@ def _hoi_sample(writer, report, src: _HoiSource, i, split, by_person, by_object,
                verb=it.verb, object_category=it.object, target=image, human_mask=hm, object_mask=om,
                human_ref=human_ref[0], human_ref_mask=human_ref[1],
                object_ref=object_ref[0], object_ref_mask=object_ref[1], background=background,
-               box=scale_xywh(mask_xywh(union), box_expand, image.shape[1], image.shape[0]),
+               box=mask_box(union, "union mask").scaled(box_expand).clipped(*image.shape[:2]).xywh,
                extra={"source": info})
     report.wrote(split)
     return True

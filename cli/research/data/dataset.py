@@ -38,7 +38,7 @@ Rules: file paths are relative to ``<root>``, use "/" and may not leave the fold
 relative location is allowed, so samples may share files); a reference image and its
 mask have the same size, which may differ from the target's; ``target``, both target
 masks and ``background`` share one size. Readers convert images to RGB / L and binarise
-masks at 128, so anti-aliased masks are accepted (RGBA / palette images are flattened
+masks as `pipelines.readers` does (>= 128), so anti-aliased masks are accepted (RGBA / palette images are flattened
 on white); writers store exactly RGB and 0/255 L.
 
 `ChoiWriter` / `write_sample` write this format (every file atomically: a temporary
@@ -58,6 +58,8 @@ import numpy as np
 from PIL import Image
 
 from ....pipelines.files import atomic_path
+from ....pipelines.geometry import Box
+from ....pipelines.readers import as_image, as_mask
 
 INDEX_NAME = "index.jsonl"
 SAMPLES_DIR = "samples"
@@ -124,16 +126,8 @@ def _load_png(path: Path, part: str, where: str) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             if part in MASK_PARTS:
-                arr = np.asarray(im.convert("L"))
-                return np.where(arr >= 128, 255, 0).astype(np.uint8)
-            if im.mode in ("RGBA", "LA", "P"):
-                # Transparent pixels of an RGBA reference carry no colour worth keeping;
-                # flattening on white matches how the MGIG preprocessing whitens backgrounds.
-                im = im.convert("RGBA")
-                flat = Image.new("RGB", im.size, (255, 255, 255))
-                flat.paste(im, mask=im.getchannel("A"))
-                return np.asarray(flat).copy()
-            return np.asarray(im.convert("RGB")).copy()
+                return as_mask(im, f"{where}: {part}", allow_empty=True) * np.uint8(255)
+            return as_image(im, f"{where}: {part}")
     except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for corrupt data
         raise DatasetError(f"{where}: cannot read {part} file {path}: {exc}") from exc
 
@@ -164,7 +158,7 @@ def _check_box(box: Any, width: int, height: int, where: str) -> tuple[int, int,
             or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in box)):
         raise DatasetError(f"{where}: box must be [x, y, w, h] integers in pixels, got {box!r}")
     x, y, w, h = (int(v) for v in box)
-    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+    if w <= 0 or h <= 0 or not Box.from_xywh(x, y, w, h).inside(height, width):
         raise DatasetError(f"{where}: box {[x, y, w, h]} is empty or outside the "
                            f"{width}×{height} image")
     return x, y, w, h

@@ -8,6 +8,11 @@ import numpy as np
 from PIL import Image
 
 from ....pipelines.paths import EXAMPLES_DIR
+from ....pipelines.readers import as_image, as_mask
+
+
+def _mask(source, name: str) -> np.ndarray:
+    return as_mask(source, name, allow_empty=True) > 0
 
 
 def load_examples(folder: Path = EXAMPLES_DIR) -> dict:
@@ -18,8 +23,8 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> dict:
     return {
         "caption": meta["caption"],
         "box": meta["box"],
-        "human_image": human[..., :3], "human_mask": human[..., 3] > 127,
-        "object_image": obj[..., :3], "object_mask": obj[..., 3] > 127,
-        "background": np.array(Image.open(folder / "background.png").convert("RGB")),
-        "interaction_mask": np.array(Image.open(folder / "interaction_mask.png").convert("L")) > 127,
+        "human_image": human[..., :3], "human_mask": _mask(Image.fromarray(human[..., 3]), "human.png alpha"),
+        "object_image": obj[..., :3], "object_mask": _mask(Image.fromarray(obj[..., 3]), "object.png alpha"),
+        "background": as_image(folder / "background.png", "background.png"),
+        "interaction_mask": _mask(folder / "interaction_mask.png", "interaction_mask.png"),
     }

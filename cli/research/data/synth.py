@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 
 from .dataset import ChoiWriter, save_png
 from ....pipelines.files import write_text_atomic
-from ....pipelines.geometry import Box, mask_box
+from ....pipelines.geometry import mask_box
 from ....pipelines.vocabulary import CAPTION_TEMPLATE, INTERACTIONS
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -884,18 +884,10 @@ def render(scene: Scene, height: int, parts: tuple[str, ...] = ("human", "object
 # ----------------------------------------------------------------------------- samples
 
 
-def _bbox_xywh(mask: np.ndarray) -> list[int]:
-    box = mask_box(mask)
-    if box is None:
-        raise ValueError("synth: a rendered mask is empty")
-    return list(box.xywh)
-
-
 def _crop_ref(image: np.ndarray, mask: np.ndarray, margin: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
     """Crop a reference to its mask box plus a margin (a fraction of the image height)."""
-    x, y, w, h = _bbox_xywh(mask)
     m = max(1, round(margin * mask.shape[0]))
-    crop = Box(x - m, y - m, x + w + m, y + h + m).clipped(*mask.shape[:2])
+    crop = mask_box(mask, "synth: a rendered mask").grown(m).clipped(*mask.shape[:2])
     return image[crop.slices].copy(), mask[crop.slices].copy()
 
 
@@ -969,7 +961,7 @@ def _iter_samples(count: int, seed: int, size: int, val_fraction: float, S: int)
                 target=tgt.target, human_mask=human_mask, object_mask=object_mask,
                 human_ref=human_ref, human_ref_mask=human_ref_mask,
                 object_ref=object_ref, object_ref_mask=object_ref_mask,
-                background=tgt.background, box=_bbox_xywh(human_mask | object_mask),
+                background=tgt.background, box=list(mask_box(human_mask | object_mask, "synth: a rendered mask").xywh),
                 extra={
                     "description": f"{sc.human.describe()} is {INTERACTIONS[sc.verb]} {sc.obj.describe()}",
                     "synth": {"seed": seed, "pair": p, "scene": k,
@@ -1028,8 +1020,8 @@ def write_examples(out: str | os.PathLike, seed: int = EXAMPLES_SEED, overwrite:
     rng = np.random.default_rng([seed, 9_000_001])
     human, obj = random_human(rng), random_object(rng, "bicycle")
     bg_height = 256
-    # "push": of the bicycle's verbs the one the shipped IAMG draws well (held-out
-    # synthbench, 48 samples: mask_verb 0.86 for pushing, 0.33 for riding).
+    # "push": of the bicycle's verbs the one the shipped IAMG draws well (the per-verb
+    # table of docs/TRAINING.md).
     target = make_scene(rng, human, obj, "push", aspect=1.5, height_range=(0.55, 0.75))
     pose_scene = make_scene(rng, human, obj, "ride", aspect=1.0)
     obj_scene = make_scene(rng, human, obj, "ride", aspect=1.0)
@@ -1037,7 +1029,7 @@ def write_examples(out: str | os.PathLike, seed: int = EXAMPLES_SEED, overwrite:
     background = _render_background(target.background, *target.size(bg_height))
     _, labels = render(target, bg_height, background=background)
     union = labels > 0
-    box = _bbox_xywh(union)
+    box = list(mask_box(union, "synth: a rendered mask").xywh)
 
     def cutout(scene: Scene, part: str, label: int) -> Image.Image:
         img, lab = render(scene, 384, parts=(part,), background=np.full((384, 384, 3), 255, np.uint8))

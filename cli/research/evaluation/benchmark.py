@@ -1,5 +1,5 @@
 """Speed, memory and FLOPs of IAMG and MGIG: the official procedure against ours
-(DESIGN.md §6): the measuring pieces. ``python -m interact_custom benchmark --out DIR
+(docs/METHOD.md §9): the measuring pieces. ``python -m interact_custom benchmark --out DIR
 [--quick] [--presets ...]`` (`cli.benchmark`) runs them and writes the report.
 
 Three columns, side by side, for each model and preset (random weights: speed does not
@@ -120,7 +120,7 @@ class Variant:
 
 
 # Column (3)'s dtype: bf16 where this CPU runs it natively (AMX / AVX512-bf16), else fp32
-# (emulated bf16 is 60-120x slower than fp32: BENCHMARKS.md).
+# (emulated bf16 is many times slower than fp32: docs/BENCHMARKS.md).
 RECOMMENDED_DTYPE = "bf16" if cpu_has_fast_bf16() else "fp32"
 
 VARIANTS: dict[str, Variant] = {v.key: v for v in (
@@ -309,7 +309,7 @@ def random_model(model: str, preset: str, dtype: str = "fp32", seed: int = WEIGH
 
 def mgig_input_shapes(model: MGIGModel) -> dict[str, tuple[int, ...]]:
     """Batch-1 shapes of what ``model``'s denoiser and identity encoder read, from its own
-    config as `choi.generate` builds them: the latent (the small preset's VAE has 8
+    config as `mgig.pipeline.generate` builds them: the latent (the small preset's VAE has 8
     channels, SD's 4), the hint (4 channels, ★ more with the colour hint) at
     `MGIGConfig.image_size`, the reference canvas. Hard-coded official shapes fail on
     every other architecture ("Invalid channel dimensions")."""
@@ -393,7 +393,7 @@ def _iamg_flops(model: iamg.IAMGModel, variant: Variant) -> dict:
 
 def _mgig_flops(model: MGIGModel, variant: Variant) -> dict:
     """Counted FLOPs (meta device) of one UNet+ControlNet forward, one sampling step of
-    ``variant`` (what `choi.generate` builds), the two identity encodings and the decode."""
+    ``variant`` (what `mgig.pipeline.generate` builds), the two identity encodings and the decode."""
     shapes = mgig_input_shapes(model)
     x = torch.empty(shapes["latent"], device="meta")
     t = torch.full((1,), 500, dtype=torch.long, device="meta")
@@ -419,7 +419,7 @@ def _eps_calls(sampler: str, steps: int) -> int:
 
 def time_configuration(spec: Mapping) -> dict:
     """Worker: one model × preset × variant. Counts FLOPs on the meta model, gives it
-    random weights, then times the real pipeline (`choi.id_features` + `choi.generate`
+    random weights, then times the real pipeline (`mgig.pipeline.id_features` + `generate`
     for MGIG; `iamg.generate_mask`, or `official_iamg_procedure` for column 1): a
     complete image after a warm-up step, or — ``spec["extrapolate"]`` — the first
     ``timed_steps`` steps, extrapolated to the full image. Writes the final latent and

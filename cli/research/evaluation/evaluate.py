@@ -1,4 +1,4 @@
-"""Evaluation of generated CHOI images (DESIGN.md §4, paper Tables 2-4).
+"""Evaluation of generated CHOI images (docs/METHOD.md §8, paper Tables 2-4).
 
 ``python -m interact_custom evaluate --dataset DATA --generated GEN --out REPORT
 [--clip MODEL] [--dino MODEL] [--pred-masks DIR | --interaction-masks DIR]
@@ -113,6 +113,7 @@ from PIL import Image
 
 from ..data.dataset import ChoiDataset
 from ....pipelines.files import write_text_atomic
+from ....pipelines.readers import as_image, as_mask
 from .encoders import DINO_SIZE, CLIPImageEncoder, DINOEncoder, clip_score, dino_scores
 from .metrics import (CHANGE_DELTA_E, COLOUR_BIN, COLOUR_ERODE, KL_EPS, MASK_GRID, SHAPE_K, box_mask,
                       changed_pixels, colour_distance, confinement, mask_in_box, mask_iou, mask_iou_mirror,
@@ -172,27 +173,21 @@ class EvaluationError(ValueError):
 
 
 def load_rgb(path: str | os.PathLike, what: str = "image") -> np.ndarray:
-    """Read an RGB uint8 image (RGBA / LA / palette flattened on white)."""
+    """Read an RGB uint8 image (`readers.as_image`: RGBA / LA / palette flattened on white)."""
     path = Path(path)
     try:
         with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                flat = Image.new("RGB", im.size, (255, 255, 255))
-                flat.paste(im, mask=im.getchannel("A"))
-                im = flat
-            return np.asarray(im.convert("RGB")).copy()
+            return as_image(im, f"{what} {path}")
     except (OSError, SyntaxError, ValueError) as exc:
         raise EvaluationError(f"cannot read {what} {path}: {exc}") from exc
 
 
 def load_mask(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
-    """Read a mask as bool (grey level >= 128 is foreground, as the dataset reader)."""
+    """Read a mask as bool (`readers.as_mask`: grey level >= 128 is foreground, as the dataset reader)."""
     path = Path(path)
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("L")) >= 128
+            return as_mask(im, f"{what} {path}", allow_empty=True).astype(bool)
     except (OSError, SyntaxError, ValueError) as exc:
         raise EvaluationError(f"cannot read {what} {path}: {exc}") from exc
 

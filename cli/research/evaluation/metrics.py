@@ -48,7 +48,7 @@ def on_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def box_mask(box_xywh: Sequence[int], shape_hw: Sequence[int]) -> np.ndarray:
     """Bool mask of an ``[x, y, w, h]`` box (columns x..x+w-1, rows y..y+h-1), clipped."""
-    return Box.from_xywh(*(int(v) for v in box_xywh)).mask(int(shape_hw[0]), int(shape_hw[1]), dtype=bool)
+    return _box_in(box_xywh, shape_hw).mask(int(shape_hw[0]), int(shape_hw[1]), dtype=bool)
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -163,6 +163,7 @@ POSE_REFERENCE_OTHERS = 16      # pose reference: at most this many other sample
 
 
 def _box_in(box_xywh: Sequence[int], shape_hw: Sequence[int]) -> Box:
+    """The ``[x, y, w, h]`` of a record as a `Box`, clipped to a ``shape_hw`` image."""
     return Box.from_xywh(*(int(v) for v in box_xywh)).clipped(int(shape_hw[0]), int(shape_hw[1]))
 
 

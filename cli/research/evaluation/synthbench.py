@@ -47,7 +47,7 @@ from ..data import synth
 from ..data.dataset import ChoiDataset
 from ....pipelines.mgig import inputs as preprocess
 from ....pipelines.mgig import pipeline as choi
-from ....pipelines.sampling_settings import RECOMMENDED
+from ....pipelines.sampling_settings import MGIGSettings, SamplingSettings, settings_for
 from . import evaluate
 from .metrics import blend_border_step
 
@@ -56,7 +56,11 @@ DEFAULT_SEED = 1000          # the shipped default trains on seed 1: another see
 SHEET_ROWS = 6
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 REFS = ("own", "swapped")
-MGIG_SETTINGS, IAMG_SETTINGS = RECOMMENDED["mgig"], RECOMMENDED["iamg"]  # the defaults
+# The benchmark's one departure from the settings a model gets (`settings_for`): it pastes
+# with the official crop-back unless told, so that the "changes" columns measure what the
+# model painted; the product's default ("mask") keeps the scene outside the figure and
+# would hide that (`--paste mask` scores the compositing instead).
+SCORING_PASTE = "crop"
 
 
 def _box_drawn(background: np.ndarray, box) -> np.ndarray:
@@ -85,21 +89,11 @@ def sample_sheet(rows: list[list[np.ndarray]], side: int = 128) -> np.ndarray:
 def prepare(out: str | Path, *, data: str | Path | None = None, count: int = DEFAULT_COUNT,
             seed: int = DEFAULT_SEED, size: int = 256, mask: str = "iamg", refs: str = "own",
             dtype: str = "fp32", ceiling: bool = False, overwrite: bool = False, log=print) -> ChoiDataset:
-    """Everything before the models are loaded: check the options, refuse an ``out`` that
-    already holds a report (unless ``overwrite``), synthesise the held-out set into
-    ``out/data`` when no ``data`` is given (see the module docstring), create the output
-    folders. Returns the dataset."""
-    if mask not in ("iamg", "truth"):
-        raise ValueError(f"mask: expected 'iamg' or 'truth', got {mask!r}")
-    if refs not in REFS:
-        raise ValueError(f"refs: expected one of {', '.join(REFS)}, got {refs!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    check_ceiling(ceiling, mask)
+    """Everything before the benchmark runs on the models: `check_options`, synthesise the
+    held-out set into ``out/data`` when no ``data`` is given (see the module docstring),
+    create the output folders. Returns the dataset."""
+    check_options(out, mask=mask, refs=refs, dtype=dtype, ceiling=ceiling, overwrite=overwrite)
     out = Path(out)
-    report_dir = out / "report"
-    if (report_dir / evaluate.REPORT_JSON).exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a benchmark report; choose another --out or pass --overwrite")
     if data is None:
         data = out / "data"
         if not (data / "index.jsonl").is_file():
@@ -113,22 +107,32 @@ def prepare(out: str | Path, *, data: str | Path | None = None, count: int = DEF
     return dataset
 
 
+def check_options(out: str | Path, *, mask: str = "iamg", refs: str = "own", dtype: str = "fp32",
+                  ceiling: bool = False, overwrite: bool = False) -> None:
+    """The benchmark's options, checked before anything is loaded or written; an ``out``
+    that already holds a report is refused unless ``overwrite``."""
+    if mask not in ("iamg", "truth"):
+        raise ValueError(f"mask: expected 'iamg' or 'truth', got {mask!r}")
+    if refs not in REFS:
+        raise ValueError(f"refs: expected one of {', '.join(REFS)}, got {refs!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_ceiling(ceiling, mask)
+    if (Path(out) / "report" / evaluate.REPORT_JSON).exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a benchmark report; choose another --out or pass --overwrite")
+
+
 def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=None, *, refs: str = "own",
-                       steps: int = MGIG_SETTINGS.steps, sampler: str = MGIG_SETTINGS.sampler,
-                       iamg_steps: int = IAMG_SETTINGS.steps, iamg_sampler: str = IAMG_SETTINGS.sampler,
-                       guidance: float = MGIG_SETTINGS.guidance, iamg_guidance: float | None = None,
-                       batched_guidance: bool = True, limit: int | None = None, paste: str = "crop",
-                       collage: str = preprocess.DEFAULT_COLLAGE,
-                       mgig_source: str = "", iamg_source: str | None = None, dtype: str = "fp32",
-                       ceiling: bool = False, log=print) -> dict:
+                       settings: MGIGSettings | None = None, iamg_settings: SamplingSettings | None = None,
+                       limit: int | None = None, mgig_source: str = "", iamg_source: str | None = None,
+                       dtype: str = "fp32", ceiling: bool = False, log=print) -> dict:
     """Generate and score (see the module docstring) a dataset from `prepare` with the
     loaded ``mgig`` model and, for IAMG masks, ``iamg_model`` (None: the ground-truth
     masks, ``--mask truth``); returns the evaluation report with the benchmark's settings
-    and timings added under ``"synthbench"``. ``paste`` defaults to "crop" (the official
-    crop-back) so that the "changes" columns measure what the model painted; "mask" scores
-    the product's default compositing (`composite`). ``collage``: MGIG's hint collage
-    (`inputs.build_hint`). ``mgig_source`` / ``iamg_source`` /
-    ``dtype``: what the report names the models by and the dtype they were loaded in.
+    and timings added under ``"synthbench"``. ``settings`` / ``iamg_settings``: what MGIG
+    and IAMG run with (`sampling_settings.settings_for`); by default each model's own, with
+    MGIG's paste `SCORING_PASTE`. ``mgig_source`` / ``iamg_source`` / ``dtype``: what the
+    report names the models by and the dtype they were loaded in.
     ``ceiling`` (true masks only): no sampling — each image is MGIG's decoding of the true
     target's own latent (`pipeline.reconstruct`), the best any sampler could reach on this
     latent; the colour and changes columns then measure what the VAE (and a ★ refiner) lose."""
@@ -136,6 +140,9 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
     check_ceiling(ceiling, mask)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit: expected None or a whole number >= 1, got {limit!r}")
+    settings = settings or settings_for("mgig", mgig, paste=SCORING_PASTE)
+    if iamg_model is not None:
+        iamg_settings = iamg_settings or settings_for("iamg", iamg_model)
     out = Path(out)
     report_dir = out / "report"
     indices = list(range(len(dataset)))[:limit]
@@ -149,8 +156,7 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
         if iamg_model is not None:
             t0 = time.perf_counter()
             result = iamg.generate_mask(iamg_model, prompt=s.caption, background=s.background, box=s.box,
-                                        steps=iamg_steps, sampler=iamg_sampler, seed=i,
-                                        **({} if iamg_guidance is None else {"guidance": iamg_guidance}))
+                                        settings=iamg_settings, seed=i)
             timing["iamg_s"].append(time.perf_counter() - t0)
             union = np.asarray(result.binary[0]) > 0.5
         else:
@@ -165,15 +171,13 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
         detail = preprocess.detail_map(features.canvas.image, features.canvas.mask)
         background = s.background if s.background is not None else choi.blank_background(union.shape)
         if ceiling:
-            gen = choi.reconstruct(mgig, s.target, union, background, detail, canvas=features.canvas, paste=paste,
-                                   collage=collage)
+            gen = choi.reconstruct(mgig, s.target, union, background, detail, canvas=features.canvas,
+                                   settings=settings)
         else:
-            gen = choi.generate(mgig, features, detail, union, background, steps=steps, sampler=sampler,
-                                guidance=guidance, seed=i, batched_guidance=batched_guidance, paste=paste,
-                                collage=collage)
+            gen = choi.generate(mgig, features, detail, union, background, settings=settings, seed=i)
         timing["mgig_s"].append(time.perf_counter() - t0)
         image = gen.images[0]
-        if paste == "mask":
+        if settings.paste == "mask":
             alpha = gen.pasted_mask
             compositing["outside_changed_pixels"] += int(np.any(image != background, axis=-1)[alpha <= 0].sum())
             seam, scene = blend_border_step(image, alpha), blend_border_step(background, alpha)
@@ -191,17 +195,18 @@ def generate_and_score(out: str | Path, dataset: ChoiDataset, mgig, iamg_model=N
                                synthetic=True)
     report["synthbench"] = {
         "iamg": None if mask != "iamg" else iamg_source,
-        "mgig": mgig_source, "mask": mask, "refs": refs, "paste": paste, "collage": collage, "dtype": dtype,
-        "ceiling": ceiling,
-        "mgig_sampling": None if ceiling else {"sampler": sampler, "steps": steps, "guidance": guidance,
-                                               "batched_guidance": batched_guidance},
-        "iamg_sampling": None if mask != "iamg" else {"sampler": iamg_sampler, "steps": iamg_steps,
-                                                      "guidance": iamg_guidance or iamg.DEFAULT_GUIDANCE},
+        "mgig": mgig_source, "mask": mask, "refs": refs, "paste": settings.paste, "collage": settings.collage,
+        "dtype": dtype, "ceiling": ceiling,
+        "mgig_sampling": None if ceiling else {"sampler": settings.sampler, "steps": settings.steps,
+                                               "guidance": settings.guidance,
+                                               "batched_guidance": settings.batched_guidance},
+        "iamg_sampling": None if mask != "iamg" else {"sampler": iamg_settings.sampler, "steps": iamg_settings.steps,
+                                                      "guidance": iamg_settings.guidance},
         "iamg_empty_masks": len(empty), "iamg_empty_ids": empty, "samples": len(indices),
         "mean_iamg_s": float(np.mean(timing["iamg_s"])) if timing["iamg_s"] else None,
         "mean_mgig_s": float(np.mean(timing["mgig_s"])) if timing["mgig_s"] else None,
         "threads": torch.get_num_threads(),
-        "compositing": None if paste != "mask" else {
+        "compositing": None if settings.paste != "mask" else {
             "outside_changed_pixels": compositing["outside_changed_pixels"],
             "seam_step": float(np.mean(compositing["seam_step"])) if compositing["seam_step"] else None,
             "scene_step": float(np.mean(compositing["scene_step"])) if compositing["scene_step"] else None},

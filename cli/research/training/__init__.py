@@ -6,7 +6,8 @@ Modules:
 
 - `config` — `TrainConfig` (every key; ``train --list-keys``), loading and validation;
 - `data` — the training datasets (deterministic positions) and stage-2 mask writing;
-- `models` — building the model (preset / init via a `models.WeightIO`), trainable
+- `augment` — the official MGIG mask perturbation (`augment.perturb_mask`);
+- `models` — building the model (preset, or init read through `weights_manager`), trainable
   parts, gradient checkpointing, latent calibration, the final file;
 - `losses` — the objectives (`iamg_training_loss`, `VAELoss`, `IAMGLoss`, `MGIGLoss`);
 - `ema` — the EMA of the trained weights;

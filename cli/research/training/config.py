@@ -327,7 +327,7 @@ def resolved_resolution(cfg: TrainConfig) -> int:
 
 def resolved_mixed_precision(cfg: TrainConfig, device_type: str) -> str:
     """``mixed_precision`` for a run on a ``device_type`` device: "auto" is bf16 where it is
-    native there (`hardware.fast_bf16`; emulated bf16 on a CPU is 60-120x slower than fp32),
+    native there (`hardware.fast_bf16`; emulated bf16 on a CPU is many times slower than fp32),
     else "no"."""
     if cfg.mixed_precision != "auto":
         return cfg.mixed_precision

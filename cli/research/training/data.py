@@ -7,7 +7,7 @@ one per model that `cli.research.training` trains.
   `iamg.target_image`). *Box dropout* (the empty condition, an all-zero latent) and text
   dropout happen in the loss (`losses.iamg_training_loss`), after VAE encoding.
 - `MGIGTrainData` — the official MGIG training item (`hico_process_pairs`) built from the
-  `preprocess` building blocks with the official training-time randomness: the reference
+  `mgig.inputs` building blocks with the official training-time randomness: the reference
   canvas flipped (p 0.5) and brightness/contrast-jittered (p 0.5) before the detail map
   is taken from it, the target box grown ×1.1, the crop ×1.3…2.9 (official
   ``randint(13, 30) / 10``), and the hint's 4th channel (the layout) the union mask
@@ -25,7 +25,7 @@ one per model that `cli.research.training` trains.
 - `VAETrainData` — images the VAE must reconstruct: random square crops of targets /
   backgrounds / references, and IAMG's mask and condition images.
 
-Why the MGIG item is assembled here rather than through `preprocess.prepare_mgig_inputs`:
+Why the MGIG item is assembled here rather than through `vectors_preproc.prepare_mgig_inputs`:
 the official augmentation acts *between* the reference canvas and the detail map, and the
 perturbed mask must be drawn inside the crop box; the building blocks are the same.
 
@@ -48,7 +48,12 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ....pipelines import iamg
+from ....pipelines.geometry import Box
+from ....pipelines.imgproc import pad_to_square
 from ....pipelines.mgig import inputs as preprocess
+from ....pipelines.readers import as_mask
+from ....pipelines.sampling_settings import SamplingSettings
+from .augment import perturb_mask
 from ..data.dataset import ChoiDataset, ChoiSample, DatasetError, save_png
 from ....pipelines.mgig import resize_hint, resize_square
 
@@ -116,7 +121,7 @@ class _PositionData(Dataset):
         return int(self._perm[epoch][k])
 
     def rng(self, position: int) -> np.random.RandomState:
-        # A legacy RandomState because `preprocess.perturb_mask` consumes one.
+        # A legacy RandomState because `augment.perturb_mask` consumes one.
         return np.random.RandomState([self.seed & 0xFFFF_FFFF, int(position) & 0xFFFF_FFFF,
                                       int(position) >> 32])
 
@@ -139,7 +144,7 @@ def _draw(rng: np.random.RandomState | None, p: float) -> bool:
 
 
 def _union(sample: ChoiSample) -> np.ndarray:
-    return preprocess.as_mask(sample.interaction_mask, f"sample {sample.id}: interaction mask")
+    return as_mask(sample.interaction_mask, f"sample {sample.id}: interaction mask")
 
 
 # --------------------------------------------------------------------------------------
@@ -195,7 +200,7 @@ def brightness_contrast(image: np.ndarray, rng: np.random.RandomState, limit: fl
 
 
 def read_generated_mask(folder: str | os.PathLike, sample_id: str, shape_hw: tuple[int, int]) -> np.ndarray | None:
-    """The IAMG-generated mask ``<folder>/<sample_id>.png`` (L, foreground > 127) at
+    """The IAMG-generated mask ``<folder>/<sample_id>.png`` (read by `readers.as_mask`) at
     ``shape_hw`` (resized nearest if needed) as uint8 {0, 1}; None if it has no
     foreground. A missing file raises FileNotFoundError saying how to make it."""
     path = Path(folder) / f"{sample_id}.png"
@@ -207,7 +212,7 @@ def read_generated_mask(folder: str | os.PathLike, sample_id: str, shape_hw: tup
         im = im.convert("L")
         if im.size != (shape_hw[1], shape_hw[0]):
             im = im.resize((shape_hw[1], shape_hw[0]), Image.NEAREST)
-        mask = (np.asarray(im) > 127).astype(np.uint8)
+        mask = as_mask(im, f"stage 2: generated mask {path}", allow_empty=True)
     return mask if mask.any() else None
 
 
@@ -272,7 +277,7 @@ class MGIGTrainData(_PositionData):
                 # perturbation is drawn there (`hint_boxes`: the crop `build_hint` uses).
                 _, crop_box = preprocess.hint_boxes(union, background.shape, box_ratio, crop_ratio)
                 layout = np.zeros_like(union)
-                layout[crop_box.slices] = preprocess.perturb_mask(union[crop_box.slices], rng)
+                layout[crop_box.slices] = perturb_mask(union[crop_box.slices], rng)
                 hint_kwargs["mask"] = layout
         if _draw(rng, self.figure_collage_prob):  # drawn last: p = 0 leaves the official stream as it was
             hint_kwargs["collage"] = "figure"
@@ -297,12 +302,12 @@ class MGIGTrainData(_PositionData):
             "figure": self.figure_in_crop(sample, built.crop_box),
         }
 
-    def figure_in_crop(self, sample: ChoiSample, crop_box: preprocess.Box) -> torch.Tensor:
+    def figure_in_crop(self, sample: ChoiSample, crop_box: Box) -> torch.Tensor:
         """[1,S,S] in 0..1: where the ground-truth human ∪ object lies in the target crop
         (cut, padded and resized as the target is). Stage 2 builds the crop around the
         generated mask, but the figure the loss should weight is the true one."""
         figure = _union(sample)[crop_box.slices].astype(np.float32)
-        figure = torch.from_numpy(preprocess.pad_to_square(figure, 0))[None]
+        figure = torch.from_numpy(pad_to_square(figure, 0))[None]
         return resize_square(figure, self.size, "area")
 
 
@@ -346,7 +351,7 @@ class VAETrainData(_PositionData):
         else:
             if source == "reference":
                 ref = sample.human_ref if rng is None or rng.rand() < 0.5 else sample.object_ref
-                pixels = preprocess.pad_to_square(ref, WHITE)
+                pixels = pad_to_square(ref, WHITE)
             else:
                 pixels = sample.background if source == "background" and sample.background is not None \
                     else sample.target
@@ -364,14 +369,14 @@ class VAETrainData(_PositionData):
 # --------------------------------------------------------------------------------------
 
 def write_generated_masks(model: "iamg.IAMGModel", root: str | os.PathLike, out_dir: str | os.PathLike, *,
-                          split: str | None = "train", steps: int = iamg.DEFAULT_STEPS, sampler: str = iamg.DEFAULT_SAMPLER,
-                          guidance: float = iamg.DEFAULT_GUIDANCE, seed: int = 0, overwrite: bool = False,
-                          limit: int | None = None,
+                          split: str | None = "train", settings: SamplingSettings | None = None, seed: int = 0,
+                          overwrite: bool = False, limit: int | None = None,
                           progress: Callable[[int, int], None] | None = None) -> int:
     """MGIG stage-2 input: one IAMG mask per sample, ``<out_dir>/<id>.png`` (L, 0/255,
     the target's size), generated from the sample's caption, background (else target)
-    and union box, with seed ``seed + i`` for sample i. Existing files are kept unless
-    ``overwrite`` (so an interrupted run continues). Returns the number written."""
+    and union box, with ``settings`` (None: the model's, `sampling_settings.settings_for`)
+    and seed ``seed + i`` for sample i. Existing files are kept unless ``overwrite`` (so an
+    interrupted run continues). Returns the number written."""
     data = ChoiDataset(root, split=split)
     records = data.records[:limit] if limit is not None else data.records
     out = Path(out_dir)
@@ -387,8 +392,8 @@ def write_generated_masks(model: "iamg.IAMGModel", root: str | os.PathLike, out_
         y1, y2, x1, x2 = iamg.union_box(union).yyxx
         background = sample.background if sample.background is not None else sample.target
         result = iamg.generate_mask(model, prompt=sample.caption, background=background,
-                                    box=(x1, y1, max(x2 - x1, 1), max(y2 - y1, 1)), steps=steps,
-                                    sampler=sampler, guidance=guidance, seed=seed + i)
+                                    box=(x1, y1, max(x2 - x1, 1), max(y2 - y1, 1)), settings=settings,
+                                    seed=seed + i)
         mask = (result.binary[0].numpy() > 0.5).astype(np.uint8) * 255
         save_png(path, Image.fromarray(mask, "L"), overwrite=True)
         written += 1

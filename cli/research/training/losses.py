@@ -146,9 +146,9 @@ class MGIGLoss(nn.Module):
         a = m.alphas_cumprod.to(device)[t].view(n, 1, 1, 1)
         x_t = samplers.add_noise(x0, noise, a)
         context = m.encode_id(batch["reference"])
-        # The ControlNet runs batched in the default memory layout: 2-5x faster than the
+        # The ControlNet runs batched in the default memory layout: faster than the
         # per-sample channels-last path inference uses to reproduce the official outputs
-        # to ~1e-6 (`mgig.CONTROLNET_MEMORY_FORMAT`); the two differ by float rounding only.
+        # (`mgig.CONTROLNET_MEMORY_FORMAT`); the two differ by float rounding only.
         hint = batch["hint"].to(x_t.dtype)
         down, mid = m.controlnet(x_t, t, encoder_hidden_states=context.to(x_t.dtype), controlnet_cond=hint,
                                  return_dict=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,13 +19,13 @@ from torch import nn
 
 from ....pipelines import iamg
 from ....pipelines.files import check_finite, load_strict, read_weights, save_native, strip_prefix
-from ....pipelines.mgig import MGIGModel, mgig_config, MGIG_PRESETS
+from ....pipelines.mgig import MGIG_PRESETS, build_mgig, mgig_config
 from ....pipelines.text import resolve_prompt_tokenizer
 from ....pipelines.vae import build_vae, kl_vae_config
 from ....weights_manager import stored_config
 from ....weights_manager.ldm_vae import detect_diffusers_vae_config
 from ....weights_manager.native_iamg import load_iamg, save_iamg
-from ....weights_manager.official_mgig import load_mgig, native_for_installed_transformers, save_mgig
+from ....weights_manager.native_mgig import load_mgig, native_for_installed_transformers, save_mgig
 from .config import ConfigError, TrainConfig, resolved_resolution
 
 
@@ -130,9 +131,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         else:
             if cfg.preset not in MGIG_PRESETS:
                 raise ConfigError(f"preset: unknown MGIG preset {cfg.preset!r}; choose from {', '.join(MGIG_PRESETS)}")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                model = MGIGModel(mgig_config(cfg.preset))
+            model = build_mgig(cfg.preset, seed=cfg.seed)
         if cfg.refiner is not None and model.refiner is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
@@ -152,9 +151,10 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         if cfg.prediction_type is not None:
             model.prediction_type = cfg.prediction_type
     else:
-        model.config.image_size = resolved_resolution(cfg)
+        trained = {"image_size": resolved_resolution(cfg)}
         if cfg.prediction_type is not None:
-            model.config.prediction_type = cfg.prediction_type
+            trained["prediction_type"] = cfg.prediction_type
+        model.config = replace(model.config, **trained)
     return model.float()
 
 
@@ -335,4 +335,4 @@ def set_latent_scale(model: nn.Module, scale: float) -> None:
         model.vae.register_to_config(scaling_factor=float(scale))  # saved files keep both in step
     else:
         model.vae.register_to_config(scaling_factor=float(scale))
-        model.config.vae["scaling_factor"] = float(scale)
+        model.config = replace(model.config, vae={**model.config.vae, "scaling_factor": float(scale)})
